@@ -1,0 +1,27 @@
+"""Shared pytest fixtures: the optional ../shared data folder and small helpers."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DIR = pathlib.Path(os.environ.get("BIOINSTRUCT_SHARED", REPO_ROOT.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> pathlib.Path:
+    """The read-only ../shared folder; skips the test when it is absent."""
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"needs the shared data folder at {SHARED_DIR} (not present on this machine)")
+    return SHARED_DIR
+
+
+def shared_path(shared: pathlib.Path, relative: str) -> pathlib.Path:
+    """A file under shared/, or a skip naming the missing file."""
+    path = shared / relative
+    if not path.exists():
+        pytest.skip(f"needs {path} (not present on this machine)")
+    return path
