@@ -1,0 +1,163 @@
+"""Hand-written LoRA for the NNX LLaMA: W x + (alpha / r) * B A x, only A and B trained.
+
+`apply_lora(model, config, rngs)` swaps the targeted `Linear` modules for `LoRALinear`s in place.
+A `LoRALinear` keeps the base kernel at the same path (so HF import/export names are unchanged)
+and adds `lora_a` [in, r] (PEFT's uniform init) and `lora_b` [r, out] (zeros, so a fresh adapter
+changes nothing), both of type `LoRAParam`: the optimizer, gradients and checkpoints select
+adapters by that type and never touch the frozen base `nnx.Param`s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bioinstruct_jax.model.llama import Linear
+
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoRAParam(nnx.Variable):
+    """A trainable adapter weight (the only thing the optimizer updates)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Which projections get adapters and how they are scaled.
+
+    targets: module names (any of ALL_TARGETS); target_regex, when set, replaces them and is
+    matched against the '/'-joined module path, e.g. `layers/\\d+/self_attn/(q|v)_proj`.
+    rslora: scale alpha / sqrt(r) instead of alpha / r.
+    """
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    target_regex: str = ""
+    rslora: bool = False
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"lora.r must be >= 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        unknown = [t for t in self.targets if t not in ALL_TARGETS]
+        if unknown and not self.target_regex:
+            raise ValueError(f"lora.targets: unknown module name(s) {unknown}; choose from {list(ALL_TARGETS)}")
+        if self.target_regex:
+            try:
+                re.compile(self.target_regex)
+            except re.error as err:
+                raise ValueError(f"lora.target_regex {self.target_regex!r} is not a valid regex: {err}") from None
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (math.sqrt(self.r) if self.rslora else self.r)
+
+    def matches(self, path: tuple[Any, ...]) -> bool:
+        """Whether the module at `path` (e.g. ('layers', 0, 'self_attn', 'q_proj')) is targeted."""
+        if self.target_regex:
+            return re.fullmatch(self.target_regex, "/".join(map(str, path))) is not None
+        return bool(path) and path[-1] in self.targets
+
+
+class LoRALinear(Linear):
+    """A `Linear` plus a low-rank update; shares the wrapped layer's kernel variable."""
+
+    def __init__(self, base: Linear, config: LoraConfig, *, rngs: nnx.Rngs):
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        self.dtype = base.dtype
+        self.kernel = base.kernel
+        self.scale = config.scale
+        self.rank = config.r
+        self.merged = False
+        in_axis, out_axis = base.kernel.get_metadata()["logical_axes"]
+        bound = 1.0 / math.sqrt(self.in_features)  # PEFT: kaiming_uniform(a=sqrt(5)) on A
+        self.lora_a = LoRAParam(
+            jax.random.uniform(rngs.params(), (self.in_features, config.r), jnp.float32, -bound, bound),
+            logical_axes=(in_axis, "lora_rank"),
+        )
+        self.lora_b = LoRAParam(jnp.zeros((config.r, self.out_features), jnp.float32),
+                                logical_axes=("lora_rank", out_axis))
+        self.dropout = nnx.Dropout(config.dropout, rngs=rngs) if config.dropout > 0 else None
+
+    def delta(self) -> jax.Array:
+        """The dense update scale * A @ B, [in, out] in float32."""
+        return self.scale * (self.lora_a[...] @ self.lora_b[...])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = super().__call__(x)
+        if self.merged:
+            return y
+        h = x.astype(self.dtype)
+        if self.dropout is not None:
+            h = self.dropout(h)
+        update = jnp.dot(jnp.dot(h, self.lora_a[...].astype(self.dtype)), self.lora_b[...].astype(self.dtype))
+        return y + (self.scale * update).astype(y.dtype)
+
+    def merge(self) -> None:
+        """Fold the adapter into the base kernel; later calls skip the low-rank path."""
+        if not self.merged:
+            kernel = self.kernel[...]
+            self.kernel.set_value((kernel.astype(jnp.float32) + self.delta()).astype(kernel.dtype))
+            self.merged = True
+
+    def unmerge(self) -> None:
+        """Undo `merge` (exact in float32; rounds once more in bf16)."""
+        if self.merged:
+            kernel = self.kernel[...]
+            self.kernel.set_value((kernel.astype(jnp.float32) - self.delta()).astype(kernel.dtype))
+            self.merged = False
+
+
+def lora_modules(model: nnx.Module) -> list[tuple[tuple[Any, ...], LoRALinear]]:
+    """(module path, LoRALinear) for every adapter in the model."""
+    return [(tuple(p), n) for p, n in nnx.iter_graph(model) if isinstance(n, LoRALinear)]
+
+
+def apply_lora(model: nnx.Module, config: LoraConfig, rngs: nnx.Rngs) -> int:
+    """Wrap each targeted Linear of `model` in a LoRALinear (in place); returns how many."""
+    chosen = [(tuple(p), n) for p, n in nnx.iter_graph(model)
+              if type(n) is Linear and config.matches(tuple(p))]
+    if not chosen:
+        what = f"regex {config.target_regex!r}" if config.target_regex else f"targets {list(config.targets)}"
+        raise ValueError(f"LoRA {what} matched no Linear module of the model")
+    for path, module in chosen:
+        parent = model
+        for key in path[:-1]:
+            parent = parent[key] if isinstance(key, int) else getattr(parent, key)
+        wrapped = LoRALinear(module, config, rngs=rngs)
+        if isinstance(path[-1], int):
+            parent[path[-1]] = wrapped
+        else:
+            setattr(parent, path[-1], wrapped)
+    return len(chosen)
+
+
+def merge_lora(model: nnx.Module) -> None:
+    """Fold every adapter into its base kernel."""
+    for _, module in lora_modules(model):
+        module.merge()
+
+
+def unmerge_lora(model: nnx.Module) -> None:
+    """Undo `merge_lora`."""
+    for _, module in lora_modules(model):
+        module.unmerge()
+
+
+def parameter_summary(model: nnx.Module) -> tuple[int, int]:
+    """(trainable LoRA scalars, all scalars) for the start-of-run printout."""
+    def size(var_type):
+        return sum(int(x.size) for x in jax.tree_util.tree_leaves(nnx.state(model, var_type)))
+
+    trainable = size(LoRAParam)
+    return trainable, trainable + size(nnx.Param)
