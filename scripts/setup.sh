@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project virtualenv at .venv and install the package into it.
+# Usage: bash scripts/setup.sh [EXTRAS]   e.g. EXTRAS=test installs the test/reference extras.
+# Variables: PYTHON (default python3; must be >= 3.11), VENV (default .venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+VENV="${VENV:-.venv}"
+extras="${1:-}"
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "bioinstruct-jax needs Python >= 3.11 (set PYTHON=...)")'
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+spec="."
+[ -n "$extras" ] && spec=".[$extras]"
+# Quiet unless something goes wrong; the stamp skips reinstalling when nothing changed.
+stamp="$VENV/.installed-$(cat pyproject.toml | cksum | cut -d' ' -f1)-${extras:-base}"
+if [ ! -f "$stamp" ]; then
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$spec"
+  touch "$stamp"
+fi
