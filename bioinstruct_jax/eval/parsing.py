@@ -40,15 +40,17 @@ def parse_mcqa(text: str, options: Mapping[str, str]) -> str | None:
         letter = letter.upper()
         return letter if letter in letters else None
 
+    found = {ok(x) for x in _PAREN_LETTER.findall(head)} - {None}
     m = _LEADING_LETTER.match(head) or _LEADING_LOWER.match(head)
-    if m and ok(m.group(1)):
+    if m and ok(m.group(1)) and len(found) <= 1:
         return ok(m.group(1))
     m = _ANSWER_CUE.search(head)
     if m and ok(m.group(1)):
         return ok(m.group(1))
-    found = {ok(x) for x in _PAREN_LETTER.findall(head)} - {None}
     if len(found) == 1:
         return found.pop()
+    if len(found) > 1:  # "(A) or (B)": ambiguous
+        return None
     # option text: the options whose normalised text occurs in the reply; keep those not
     # contained in another matched option's text; unique -> that letter.
     norm = f" {normalize_text(head)} "
@@ -196,7 +198,7 @@ def parse_span(text: str) -> str | None:
     if text is None:
         return None
     for line in text.strip().splitlines():
-        line = _SPAN_PREFIX.sub("", line).strip().strip("\"'`*").rstrip(".").strip()
+        line = _SPAN_PREFIX.sub("", line).strip().rstrip(".").strip().strip("\"'`*").strip()
         if line:
             return line
     return None
