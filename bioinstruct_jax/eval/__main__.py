@@ -1,0 +1,99 @@
+"""`python -m bioinstruct_jax.eval`: evaluate a model on biomedical tasks, print results beside the paper's.
+
+Example:
+  python -m bioinstruct_jax.eval --model ckpt/llama2-7b-hf --lora runs/bioinstruct/ckpt \
+      --tasks medqa,pubmedqa,mts_dialog --data-dir ../shared/data --output eval_out \
+      --judge-model gpt-4 --judge-base-url https://my-endpoint/v1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Sequence
+
+from bioinstruct_jax.eval import paper_results, report, runner, tasks as tasks_mod
+from bioinstruct_jax.eval.predictor import Predictor, load_predictor
+
+
+def _kv(items: Sequence[str], flag: str) -> dict[str, str]:
+    out = {}
+    for it in items:
+        k, sep, v = it.partition("=")
+        if not sep or not k:
+            raise SystemExit(f"{flag} expects KEY=VALUE, got {it!r}")
+        out[k.strip()] = v
+    return out
+
+
+def _scalar(v: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(v)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bioinstruct_jax.eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="HF checkpoint folder or our checkpoint")
+    p.add_argument("--lora", help="LoRA checkpoint (adapter) to apply on --model")
+    p.add_argument("--tasks", default="paper",
+                   help="comma list of: " + ",".join(tasks_mod.TASK_NAMES)
+                   + ", jsonl:PATH[:METRIC], 'paper' (the paper's tasks) or 'all'")
+    p.add_argument("--output", required=True, help="output folder (predictions, results.json, judge cache)")
+    p.add_argument("--data-dir", help="folder laid out like ../shared/data")
+    p.add_argument("--path", action="append", default=[], metavar="TASK[.train]=FILE",
+                   help="file for one task's test split (or .train: its one-shot pool); repeatable")
+    p.add_argument("--limit", type=int, help="first N examples of each task")
+    p.add_argument("--shots", type=int, choices=(0, 1),
+                   help="override the paper setting (QA zero-shot, IE and GEN one-shot)")
+    p.add_argument("--qa-mode", choices=runner.QA_MODES, default="generate",
+                   help="choice tasks: answer by generation, by option log-likelihood, or both")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, help="override every task's generation budget")
+    p.add_argument("--seed", type=int, default=0, help="seed of the one-shot example choice")
+    p.add_argument("--paper-model", help='row of the paper\'s tables, e.g. "LLaMA 2 7B + BioInstruct" '
+                   "(default: inferred from the checkpoint's config.json when possible)")
+    p.add_argument("--judge-model", help="chat model for the GPT-4 judge of generation tasks (off if unset)")
+    p.add_argument("--judge-base-url", help="OpenAI-compatible base URL for the judge")
+    p.add_argument("--predictor-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra keyword for bioinstruct_jax.generate.load_predictor (YAML scalar); repeatable")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, predictor: Predictor | None = None) -> dict[str, Any]:
+    """CLI entry; `predictor` lets callers (tests) supply the model instead of loading --model."""
+    args = build_parser().parse_args(argv)
+    task_list = [tasks_mod.get_task(t) for t in tasks_mod.parse_task_list(args.tasks)]
+    if not task_list:
+        raise SystemExit("--tasks selected no task")
+    data = tasks_mod.DataSource(args.data_dir, _kv(args.path, "--path"))
+    cfg = runner.EvalConfig(output_dir=args.output, shots=args.shots, qa_mode=args.qa_mode,
+                            limit=args.limit, batch_size=args.batch_size, seed=args.seed,
+                            max_new_tokens=args.max_new_tokens)
+    judge = None
+    if args.judge_model:
+        import pathlib
+
+        from bioinstruct_jax.eval.judge import Judge
+        from bioinstruct_jax.llm_client import LLMClient, LLMClientConfig
+
+        client = LLMClient(LLMClientConfig(model=args.judge_model, base_url=args.judge_base_url))
+        judge = Judge(client, args.judge_model, pathlib.Path(args.output) / "judge_cache.jsonl")
+    paper_model = args.paper_model or paper_results.infer_paper_model(args.model, args.lora)
+    if args.paper_model and paper_results.find_model(args.paper_model) is None:
+        print(f"note: --paper-model {args.paper_model!r} is not in the paper's tables; known: "
+              + "; ".join(paper_results.PAPER_RESULTS), file=sys.stderr)
+    if predictor is None:
+        extra = {k: _scalar(v) for k, v in _kv(args.predictor_arg, "--predictor-arg").items()}
+        predictor = load_predictor(args.model, args.lora, **extra)
+    meta = {"model": args.model, "lora": args.lora, "judge_model": args.judge_model}
+    results = runner.run_eval(task_list, predictor, data, cfg, judge=judge, meta=meta,
+                              paper_model=paper_model)
+    print(report.format_table(results))
+    print(f"\nresults: {args.output}/results.json", file=sys.stderr)
+    return results
+
+
+if __name__ == "__main__":
+    main()

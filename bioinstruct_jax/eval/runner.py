@@ -1,0 +1,225 @@
+"""Runs evaluation tasks against a `Predictor`: prompts in batches, predictions appended to
+`DIR/<task>.predictions.jsonl` as each batch finishes (a rerun skips ids already there),
+metrics, optional GPT-4 judge for generation tasks, `DIR/results.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import sys
+from typing import Any, Sequence
+
+from tqdm.auto import tqdm
+
+from bioinstruct_jax.eval import paper_results
+from bioinstruct_jax.eval.judge import Judge, aggregate
+from bioinstruct_jax.eval.loaders import Example
+from bioinstruct_jax.eval.predictor import Predictor
+from bioinstruct_jax.eval.tasks import GEN, DataSource, Task, format_prompt
+
+QA_MODES = ("generate", "loglik", "both")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """What to run. `shots` None = each task's paper setting (QA 0, IE and GEN 1)."""
+
+    output_dir: str
+    shots: int | None = None
+    qa_mode: str = "generate"
+    limit: int | None = None
+    batch_size: int = 8
+    seed: int = 0
+    max_new_tokens: int | None = None  # None = each task's own budget
+
+    def __post_init__(self) -> None:
+        if self.qa_mode not in QA_MODES:
+            raise ValueError(f"qa_mode {self.qa_mode!r} not one of {QA_MODES}")
+        if self.shots not in (None, 0, 1):
+            raise ValueError(f"shots must be 0 or 1, got {self.shots}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def stop_strings() -> list[str]:
+    """Generation stops where the model starts a new template section or a new example."""
+    marker = "\x00INSTRUCTION\x00"
+    head = format_prompt(marker, "").split(marker)[0].strip().splitlines()
+    stops = ["\n### "]
+    if head and head[0].strip():
+        stops.append(head[0].strip()[:40])
+    return stops
+
+
+def _modes(task: Task, qa_mode: str) -> tuple[bool, bool]:
+    """(generate?, loglik?) for this task; log-likelihood only exists for choice tasks."""
+    if task.kind != "choice":
+        return True, False
+    return qa_mode in ("generate", "both"), qa_mode in ("loglik", "both")
+
+
+def read_predictions(path: pathlib.Path) -> dict[str, dict[str, Any]]:
+    """id -> record from a predictions file; a last line cut short by an interruption is ignored."""
+    done: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return done
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and "id" in rec:
+                done[str(rec["id"])] = rec
+    return done
+
+
+def _drop_partial_line(path: pathlib.Path) -> None:
+    """Cut a last line left unfinished by an interrupted write, so appends start on a fresh line."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def _check_settings(path: pathlib.Path, settings: dict[str, Any]) -> None:
+    """Predictions in DIR must all come from the same settings; refuse to mix."""
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            raise ValueError(
+                f"{path}: existing predictions were made with different settings "
+                f"{ {k: f'{a!r} -> {b!r}' for k, (a, b) in diff.items()} }; "
+                "use another --output dir or delete that task's files")
+        return
+    path.write_text(json.dumps(settings, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _predict_batch(task: Task, predictor: Predictor, batch: Sequence[Example], prompts: list[str],
+                   gen: bool, ll: bool, max_new_tokens: int, stops: list[str]) -> list[dict[str, Any]]:
+    recs = [{"id": ex.id, "prompt": p, "gold": task.gold(ex)} for ex, p in zip(batch, prompts)]
+    if gen:
+        outs = predictor.generate(list(prompts), max_new_tokens=max_new_tokens, stop=stops)
+        if len(outs) != len(prompts):
+            raise RuntimeError(f"predictor.generate returned {len(outs)} texts for {len(prompts)} prompts")
+        for r, ex, text in zip(recs, batch, outs):
+            r["generation"] = text
+            r["pred"] = task.parse(text, ex)
+    if ll:
+        flat_p, flat_c, spans = [], [], []
+        for ex, p in zip(batch, prompts):
+            ch = task.choices(ex) or []
+            spans.append((len(flat_c), ch))
+            flat_p += [p] * len(ch)
+            flat_c += [c for _, c in ch]
+        scores = predictor.score(flat_p, flat_c)
+        if len(scores) != len(flat_c):
+            raise RuntimeError(f"predictor.score returned {len(scores)} scores for {len(flat_c)} pairs")
+        for r, (start, ch) in zip(recs, spans):
+            s = [float(x) for x in scores[start:start + len(ch)]]
+            norm = [x / max(1, len(c)) for x, (_, c) in zip(s, ch)]
+            r["loglik"] = s
+            r["loglik_pred"] = ch[max(range(len(ch)), key=s.__getitem__)][0] if ch else None
+            r["loglik_pred_norm"] = ch[max(range(len(ch)), key=norm.__getitem__)][0] if ch else None
+    return recs
+
+
+def run_task(task: Task, predictor: Predictor, data: DataSource, cfg: EvalConfig,
+             judge: Judge | None = None, model_id: str = "") -> dict[str, Any]:
+    """Evaluate one task; returns its results entry (also usable alone)."""
+    out_dir = pathlib.Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    examples = task.load(data)
+    shots = task.default_shots if cfg.shots is None else cfg.shots
+    shot = task.shot(data, cfg.seed) if shots else None  # from the training split: never a test item
+    if cfg.limit is not None:
+        examples = examples[: cfg.limit]
+    ids = [e.id for e in examples]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"task {task.name}: duplicate example ids {dup}")
+    gen, ll = _modes(task, cfg.qa_mode)
+    max_new = cfg.max_new_tokens or task.max_new_tokens
+    settings = {"task": task.name, "model": model_id, "shots": shots,
+                "shot_id": shot.id if shot else None, "generate": gen, "loglik": ll,
+                "max_new_tokens": max_new, "instruction": task.instruction}
+    _check_settings(out_dir / f"{task.name}.run.json", settings)
+
+    pred_path = out_dir / f"{task.name}.predictions.jsonl"
+    _drop_partial_line(pred_path)
+    done = read_predictions(pred_path)
+    todo = [e for e in examples if e.id not in done]
+    stops = stop_strings()
+    bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc=task.name, unit="ex",
+               file=sys.stderr, dynamic_ncols=True)
+    with pred_path.open("a", encoding="utf-8") as f:
+        for i in range(0, len(todo), cfg.batch_size):
+            batch = todo[i:i + cfg.batch_size]
+            prompts = [task.prompt(e, shot) for e in batch]
+            for rec in _predict_batch(task, predictor, batch, prompts, gen, ll, max_new, stops):
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                done[rec["id"]] = rec
+            f.flush()
+            bar.update(len(batch))
+    bar.close()
+
+    records = [done[e.id] for e in examples]
+    entry: dict[str, Any] = {"category": task.category, "description": task.description,
+                             "n": len(records), "shots": shots,
+                             "mode": "both" if gen and ll else "generate" if gen else "loglik",
+                             "metrics": task.score(records) if records else {}}
+    if gen:
+        fails = sum(r.get("pred") is None for r in records)
+        entry["parse_failures"] = fails
+        entry["parse_failure_rate"] = 100.0 * fails / len(records) if records else 0.0
+    if judge is not None and task.category == GEN and gen:
+        by_id = {e.id: e for e in examples}
+        res = []
+        for r in tqdm(records, desc=f"{task.name} judge", unit="ex", file=sys.stderr, dynamic_ncols=True):
+            ex = by_id[r["id"]]
+            res.append(judge.judge(instruction=task.instruction_for(ex), input_text=task.format_input(ex),
+                                   reference=str(r["gold"]), prediction=r.get("generation") or ""))
+        entry["metrics"].update(aggregate(res))
+    entry["headline"] = _headline(task, entry["metrics"])
+    return entry
+
+
+def _headline(task: Task, m: dict[str, float]) -> str:
+    """The metric shown in the table: the paper's where we have it, else the task's default."""
+    pm = paper_results.PAPER_METRIC.get(task.name, (None,))[0]
+    for key in (pm, task.headline, "accuracy", "loglik_accuracy", "f1", "rougeL"):
+        if key and key in m and not (isinstance(m[key], float) and math.isnan(m[key])):
+            return key
+    return task.headline
+
+
+def run_eval(tasks: Sequence[Task], predictor: Predictor, data: DataSource, cfg: EvalConfig, *,
+             judge: Judge | None = None, meta: dict[str, Any] | None = None,
+             paper_model: str | None = None) -> dict[str, Any]:
+    """Run `tasks` in order, rewriting DIR/results.json after each; returns the results."""
+    out_dir = pathlib.Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / "results.json"
+    results: dict[str, Any] = {"meta": {**(meta or {}), "paper_model": paper_results.find_model(paper_model),
+                                        "qa_mode": cfg.qa_mode, "shots": cfg.shots, "limit": cfg.limit},
+                               "tasks": {}}
+    if results_path.exists():  # keep entries of tasks run before and not rerun now
+        try:
+            results["tasks"].update(json.loads(results_path.read_text(encoding="utf-8")).get("tasks", {}))
+        except json.JSONDecodeError:
+            pass
+    model_id = str((meta or {}).get("model", ""))
+    for task in tasks:
+        entry = run_task(task, predictor, data, cfg, judge=judge, model_id=model_id)
+        entry["paper"] = paper_results.paper_value(paper_model, task.name)
+        results["tasks"][task.name] = entry
+        tmp = results_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False, allow_nan=True) + "\n",
+                       encoding="utf-8")
+        tmp.replace(results_path)
+    return results
