@@ -117,7 +117,7 @@ class Judge:
             return JudgeResult(parse_judge_reply(rec["raw"]), rec["raw"], cached=True)
         messages = [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}]
         try:
-            raw = self.client.chat(messages).text or ""
+            raw = self.client.chat(messages, temperature=0.0, max_tokens=100).text or ""
         except LLMError as e:
             return JudgeResult(None, "", cached=False, error=str(e))
         rec = {"key": key, "model": self.model, "raw": raw, "scores": parse_judge_reply(raw)}
