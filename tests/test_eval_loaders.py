@@ -153,3 +153,17 @@ def test_real_other_sets_parse(shared_dir):
     assert len(L.load_mts_dialog(d / "mts_dialog/MTS-Dialog-TrainingSet.csv")) == 1201
     assert len(T.get_task("icliniq").load(T.DataSource(str(d)))) == 100
     assert len(L.load_meqsum(d / "meqsum")) == 1000
+
+
+def test_tfds_builder_from_manual_dir(tmp_path):
+    """The array_record TFDS builder reads the same fixture files (no download: all present)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from bioinstruct_jax.data.tfds import eval_sets as E
+
+    assert set(E.BUILDERS) == set(T.TASK_NAMES)
+    b = E.builder_class("pubmedqa")(data_dir=str(tmp_path), file_format="array_record")
+    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(FIX)))
+    assert {k: v.num_examples for k, v in b.info.splits.items()} == {"test": 2, "train": 2}
+    got = {E.example_from_record(r)["id"]: E.example_from_record(r)["answer"]
+           for r in b.as_data_source()["test"]}
+    assert got == {"1002": "no", "1003": "maybe"}
