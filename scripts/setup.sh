@@ -16,7 +16,13 @@ spec="."
 # Quiet unless something goes wrong; the stamp skips reinstalling when nothing changed.
 stamp="$VENV/.installed-$(cat pyproject.toml | cksum | cut -d' ' -f1)-${extras:-base}"
 if [ ! -f "$stamp" ]; then
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$spec"
+  log="$VENV/install.log"
+  echo "installing bioinstruct-jax${extras:+[$extras]} into $VENV (log: $log) ..."
+  if ! { "$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade pip &&
+         "$VENV/bin/python" -m pip install --disable-pip-version-check -e "$spec"; } >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "install failed; full log in $log" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
