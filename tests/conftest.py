@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+
+# Every test process sees 8 virtual CPU devices (multi-device sharding tests); this must run before
+# jax is imported. Tests that want one device use jax.devices()[:1].
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
 import pathlib
 
 import pytest
