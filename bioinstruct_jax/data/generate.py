@@ -311,8 +311,6 @@ class _Run:
 
     def absorb(self, result: ChatResult) -> None:
         st = self.state
-        st["prompt_tokens"] += result.prompt_tokens
-        st["completion_tokens"] += result.completion_tokens
         parsed = parse_generation_reply(result.text, self.cfg.num_prompt_seeds + 1,
                                         truncated=result.finish_reason == "length")
         st["malformed_items"] += parsed.malformed
@@ -438,6 +436,8 @@ def run(cfg: GenerateConfig, client: LLMClient | None = None) -> dict[str, Any]:
                     print(f"request failed: {exc}", file=sys.stderr)
                 else:
                     r.state["requests"] += 1
+                    r.state["prompt_tokens"] += result.prompt_tokens
+                    r.state["completion_tokens"] += result.completion_tokens
                     if r.accepted < cfg.num_instructions:
                         r.absorb(result)
                 r.save_state()
