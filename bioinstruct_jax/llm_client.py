@@ -13,6 +13,7 @@ threads in `LLMClient.usage`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import threading
@@ -206,7 +207,7 @@ class LLMClient:
             raise LLMError(
                 f"HTTP {status} ({message}) from {self._where()}; not retried", status=status
             ) from None
-        except (ValueError, TypeError) as exc:  # body that is not JSON / not the expected shape
+        except (json.JSONDecodeError, openai.APIResponseValidationError) as exc:  # unreadable body
             raise _Transient(f"unreadable response body ({type(exc).__name__}: {exc})", None, exc) from None
         try:
             choice = resp.choices[0]
