@@ -104,6 +104,7 @@ class PlanResult:
     compile_seconds: float
     trainable_params: int
     total_params: int
+    step: str = "plan.lora_train_step"
 
     @property
     def fits(self) -> bool:
@@ -127,7 +128,7 @@ class PlanResult:
             f"  {self.accelerator}: {gib(self.capacity_bytes)} per device -> "
             + ("FITS" if self.fits else "DOES NOT FIT")
             + f" ({100 * self.peak_bytes / self.capacity_bytes:.0f}% used)",
-            f"  compiled in {self.compile_seconds:.1f}s",
+            f"  compiled {self.step} in {self.compile_seconds:.1f}s",
         ]
         return "\n".join(lines)
 
@@ -219,24 +220,40 @@ def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanRe
     base_sds = parallel.abstract_sharded_state(base, mesh)
     rest_sds = parallel.abstract_sharded_state(rest, mesh)
     parallel.check_batch((settings.batch, settings.seq), mesh)
-    bsh = parallel.batch_sharding(mesh)
-    batch_sds = {k: jax.ShapeDtypeStruct((settings.batch, settings.seq), jnp.int32, sharding=bsh)
-                 for k in ("input_ids", "segment_ids", "labels", "loss_mask")}
 
     tx = optax.adamw(1e-4, weight_decay=0.0)
     opt_sds = optimizer_state_shapes(tx, lora_sds, mesh)
-
     shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    step = jax.jit(
-        lora_train_step(graphdef, tx),
-        in_shardings=(shardings(lora_sds), shardings(opt_sds), shardings(base_sds), shardings(rest_sds),
-                      shardings(batch_sds)),
-        out_shardings=(shardings(lora_sds), shardings(opt_sds), shardings(rest_sds), replicated),
-        donate_argnums=(0, 1, 3),
-    )
-    start = time.perf_counter()
-    compiled = step.lower(lora_sds, opt_sds, base_sds, rest_sds, batch_sds).compile()
+    real = _real_train_step()
+    compiled = None
+    if real is not None:
+        # The training engineer's step: (lora, opt_state, base, rng, batch[k, b, T]) with grad accumulation.
+        step_name = "train_step.build_train_step"
+        try:
+            sh = real.step_shardings(mesh, lora, opt_sds, base, rest)
+            batch_sds = {k: jax.ShapeDtypeStruct((1, settings.batch, settings.seq), jnp.int32, sharding=sh.batch)
+                         for k in real.BATCH_KEYS}
+            step = real.build_train_step(graphdef_for(real, model), tx, shardings=sh)
+            start = time.perf_counter()
+            compiled = step.lower(lora_sds, opt_sds, base_sds, rest_sds, batch_sds).compile()
+        except Exception as err:  # an in-progress training step must not take the planner down
+            print(f"warning: could not compile train_step.build_train_step ({type(err).__name__}: "
+                  f"{str(err).splitlines()[0][:200]}); planning plan.lora_train_step instead", file=sys.stderr)
+    if compiled is None:
+        step_name = "plan.lora_train_step"
+        bsh = parallel.batch_sharding(mesh)
+        batch_sds = {k: jax.ShapeDtypeStruct((settings.batch, settings.seq), jnp.int32, sharding=bsh)
+                     for k in ("input_ids", "segment_ids", "labels", "loss_mask")}
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        step = jax.jit(
+            lora_train_step(graphdef, tx),
+            in_shardings=(shardings(lora_sds), shardings(opt_sds), shardings(base_sds), shardings(rest_sds),
+                          shardings(batch_sds)),
+            out_shardings=(shardings(lora_sds), shardings(opt_sds), shardings(rest_sds), replicated),
+            donate_argnums=(0, 1, 3),
+        )
+        start = time.perf_counter()
+        compiled = step.lower(lora_sds, opt_sds, base_sds, rest_sds, batch_sds).compile()
     seconds = time.perf_counter() - start
     mem = compiled.memory_analysis()
     peak = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
@@ -256,7 +273,23 @@ def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanRe
         compile_seconds=seconds,
         trainable_params=trainable,
         total_params=total,
+        step=step_name,
     )
+
+
+def _real_train_step():
+    """The training module's step builder when it is present (planned in preference to ours)."""
+    try:
+        from bioinstruct_jax import train_step
+    except ImportError:
+        return None
+    needed = ("build_train_step", "step_shardings", "BATCH_KEYS", "split_model")
+    return train_step if all(hasattr(train_step, n) for n in needed) else None
+
+
+def graphdef_for(real, model):
+    """The graphdef of the real step's split (its state order may differ from ours)."""
+    return real.split_model(model)[0]
 
 
 def optimizer_state_shapes(tx, lora_sds, mesh):
@@ -312,6 +345,8 @@ def _settings_from_config(path: str | None, overrides: Sequence[str]) -> dict[st
     out.update({k: v for k, v in pairs.items() if v is not None})
     if isinstance(out.get("targets"), str):
         out["targets"] = tuple(t.strip() for t in out["targets"].split(",") if t.strip())
+    elif out.get("targets") is not None:
+        out["targets"] = tuple(out["targets"])
     if mesh:
         sizes = {"data": mesh.get("data", 1), "fsdp": mesh.get("fsdp", -1), "tensor": mesh.get("tensor", 1)}
         if -1 not in sizes.values():
