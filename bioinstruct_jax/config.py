@@ -204,3 +204,34 @@ def _deep_copy(data: Any) -> Any:
     if isinstance(data, list):
         return [_deep_copy(v) for v in data]
     return data
+
+
+# ----------------------------------------------------------------------------------------------
+# The training run config (`python -m bioinstruct_jax.train --config FILE key=value ...`).
+# Sections live with their components; this is only their composition.
+
+from bioinstruct_jax.model.lora import LoraConfig  # noqa: E402
+from bioinstruct_jax.parallel import MeshConfig  # noqa: E402
+from bioinstruct_jax.train_config import ModelConfig, OptimConfig, TrainConfig  # noqa: E402
+
+try:  # the data pipeline's own section, once bioinstruct_jax.data.pipeline exists
+    from bioinstruct_jax.data.pipeline import DataConfig  # noqa: E402
+except ModuleNotFoundError:  # pragma: no cover - interim
+    from bioinstruct_jax.train_config import InterimDataConfig as DataConfig  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One LoRA training run: model, adapters, mesh, data, optimizer and loop settings."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+def load_run_config(path: str | pathlib.Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """`RunConfig` from a YAML file plus `key=value` overrides."""
+    return load_config(RunConfig, path, overrides)

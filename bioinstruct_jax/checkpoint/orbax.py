@@ -1,0 +1,210 @@
+"""Training checkpoints with Orbax's `CheckpointManager`: save, keep, resume, restore for inference.
+
+One checkpoint per saved step under `<output_dir>/checkpoints/<step>/`, with four items:
+  lora   the LoRA weights (`nnx.State` of `LoRAParam`s, f32)        StandardSave
+  opt    the optimizer state (AdamW moments + counters)              StandardSave
+  rng    the LoRA-dropout RNG state (keys stored as raw key data)    StandardSave
+  meta   JSON: step, data-iterator state, the resolved run config, the model signature
+Frozen base weights are not stored: they come back from `model.hf_path`, or from `model.seed` for
+presets with random weights (created by the same jitted initialiser, so bit-identical).
+
+Saves are asynchronous (the step loop continues while arrays are written); Orbax writes to a
+temporary directory and renames it to `<step>` only when complete, so a step directory that
+exists is a finished checkpoint. Kept: the newest `keep_last` plus the `keep_best` with the lowest
+validation loss (Orbax preservation policies). Paths may be local or `gs://...` (Orbax's epath).
+
+`check_compatible` compares a checkpoint's model signature (architecture, dtypes, LoRA shape) with
+the current run before anything is compiled, so a directory from a different model fails fast.
+`restore_for_export` and `load_model_for_inference` rebuild base + LoRA from a checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from etils import epath
+from orbax.checkpoint import checkpoint_managers as policies
+
+CHECKPOINT_SUBDIR = "checkpoints"
+ITEMS = ("lora", "opt", "rng", "meta")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint directory that belongs to a different model / LoRA layout than this run."""
+
+
+def checkpoint_dir(output_dir: str) -> epath.Path:
+    """`<output_dir>/checkpoints`, or `output_dir` itself when it already is a checkpoint folder."""
+    path = epath.Path(output_dir)
+    if path.name == CHECKPOINT_SUBDIR or (path.exists() and _has_steps(path) and not (path / CHECKPOINT_SUBDIR).exists()):
+        return path
+    return path / CHECKPOINT_SUBDIR
+
+
+def _has_steps(path: epath.Path) -> bool:
+    return any(p.name.isdigit() for p in path.iterdir()) if path.is_dir() else False
+
+
+def keys_to_data(tree: Any) -> Any:
+    """Typed PRNG keys -> their uint32 key data (Orbax stores plain arrays)."""
+    def one(x):
+        return jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+    return jax.tree.map(one, tree)
+
+
+def data_to_keys(tree: Any, template: Any) -> Any:
+    """Inverse of `keys_to_data`, taking the key implementation from `template`."""
+    def one(x, t):
+        if jnp.issubdtype(t.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(x, impl=jax.random.key_impl(t))
+        return x
+    return jax.tree.map(one, tree, template)
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) of a tree of arrays, the restore target."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+
+
+class RunCheckpointer:
+    """Thin wrapper over `ocp.CheckpointManager` for one training run's directory."""
+
+    def __init__(self, output_dir: str, *, keep_last: int = 2, keep_best: int = 1,
+                 async_save: bool = True, read_only: bool = False):
+        self.directory = checkpoint_dir(output_dir)
+        keep: list[Any] = [policies.LatestN(n=keep_last)]
+        if keep_best:
+            keep.append(policies.BestN(get_metric_fn=lambda m: -float(m["val_loss"]), n=keep_best,
+                                       keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policies.AnyPreservationPolicy(policies=keep),
+            enable_async_checkpointing=async_save,
+            create=not read_only,
+            read_only=read_only,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    # -- queries ---------------------------------------------------------------------------
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def read_meta(self, step: int | None = None) -> dict[str, Any]:
+        """The JSON item of a step (latest by default): step, data_state, config, model_signature."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{self.directory}: no checkpoint")
+        if step not in self.all_steps():
+            raise FileNotFoundError(f"{self.directory}: no checkpoint for step {step} (have {self.all_steps()})")
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+    # -- save / restore --------------------------------------------------------------------
+    def save(self, step: int, *, lora: Any, opt_state: Any, rng: Any, meta: dict[str, Any],
+             val_loss: float | None = None) -> bool:
+        """Start an (async) save of `step`; `val_loss` makes it a candidate for keep_best."""
+        meta = dict(meta, step=int(step))
+        args = ocp.args.Composite(
+            lora=ocp.args.StandardSave(lora),
+            opt=ocp.args.StandardSave(opt_state),
+            rng=ocp.args.StandardSave(keys_to_data(rng)),
+            meta=ocp.args.JsonSave(_jsonable(meta)),
+        )
+        metrics = {"val_loss": float(val_loss)} if val_loss is not None else None
+        return self.manager.save(int(step), args=args, metrics=metrics, force=True)
+
+    def restore(self, step: int | None, *, lora: Any, opt_state: Any | None, rng: Any) -> dict[str, Any]:
+        """Restore into the shapes/shardings of the given (live or abstract) trees.
+
+        Returns {"lora", "opt" (None when opt_state is None), "rng", "meta"}.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
+        items = dict(lora=ocp.args.StandardRestore(abstract_like(lora)),
+                     rng=ocp.args.StandardRestore(abstract_like(keys_to_data(rng))),
+                     meta=ocp.args.JsonRestore())
+        if opt_state is not None:
+            items["opt"] = ocp.args.StandardRestore(abstract_like(opt_state))
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return {"lora": restored.lora, "opt": restored.opt if opt_state is not None else None,
+                "rng": data_to_keys(restored.rng, rng), "meta": restored.meta}
+
+    def wait(self) -> None:
+        """Block until every pending async save is committed."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return {"__bytes__": value.decode("latin-1")}
+    if hasattr(value, "item") and not isinstance(value, (str, int, float, bool)):
+        return value.item()
+    return value
+
+
+def from_jsonable(value: Any) -> Any:
+    """Inverse of the bytes encoding used for data-iterator states."""
+    if isinstance(value, dict):
+        if set(value) == {"__bytes__"}:
+            return value["__bytes__"].encode("latin-1")
+        return {k: from_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_jsonable(v) for v in value]
+    return value
+
+
+def check_compatible(saved_signature: dict[str, Any], current_signature: dict[str, Any], where: str) -> None:
+    """Raise `CheckpointMismatchError` naming every key where a checkpoint's model differs."""
+    diffs = []
+    for key in sorted(set(saved_signature) | set(current_signature)):
+        a, b = saved_signature.get(key), current_signature.get(key)
+        if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+            diffs.append(f"{key}: checkpoint {a!r} vs this run {b!r}")
+    if diffs:
+        raise CheckpointMismatchError(
+            f"{where} holds checkpoints of a different model, so this run cannot resume from it:\n  "
+            + "\n  ".join(diffs)
+            + "\nUse another train.output_dir, or delete that directory to start over."
+        )
+
+
+def restore_for_export(checkpoint_dir: str, step: int | None = None):
+    """(model with the checkpoint's LoRA weights, RunConfig, tokenizer path or None).
+
+    `checkpoint_dir` is a run's output_dir (or its `checkpoints/` folder); `step` defaults to the
+    latest. The base model is rebuilt from the saved config (HF path or seeded preset), on one
+    device, in eval mode (dropout off), adapters not merged.
+    """
+    from bioinstruct_jax import train  # late import: train imports this module
+
+    return train.restore_model(checkpoint_dir, step=step)
+
+
+def load_model_for_inference(checkpoint_dir: str, step: int | None = None):
+    """(model in eval mode with LoRA loaded, RunConfig) for generation / evaluation."""
+    model, run_config, _ = restore_for_export(checkpoint_dir, step)
+    return model, run_config
+
+
+__all__ = [
+    "CHECKPOINT_SUBDIR", "CheckpointMismatchError", "RunCheckpointer", "checkpoint_dir", "check_compatible",
+    "restore_for_export", "load_model_for_inference", "keys_to_data", "data_to_keys", "abstract_like",
+    "from_jsonable",
+]

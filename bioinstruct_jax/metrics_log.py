@@ -1,0 +1,192 @@
+"""Training logs and throughput: metrics.jsonl, TensorBoard events, loss-curve PNG, FLOPs and MFU.
+
+FLOP convention for LoRA training (model FLOPs, rematerialisation not counted), per target
+position of a [B, T] batch:
+  forward                 2 * N_matmul                     (every frozen + LoRA matmul weight)
+  backward, activations   2 * N_matmul                     (gradients must flow down through every
+                                                            frozen layer to reach lower adapters)
+  backward, weights       2 * N_lora                       (only adapters get weight gradients)
+  attention               3 * 4 * L * T * H * d_head       (QK^T and AV, forward + 2x backward,
+                                                            no causal discount, as in PaLM's MFU)
+so FLOPs/token = 4 * N_frozen_matmul + 6 * N_lora + 12 * L * T * H * d_head. N_matmul excludes the
+embedding table (a gather), includes the LM head. With full fine-tuning this reduces to the usual
+6N + attention. Tokens = all positions of the batch (padding included: the device computes them).
+
+Peak FLOP/s per device come from `PEAK_FLOPS` by accelerator kind (bf16 dense, per JAX device:
+one TensorCore on TPU v2/v3, one chip from v4 on, one GPU); on a CPU the peak is measured once per
+process by timing a large f32 matmul on all cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+PEAK_FLOPS: dict[str, float] = {
+    "tpu-v2": 22.5e12,      # per core
+    "tpu-v3": 61.5e12,      # per core (123 TFLOP/s per chip)
+    "tpu-v4": 275e12,       # per chip (megacore)
+    "tpu-v5e": 197e12,
+    "tpu-v5p": 459e12,
+    "tpu-v6e": 918e12,
+    "a100": 312e12,
+    "h100": 989e12,
+    "h200": 989e12,
+}
+_KIND_PATTERNS = (("v6", "tpu-v6e"), ("v5p", "tpu-v5p"), ("v5", "tpu-v5e"), ("v4", "tpu-v4"),
+                  ("v3", "tpu-v3"), ("v2", "tpu-v2"), ("a100", "a100"), ("h100", "h100"), ("h200", "h200"))
+_MEASURED_CPU_PEAK: list[float] = []
+
+
+def measure_cpu_peak(n: int = 1024, repeats: int = 3) -> float:
+    """FLOP/s of an n x n f32 matmul on this host (best of `repeats`), cached per process."""
+    if _MEASURED_CPU_PEAK:
+        return _MEASURED_CPU_PEAK[0]
+    cpu = jax.devices("cpu")[0]
+    a = jax.device_put(jnp.ones((n, n), jnp.float32), cpu)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    _MEASURED_CPU_PEAK.append(2 * n**3 / best)
+    return _MEASURED_CPU_PEAK[0]
+
+
+def peak_flops_per_device(accelerator: str = "auto") -> tuple[str, float]:
+    """(name, peak FLOP/s of one device); `auto` reads `jax.devices()[0].device_kind`."""
+    name = accelerator.lower()
+    if name == "auto":
+        device = jax.devices()[0]
+        if device.platform == "cpu":
+            name = "cpu"
+        else:
+            kind = device.device_kind.lower()
+            name = next((canon for pat, canon in _KIND_PATTERNS if pat in kind), kind)
+    if name == "cpu":
+        # Virtual CPU devices share the host's cores: the host peak is split between them.
+        return "cpu (measured)", measure_cpu_peak() / max(len(jax.devices("cpu")), 1)
+    for pat, canon in _KIND_PATTERNS:
+        if pat in name:
+            name = canon
+            break
+    if name not in PEAK_FLOPS:
+        raise ValueError(f"train.accelerator={accelerator!r}: no peak FLOP/s known; use auto, cpu or one of "
+                         f"{', '.join(PEAK_FLOPS)}")
+    return name, PEAK_FLOPS[name]
+
+
+def flops_per_token(config: Any, n_frozen_matmul: int, n_lora: int, seq_len: int) -> float:
+    """Training FLOPs per position (see the module docstring for the convention)."""
+    attention = 12 * config.num_hidden_layers * seq_len * config.num_attention_heads * config.resolved_head_dim
+    return 4 * n_frozen_matmul + 6 * n_lora + attention
+
+
+def matmul_param_counts(model: Any) -> tuple[int, int]:
+    """(frozen matmul weights, LoRA weights) of a LoRA-wrapped Llama (embedding table excluded)."""
+    from flax import nnx
+
+    from bioinstruct_jax.model.lora import LoRAParam
+
+    frozen = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param)):
+        names = [str(getattr(p, "key", p)) for p in path]
+        if "kernel" in names:
+            frozen += int(leaf.size)
+    n_lora = sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, LoRAParam)))
+    if model.config.tie_word_embeddings:
+        frozen += model.config.vocab_size * model.config.hidden_size
+    return frozen, n_lora
+
+
+class MetricsLogger:
+    """Writes every record to `<dir>/metrics.jsonl` and (optionally) TensorBoard; plots at close."""
+
+    def __init__(self, output_dir: str, *, tensorboard: bool = True, enabled: bool = True):
+        self.dir = output_dir
+        self.enabled = enabled
+        self.local = "://" not in output_dir
+        self._jsonl = None
+        self._tb = None
+        if not enabled:
+            return
+        if self.local:
+            pathlib.Path(output_dir).mkdir(parents=True, exist_ok=True)
+            self._jsonl = open(pathlib.Path(output_dir) / "metrics.jsonl", "a")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(f"{output_dir}/tensorboard")
+
+    @property
+    def jsonl_path(self) -> str:
+        return f"{self.dir}/metrics.jsonl"
+
+    def log(self, step: int, values: dict[str, float], split: str = "train") -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "split": split, **{k: float(v) for k, v in values.items()}}
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(path: str | pathlib.Path) -> list[dict[str, Any]]:
+    """Records of a metrics.jsonl; a restarted run appends, so later records of a step win."""
+    by_key: dict[tuple[str, int], dict[str, Any]] = {}
+    for line in pathlib.Path(path).read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            by_key[(rec["split"], rec["step"])] = rec
+    return sorted(by_key.values(), key=lambda r: (r["split"], r["step"]))
+
+
+def plot_loss_curve(metrics_path: str | pathlib.Path, png_path: str | pathlib.Path) -> pathlib.Path | None:
+    """Train (and validation) loss against step, as a PNG; None when there is nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in records if r["split"] == "train" and "loss" in r]
+    val = [(r["step"], r["loss"]) for r in records if r["split"] == "val" and "loss" in r]
+    if not train and not val:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train:
+        ax.plot(*zip(*train), label="train")
+    if val:
+        ax.plot(*zip(*val), marker="o", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("token cross-entropy")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png_path = pathlib.Path(png_path)
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
+
+
+__all__ = ["PEAK_FLOPS", "measure_cpu_peak", "peak_flops_per_device", "flops_per_token", "matmul_param_counts",
+           "MetricsLogger", "read_metrics", "plot_loss_curve"]

@@ -1,0 +1,568 @@
+"""LoRA instruction tuning: `python -m bioinstruct_jax.train --config configs/FILE.yaml [key=value ...]`.
+
+Order of work, so that every user error surfaces before anything is compiled:
+  1. read the config (typos are `ConfigError`s naming the key), check the data files and the model
+     path exist, build the mesh (divisibility errors name axis and sizes);
+  2. if `train.output_dir` already has checkpoints, compare their model signature with this run's
+     (a different model is a `CheckpointMismatchError`) and resume from the latest one;
+  3. build the base model (HF checkpoint streamed onto the mesh, or a preset with seeded random
+     weights), add LoRA, split it into LoRA / RNG / frozen-base state (see `train_step`);
+  4. run the jitted step over batches from the data pipeline; validation loss every
+     `train.eval_every` steps; async Orbax checkpoints every `train.save_every` steps and at the
+     end; SIGTERM (TPU preemption) saves at the next step boundary and exits 0.
+Logs: a tqdm bar (step, loss, lr, tokens/s, ETA), `metrics.jsonl`, TensorBoard events, MFU, and a
+`loss_curve.png` at the end, all under `train.output_dir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import math
+import pathlib
+import signal
+import sys
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import numpy as np
+
+from bioinstruct_jax.config import ConfigError, RunConfig, dump_yaml, from_dict, load_run_config, to_dict
+
+DataFactory = Callable[[str], Any]  # split ("train" | "val") -> iterator of numpy batches
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer, model and signature
+
+
+def _attr(obj: Any, name: str, default: Any = None) -> Any:
+    value = getattr(obj, name, default)
+    return value() if callable(value) else value
+
+
+def load_run_tokenizer(cfg: RunConfig):
+    """The tokenizer named by model.tokenizer (or found in model.hf_path); None when neither is set."""
+    path = cfg.model.tokenizer or cfg.model.hf_path
+    if not path:
+        return None
+    if not pathlib.Path(path).exists() and "://" not in path:
+        raise ConfigError(f"model.tokenizer: {path} does not exist")
+    try:
+        from bioinstruct_jax.tokenizer import load_tokenizer
+    except ModuleNotFoundError:  # interim: SentencePiece directly until tokenizer.py lands
+        import sentencepiece as spm
+
+        p = pathlib.Path(path)
+        if p.is_dir():
+            p = next(iter(sorted(p.glob("*.model"))), p / "tokenizer.model")
+        return spm.SentencePieceProcessor(model_file=str(p))
+    return load_tokenizer(path)
+
+
+def tokenizer_vocab_size(tokenizer: Any) -> int | None:
+    if tokenizer is None:
+        return None
+    for name in ("vocab_size", "get_piece_size"):
+        if hasattr(tokenizer, name):
+            return int(_attr(tokenizer, name))
+    return None
+
+
+def resolve_llama_config(cfg: RunConfig, tokenizer: Any = None):
+    """The architecture: from hf_path's config.json, or the preset (vocab from the tokenizer)."""
+    from bioinstruct_jax.model.llama import LlamaConfig
+
+    if cfg.model.hf_path:
+        path = pathlib.Path(cfg.model.hf_path)
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.hf_path: {path} has no config.json (expected an HF LLaMA checkpoint folder)")
+        config = LlamaConfig.from_hf(path)
+    else:
+        try:
+            config = LlamaConfig.preset(cfg.model.preset)
+        except ValueError as err:
+            raise ConfigError(f"model.preset: {err}") from None
+        vocab = cfg.model.vocab_size or tokenizer_vocab_size(tokenizer)
+        if vocab and vocab != config.vocab_size:
+            config = dataclasses.replace(config, vocab_size=vocab)
+    tok_vocab = tokenizer_vocab_size(tokenizer)
+    if tok_vocab and tok_vocab > config.vocab_size:
+        raise ConfigError(f"tokenizer has {tok_vocab} pieces but the model's vocab_size is {config.vocab_size}")
+    return config
+
+
+def llama_config_from_dict(d: dict[str, Any]):
+    from bioinstruct_jax.model.llama import LlamaConfig, RopeScaling
+
+    d = dict(d)
+    if d.get("rope_scaling"):
+        d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+    d["eos_token_id"] = tuple(d.get("eos_token_id") or ())
+    return LlamaConfig(**d)
+
+
+def model_signature(cfg: RunConfig, llama_config: Any) -> dict[str, Any]:
+    """What a checkpoint must agree on with the run that resumes from it."""
+    lora = to_dict(cfg.lora)
+    return {
+        "architecture": to_dict(llama_config),
+        "base": cfg.model.hf_path or f"preset:{cfg.model.preset}:seed{cfg.model.seed}",
+        "param_dtype": cfg.model.param_dtype,
+        "lora": {k: lora[k] for k in ("r", "alpha", "targets", "target_regex", "rslora")},
+    }
+
+
+def build_model(cfg: RunConfig, llama_config: Any, mesh: jax.sharding.Mesh):
+    """Base model (HF weights or seeded random preset) + LoRA, on `mesh`, in train mode.
+
+    Random presets are created by one jitted initialiser straight into their shards, so the same
+    seed gives the same weights whatever the mesh (threefry is partitionable).
+    """
+    from flax import nnx
+
+    from bioinstruct_jax import parallel
+    from bioinstruct_jax.model.llama import Llama, dtype_from_name
+    from bioinstruct_jax.model.lora import apply_lora
+
+    m = cfg.model
+    kwargs = dict(remat=m.remat, attention_impl=m.attention_impl)
+    lora_rngs = lambda: nnx.Rngs(params=m.seed + 1, dropout=cfg.train.seed + 2)  # noqa: E731
+    if m.hf_path:
+        from bioinstruct_jax.checkpoint.hf import load_pretrained
+
+        model, _ = load_pretrained(m.hf_path, dtype=m.param_dtype, compute_dtype=m.dtype, mesh=mesh, **kwargs)
+        apply_lora(model, cfg.lora, lora_rngs())
+        model = parallel.shard_model(model, mesh)
+    else:
+        def factory():
+            model = Llama(llama_config, rngs=nnx.Rngs(params=m.seed), param_dtype=dtype_from_name(m.param_dtype),
+                          dtype=dtype_from_name(m.dtype), **kwargs)
+            apply_lora(model, cfg.lora, lora_rngs())
+            return model
+
+        model = parallel.shard_model(factory, mesh)
+    model.train()
+    return model
+
+
+def make_run_mesh(cfg: RunConfig, devices: Sequence[Any] | None = None) -> jax.sharding.Mesh:
+    """The mesh of mesh.*; fully fixed sizes use the first data*fsdp*tensor devices."""
+    from bioinstruct_jax import parallel
+
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    if -1 not in sizes and 0 < math.prod(sizes) < len(devices):
+        devices = devices[: math.prod(sizes)]
+    try:
+        return parallel.make_mesh(cfg.mesh, devices=devices)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def check_data_files(cfg: RunConfig) -> None:
+    """Fail fast when a data file named in the config is missing."""
+    for name in ("train_file", "val_file", "path", "train_path", "val_path", "data_dir"):
+        value = getattr(cfg.data, name, None)
+        if isinstance(value, str) and value and "://" not in value and not pathlib.Path(value).exists():
+            raise ConfigError(f"data.{name}: {value} does not exist")
+
+
+def make_data_factory(cfg: RunConfig, tokenizer: Any) -> DataFactory:
+    """split -> batch iterator with get_state()/set_state(); the pipeline's when it exists."""
+    try:
+        pipeline = importlib.import_module("bioinstruct_jax.data.pipeline")
+    except ModuleNotFoundError:
+        pipeline = None
+    if pipeline is not None and hasattr(pipeline, "make_iterator"):
+        return lambda split: pipeline.make_iterator(cfg.data, tokenizer, split=split)
+    from bioinstruct_jax.data.records import read_jsonl_records
+
+    if tokenizer is None:
+        raise ConfigError("model.tokenizer is not set and model.hf_path has no tokenizer: the data needs one")
+    records = [r.to_dict() for r in read_jsonl_records(cfg.data.train_file)]
+    rng = np.random.default_rng(cfg.data.seed)
+    order = rng.permutation(len(records))
+    if cfg.data.val_file:
+        train_recs = [records[i] for i in order]
+        val_recs = [r.to_dict() for r in read_jsonl_records(cfg.data.val_file)]
+    else:
+        n_val = int(round(len(records) * cfg.data.val_fraction))
+        val_recs = [records[i] for i in order[:n_val]]
+        train_recs = [records[i] for i in order[n_val:]]
+    encode = lambda recs: [encode_example(r, tokenizer, cfg.data.max_length) for r in recs]  # noqa: E731
+    train_ex, val_ex = encode(train_recs), encode(val_recs)
+
+    def factory(split: str):
+        if split == "train":
+            return InterimLoader(train_ex, cfg.data.batch_size, cfg.data.max_length, cfg.data.seed, repeat=True)
+        return InterimLoader(val_ex, cfg.data.batch_size, cfg.data.max_length, cfg.data.seed, repeat=False)
+
+    factory.num_examples = len(train_ex)  # type: ignore[attr-defined]
+    return factory
+
+
+PROMPT_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
+                     "context. Write a response that appropriately completes the request.\n\n"
+                     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+PROMPT_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes "
+                   "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+
+
+def encode_example(record: dict[str, str], tokenizer: Any, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, loss-on-next-token mask) of bos + prompt + output + eos, at most max_length + 1 ids
+    (the prompt is cut first, the answer keeps at least half of the length)."""
+    template = PROMPT_WITH_INPUT if record.get("input") else PROMPT_NO_INPUT
+    prompt = list(tokenizer.encode(template.format(**record)))
+    answer = list(tokenizer.encode(record["output"])) + [int(_attr(tokenizer, "eos_id", 2))]
+    answer = answer[: max(max_length // 2, max_length - len(prompt))]  # long prompts give way first
+    prompt = prompt[: max_length - len(answer)]
+    ids = [int(_attr(tokenizer, "bos_id", 1))] + prompt + answer
+    mask = [0] * (1 + len(prompt)) + [1] * len(answer)
+    return np.asarray(ids, np.int32), np.asarray(mask, np.int32)
+
+
+class InterimLoader:
+    """Fixed-shape batches from pre-tokenised examples; deterministic, with a JSON-able state.
+
+    Stand-in for the grain pipeline (bioinstruct_jax.data.pipeline) until it lands. Each epoch is
+    a seeded permutation; the last partial batch of an epoch is dropped.
+    """
+
+    def __init__(self, examples, batch_size: int, max_length: int, seed: int, repeat: bool):
+        if len(examples) < batch_size and repeat:
+            raise ConfigError(f"data: {len(examples)} training examples are fewer than data.batch_size={batch_size}")
+        self.examples, self.batch_size, self.max_length = examples, batch_size, max_length
+        self.seed, self.repeat = seed, repeat
+        self.epoch, self.index = 0, 0
+
+    def __iter__(self):
+        return self
+
+    def _order(self) -> np.ndarray:
+        if not self.repeat:
+            return np.arange(len(self.examples))
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.examples))
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        order = self._order()
+        if self.index + self.batch_size > len(order):
+            if not self.repeat:
+                if self.index >= len(order):
+                    raise StopIteration
+                rows = list(order[self.index:])  # final short eval batch, padded below
+                self.index = len(order)
+                return self._batch(rows)
+            self.epoch, self.index = self.epoch + 1, 0
+            order = self._order()
+        rows = list(order[self.index: self.index + self.batch_size])
+        self.index += self.batch_size
+        return self._batch(rows)
+
+    def _batch(self, rows) -> dict[str, np.ndarray]:
+        b, t = self.batch_size, self.max_length
+        out = {k: np.zeros((b, t), np.int32) for k in ("input_ids", "targets", "loss_mask", "segment_ids")}
+        out["positions"] = np.tile(np.arange(t, dtype=np.int32), (b, 1))
+        for i, r in enumerate(rows):
+            ids, mask = self.examples[r]
+            n = len(ids) - 1
+            out["input_ids"][i, :n] = ids[:-1]
+            out["targets"][i, :n] = ids[1:]
+            out["loss_mask"][i, :n] = mask[1:]
+            out["segment_ids"][i, :n] = 1
+        return out
+
+    def get_state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+class _Preemption:
+    """SIGTERM sets a flag; the loop checkpoints at the next step boundary and exits cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a finished (or preempted) run produced."""
+
+    step: int
+    total_steps: int
+    preempted: bool
+    final_loss: float | None
+    val_loss: float | None
+    output_dir: str
+    checkpoint_dir: str
+    metrics_path: str
+    loss_curve: str | None
+    model: Any = None
+
+
+def total_steps_of(cfg: RunConfig, factory: DataFactory) -> int:
+    if cfg.train.steps:
+        return cfg.train.steps
+    n = getattr(factory, "num_examples", None)
+    if not n:
+        raise ConfigError("train.steps=0 asks for train.epochs, but the data pipeline does not report its size; "
+                          "set train.steps")
+    return max(1, int(cfg.train.epochs * n // cfg.data.batch_size))
+
+
+def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | None = None,
+        stop_after: int | None = None, verbose: bool = True) -> RunResult:
+    """Train (or resume) the run described by `cfg`; returns at the last step or on SIGTERM.
+
+    tokenizer / data_factory: injected in tests; default from the config. stop_after: end this
+    process after that many steps (without the final save), for tests of resumption.
+    """
+    from bioinstruct_jax import metrics_log, train_step as ts
+    from bioinstruct_jax.checkpoint.orbax import RunCheckpointer, check_compatible, from_jsonable
+    from bioinstruct_jax.model.lora import parameter_summary
+
+    out = cfg.train.output_dir
+    say = print if verbose else (lambda *a, **k: None)
+    # 1. cheap checks, no compilation
+    check_data_files(cfg)
+    if tokenizer is None:
+        tokenizer = load_run_tokenizer(cfg)
+    llama_config = resolve_llama_config(cfg, tokenizer)
+    signature = model_signature(cfg, llama_config)
+    mesh = make_run_mesh(cfg)
+    ckpt = RunCheckpointer(out, keep_last=cfg.train.keep_last, keep_best=cfg.train.keep_best,
+                           async_save=cfg.train.async_checkpointing)
+    resume_step = ckpt.latest_step()
+    meta = None
+    if resume_step is not None:
+        meta = ckpt.read_meta(resume_step)
+        check_compatible(meta.get("model_signature", {}), signature, str(ckpt.directory))
+    if data_factory is None:
+        data_factory = make_data_factory(cfg, tokenizer)
+    total = total_steps_of(cfg, data_factory)
+    k = cfg.optim.grad_accum
+    if cfg.data.batch_size % k:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is not divisible by optim.grad_accum={k}")
+    from bioinstruct_jax.parallel import check_batch, state_shardings
+
+    try:
+        check_batch((cfg.data.batch_size // k, cfg.data.max_length), mesh, what="micro-batch [batch/grad_accum, length]")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if "://" not in out:
+        pathlib.Path(out).mkdir(parents=True, exist_ok=True)
+        (pathlib.Path(out) / "run_config.yaml").write_text(dump_yaml(cfg))
+
+    # 2. model, optimizer, steps
+    model = build_model(cfg, llama_config, mesh)
+    trainable, n_all = parameter_summary(model)
+    n_frozen_mm, n_lora = metrics_log.matmul_param_counts(model)
+    train_graphdef, eval_graphdef, lora, rng, base = ts.split_for_modes(model)
+    tx = ts.make_optimizer(cfg.optim, total)
+    schedule = ts.make_schedule(cfg.optim, total)
+    lora_sh = state_shardings(lora, mesh)
+    opt_state = ts.init_optimizer(tx, lora, lora_sh)
+    shardings = ts.step_shardings(mesh, lora, opt_state, base, rng)
+    train_step = ts.build_train_step(train_graphdef, tx, shardings=shardings)
+    eval_step = ts.build_eval_step(eval_graphdef, shardings=shardings)
+    say(f"model: {signature['base']}  {n_all:,} parameters, {trainable:,} trainable LoRA "
+        f"({100 * trainable / max(n_all, 1):.3f}%)  mesh {dict(mesh.shape)}  steps {total}")
+
+    train_iter = data_factory("train")
+    start = 0
+    if resume_step is not None:
+        restored = ckpt.restore(resume_step, lora=lora, opt_state=opt_state, rng=rng)
+        lora, opt_state, rng = restored["lora"], restored["opt"], restored["rng"]
+        train_iter.set_state(from_jsonable(restored["meta"]["data_state"]))
+        start = int(restored["meta"]["step"])
+        say(f"resumed from {ckpt.directory}/{resume_step} (step {start} of {total})")
+
+    logger = metrics_log.MetricsLogger(out, tensorboard=cfg.train.tensorboard)
+    peak_name, peak = metrics_log.peak_flops_per_device(cfg.train.accelerator)
+    flops_tok = metrics_log.flops_per_token(llama_config, n_frozen_mm, n_lora, cfg.data.max_length)
+    n_devices = mesh.devices.size
+    config_dict = to_dict(cfg)
+
+    def put(batch, sharding, stacked):
+        arrays = ts.stack_micro_batches(batch, k) if stacked else {key: batch[key] for key in ts.BATCH_KEYS}
+        return jax.device_put(arrays, sharding)
+
+    def validate() -> float | None:
+        total_loss, total_tokens = 0.0, 0.0
+        for i, batch in enumerate(data_factory("val")):
+            if cfg.train.eval_batches and i >= cfg.train.eval_batches:
+                break
+            s, n = eval_step(lora, base, rng, put(batch, shardings.eval_batch, False))
+            total_loss, total_tokens = total_loss + float(s), total_tokens + float(n)
+        return total_loss / total_tokens if total_tokens else None
+
+    def save(step: int, val_loss: float | None) -> None:
+        meta = {"data_state": train_iter.get_state(), "config": config_dict, "model_signature": signature,
+                "total_steps": total}
+        ckpt.save(step, lora=lora, opt_state=opt_state, rng=rng, meta=meta, val_loss=val_loss)
+
+    bar = None
+    if cfg.train.progress_bar and verbose:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
+    step, last_loss, val_loss, preempted = start, None, None, False
+    window_tokens, window_start = 0, time.perf_counter()
+    with _Preemption() as preemption:
+        while step < total:
+            batch = next(train_iter)
+            lora, opt_state, rng, metrics = train_step(lora, opt_state, base, rng, put(batch, shardings.batch, True))
+            step += 1
+            window_tokens += batch["input_ids"].size
+            val_loss = None
+            if cfg.train.log_every and (step % cfg.train.log_every == 0 or step == total):
+                m = jax.device_get(metrics)
+                elapsed = time.perf_counter() - window_start
+                tok_s = window_tokens / max(elapsed, 1e-9)
+                mfu = flops_tok * tok_s / (peak * n_devices)
+                last_loss = float(m["loss"])
+                record = {"loss": last_loss, "grad_norm": float(m["grad_norm"]), "lr": float(schedule(step - 1)),
+                          "tokens": float(m["tokens"]), "tokens_per_s": tok_s, "mfu": mfu}
+                logger.log(step, record)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{tok_s:,.0f}",
+                                    mfu=f"{100 * mfu:.1f}%")
+                window_tokens, window_start = 0, time.perf_counter()
+            if cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == total):
+                val_loss = validate()
+                if val_loss is not None:
+                    logger.log(step, {"loss": val_loss}, split="val")
+                    if bar is not None:
+                        bar.write(f"step {step}: validation loss {val_loss:.4f}")
+            if bar is not None:
+                bar.update(1)
+            if preemption.requested:
+                save(step, val_loss)
+                preempted = True
+                say(f"\nSIGTERM: saved step {step} to {ckpt.directory}; exiting")
+                break
+            if stop_after is not None and step - start >= stop_after:
+                break
+            if step == total or (cfg.train.save_every and step % cfg.train.save_every == 0):
+                save(step, val_loss)
+    if bar is not None:
+        bar.close()
+    ckpt.close()
+    logger.close()
+    curve = None
+    if cfg.train.plot and "://" not in out and pathlib.Path(logger.jsonl_path).exists():
+        png = metrics_log.plot_loss_curve(logger.jsonl_path, pathlib.Path(out) / "loss_curve.png")
+        curve = str(png) if png else None
+    nnx_update(model, lora, rng)
+    return RunResult(step=step, total_steps=total, preempted=preempted, final_loss=last_loss, val_loss=val_loss,
+                     output_dir=out, checkpoint_dir=str(ckpt.directory), metrics_path=logger.jsonl_path,
+                     loss_curve=curve, model=model)
+
+
+def nnx_update(model: Any, *states: Any) -> None:
+    from flax import nnx
+
+    nnx.update(model, *states)
+
+
+# ----------------------------------------------------------------------------------------------
+# Restore for export / inference
+
+
+def restore_model(checkpoint_dir: str, step: int | None = None, mesh: jax.sharding.Mesh | None = None):
+    """(model in eval mode with LoRA weights of `step`, RunConfig, tokenizer path or None)."""
+    from flax import nnx
+
+    from bioinstruct_jax import train_step as ts
+    from bioinstruct_jax.checkpoint.orbax import RunCheckpointer
+
+    ckpt = RunCheckpointer(checkpoint_dir, read_only=True)
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{ckpt.directory}: no checkpoint to restore")
+    meta = ckpt.read_meta(step)
+    cfg = from_dict(RunConfig, meta["config"], origin=f"{ckpt.directory}/{step}/meta")
+    llama_config = llama_config_from_dict(meta["model_signature"]["architecture"])
+    if mesh is None:
+        from bioinstruct_jax import parallel
+
+        mesh = parallel.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    model = build_model(cfg, llama_config, mesh)
+    _, lora, rng, _ = ts.split_model(model)
+    restored = ckpt.restore(step, lora=lora, opt_state=None, rng=rng)
+    nnx.update(model, restored["lora"], restored["rng"])
+    ckpt.close()
+    model.eval()
+    tok = cfg.model.tokenizer or cfg.model.hf_path or None
+    return model, cfg, tok
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bioinstruct_jax.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="run config YAML (default: configs/tiny.yaml values built in)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1.0e-4 train.steps=500")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from bioinstruct_jax.distributed import maybe_initialize_distributed
+
+    try:
+        cfg = load_run_config(args.config, args.overrides)
+        if args.print_config:
+            print(dump_yaml(cfg))
+            return 0
+        maybe_initialize_distributed()
+        result = run(cfg)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        from bioinstruct_jax.checkpoint.orbax import CheckpointMismatchError
+
+        if isinstance(err, CheckpointMismatchError):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        raise
+    print(json.dumps({"step": result.step, "preempted": result.preempted, "final_loss": result.final_loss,
+                      "val_loss": result.val_loss, "checkpoints": result.checkpoint_dir,
+                      "metrics": result.metrics_path, "loss_curve": result.loss_curve}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
