@@ -178,7 +178,7 @@ def build_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = tx.update(grads, opt_state, lora)
         lora = optax.apply_updates(lora, updates)
-        metrics = {"loss": loss_sum / denom, "tokens": tokens, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss_sum / denom, "tokens": tokens, "grad_norm": optax.tree.norm(grads)}
         return lora, opt_state, rng, metrics
 
     donate_argnums = (0, 1, 3) if donate else ()

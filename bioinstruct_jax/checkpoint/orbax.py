@@ -112,12 +112,11 @@ class RunCheckpointer:
              val_loss: float | None = None) -> bool:
         """Start an (async) save of `step`; `val_loss` makes it a candidate for keep_best."""
         meta = dict(meta, step=int(step))
-        args = ocp.args.Composite(
-            lora=ocp.args.StandardSave(lora),
-            opt=ocp.args.StandardSave(opt_state),
-            rng=ocp.args.StandardSave(keys_to_data(rng)),
-            meta=ocp.args.JsonSave(_jsonable(meta)),
-        )
+        items = dict(lora=ocp.args.StandardSave(lora), opt=ocp.args.StandardSave(opt_state),
+                     meta=ocp.args.JsonSave(_jsonable(meta)))
+        if jax.tree.leaves(rng):  # no RNG state at all when LoRA dropout is 0
+            items["rng"] = ocp.args.StandardSave(keys_to_data(rng))
+        args = ocp.args.Composite(**items)
         metrics = {"val_loss": float(val_loss)} if val_loss is not None else None
         return self.manager.save(int(step), args=args, metrics=metrics, force=True)
 
@@ -129,14 +128,14 @@ class RunCheckpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
-        items = dict(lora=ocp.args.StandardRestore(abstract_like(lora)),
-                     rng=ocp.args.StandardRestore(abstract_like(keys_to_data(rng))),
-                     meta=ocp.args.JsonRestore())
+        items = dict(lora=ocp.args.StandardRestore(abstract_like(lora)), meta=ocp.args.JsonRestore())
+        if jax.tree.leaves(rng):
+            items["rng"] = ocp.args.StandardRestore(abstract_like(keys_to_data(rng)))
         if opt_state is not None:
             items["opt"] = ocp.args.StandardRestore(abstract_like(opt_state))
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return {"lora": restored.lora, "opt": restored.opt if opt_state is not None else None,
-                "rng": data_to_keys(restored.rng, rng), "meta": restored.meta}
+                "rng": data_to_keys(restored.rng, rng) if "rng" in items else rng, "meta": restored.meta}
 
     def wait(self) -> None:
         """Block until every pending async save is committed."""
