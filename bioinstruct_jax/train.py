@@ -377,9 +377,10 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
         check_batch((cfg.data.batch_size // k, cfg.data.max_length), mesh, what="micro-batch [batch/grad_accum, length]")
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    if "://" not in out:
-        pathlib.Path(out).mkdir(parents=True, exist_ok=True)
-        (pathlib.Path(out) / "run_config.yaml").write_text(dump_yaml(cfg))
+    from etils import epath
+
+    epath.Path(out).mkdir(parents=True, exist_ok=True)
+    (epath.Path(out) / "run_config.yaml").write_text(dump_yaml(cfg))  # local or gs://
 
     # 2. model, optimizer, steps
     model = build_model(cfg, llama_config, mesh)
