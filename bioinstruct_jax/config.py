@@ -176,6 +176,11 @@ def _convert(annotation: Any, value: Any, origin: str, key: str) -> Any:
             raise ConfigError(f"{origin}: {key} = {value!r}; expected a mapping")
         return dict(value)
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{origin}: {key} = {value!r}; expected a number")
         return float(value)

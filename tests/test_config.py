@@ -37,6 +37,7 @@ def test_yaml_then_overrides_build_typed_nested_config(tmp_path):
     assert cfg == Outer(name="tiny", steps=25, use_remat=True,
                         inner=Inner(r=4, alpha=8.0, targets=("v_proj", "o_proj")))
     assert isinstance(cfg.inner.alpha, float)
+    assert load_config(Outer, None, ["inner.alpha=1e-3"]).inner.alpha == 1e-3  # YAML reads 1e-3 as str
     again = load_config(Outer, _write(tmp_path, dump_yaml(cfg)))
     assert again == cfg
 
