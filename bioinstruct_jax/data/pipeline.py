@@ -1,0 +1,314 @@
+"""The training data pipeline (grain): records -> prompt template -> tokens -> response-only loss
+mask -> truncation -> optional packing -> fixed-shape batches, sharded per host, resumable.
+
+Records come from a random-access source: a JSON / JSON-lines file (split into train/validation by
+record hash, as the TFDS builder does), the TFDS `bioinstruct` builder (`tfds_config` set: built
+once from `train_file` into `tfds_data_dir`, array_record, read with `as_data_source`), or any
+sequence of record dicts passed in.
+
+One example is `<s> prompt response </s>`; `input_ids` are all tokens but the last, `targets` all
+but the first, and `loss_mask` is 1 exactly where the target is a response token or the EOS.
+Truncation (at most `max_length` input positions): the prompt gives way first (its head is cut from
+the end, the response header is kept); when even the response does not fit, the example is dropped
+and counted (`count_examples`), never silently. Packing puts several examples in one row
+(grain's first-fit packing) with segment ids 1, 2, ... (0 = padding) and positions restarting at
+0 per segment; the model attends only within a segment.
+
+Per host: the record stream (after the seeded per-epoch shuffle) is dealt round-robin to
+`process_count` hosts; each host's batch has `batch_size / process_count` rows, and the global
+batch is the hosts' batches stacked in process order. Iterators are deterministic for a seed and
+have `get_state()` / `set_state()` (JSON-able) for resume.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import pathlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from bioinstruct_jax.data import templates
+
+BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
+_PACK_KEYS = ("input_ids", "targets", "loss_mask")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The `data:` section of a run config.
+
+    train_file: JSON array or JSON lines of instruction records (the published 25K file, generated
+      data, the seeds). val_file: a separate validation file; empty = hold out `val_fraction` of
+      train_file by record hash.
+    tfds_config: empty = read train_file directly; else a `bioinstruct` TFDS config (`all`, `qa`,
+      `ie`, `gen`, `other`, `all_5k` ... `all_25k`, `<category>_<n>[k]`) built from train_file
+      (labels from labels_file when the file has no categories) into tfds_data_dir.
+    template: a name in `templates.TEMPLATES`. max_length: input positions per row.
+    batch_size: global rows per step (split over hosts). packing: several examples per row.
+    num_epochs: passes over the training split (None = repeat forever); validation is one pass.
+    shuffle: reshuffle the training split every epoch (seeded). skip_malformed: skip (and count)
+      bad records instead of failing. pad_id: None = the tokenizer's pad id.
+    """
+
+    train_file: str = "seeds/bioinstruct_seeds.jsonl"
+    val_file: str = ""
+    val_fraction: float = 0.1
+    labels_file: str = ""
+    tfds_config: str = ""
+    tfds_data_dir: str = ""
+    template: str = templates.DEFAULT_TEMPLATE
+    max_length: int = 256
+    batch_size: int = 8
+    packing: bool = False
+    seed: int = 0
+    num_epochs: int | None = None
+    shuffle: bool = True
+    skip_malformed: bool = False
+    pad_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_length < 2:
+            raise ValueError(f"data.batch_size={self.batch_size} / data.max_length={self.max_length} too small")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction={self.val_fraction} must be in [0, 1)")
+        if self.template not in templates.TEMPLATES:
+            raise ValueError(f"data.template={self.template!r}; known: {sorted(templates.TEMPLATES)}")
+        if self.num_epochs is not None and self.num_epochs < 1:
+            raise ValueError(f"data.num_epochs={self.num_epochs} must be >= 1 (or null = forever)")
+
+
+# ------------------------------------------------------------------------------------------------
+# One example
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedExample:
+    """Shifted tokens of one example: input_ids / targets / loss_mask, all the same length."""
+
+    input_ids: np.ndarray
+    targets: np.ndarray
+    loss_mask: np.ndarray
+    prompt_truncated: bool = False
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {"input_ids": self.input_ids, "targets": self.targets, "loss_mask": self.loss_mask}
+
+
+class ExampleEncoder:
+    """record -> EncodedExample (or None when even the response does not fit)."""
+
+    def __init__(self, tokenizer: Any, max_length: int, template: str = templates.DEFAULT_TEMPLATE):
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.template = templates.get_template(template)
+        self.bos, self.eos = int(tokenizer.bos_id), int(tokenizer.eos_id)
+
+    def __call__(self, record: Mapping[str, Any]) -> EncodedExample | None:
+        prompt, response = templates.format_example(record, self.template.name)
+        resp = list(self.tokenizer.encode(response)) + [self.eos]
+        budget = self.max_length + 1 - 1 - len(resp)  # tokens = max_length + 1 (shift); minus BOS
+        if budget <= 0:
+            return None
+        ids = list(self.tokenizer.encode(prompt))
+        truncated = len(ids) > budget
+        if truncated:  # keep the response header, cut the head (preamble/instruction/input) from its end
+            rec = {k: templates._field(record, k) for k in ("instruction", "input")}
+            tail = list(self.tokenizer.encode(self.template.tail()))
+            if len(tail) >= budget:
+                return None
+            head = list(self.tokenizer.encode(self.template.head(rec["instruction"].strip(), rec["input"].strip())))
+            ids = head[: budget - len(tail)] + tail
+        tokens = np.asarray([self.bos] + ids + resp, np.int32)
+        mask = np.zeros(len(tokens) - 1, np.float32)
+        mask[-len(resp):] = 1.0  # targets that are response tokens or the EOS
+        return EncodedExample(tokens[:-1], tokens[1:], mask, truncated)
+
+
+def count_examples(records: Sequence[Mapping[str, Any]], encoder: ExampleEncoder) -> dict[str, int]:
+    """{examples, kept, prompt_truncated, dropped_response_too_long, tokens, response_tokens} of a split."""
+    c = collections.Counter(examples=0, kept=0, prompt_truncated=0, dropped_response_too_long=0, tokens=0,
+                            response_tokens=0)
+    for rec in records:
+        c["examples"] += 1
+        ex = encoder(rec)
+        if ex is None:
+            c["dropped_response_too_long"] += 1
+            continue
+        c["kept"] += 1
+        c["prompt_truncated"] += int(ex.prompt_truncated)
+        c["tokens"] += len(ex.input_ids)
+        c["response_tokens"] += int(ex.loss_mask.sum())
+    return dict(c)
+
+
+# ------------------------------------------------------------------------------------------------
+# Sources
+
+
+def read_records(path: str | pathlib.Path, *, skip_malformed: bool = False) -> list[dict[str, str]]:
+    """Records of a JSON array / JSON lines file as dicts (errors name file and line)."""
+    from bioinstruct_jax.data.tfds.bioinstruct import read_instruction_file
+
+    recs, _ = read_instruction_file(path, skip_malformed=skip_malformed)
+    return [r.to_dict() for r in recs]
+
+
+class _DecodedSource:
+    """A TFDS data source whose text features come back as str."""
+
+    def __init__(self, source: Any):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict[str, str]:
+        from bioinstruct_jax.data.tfds.bioinstruct import record_from_example
+
+        return record_from_example(self.source[i])
+
+
+def load_split(cfg: DataConfig, split: str) -> Sequence[Mapping[str, Any]]:
+    """The records of `split` ("train" / "val" / "validation") named by the config."""
+    split = "validation" if split in ("val", "validation", "eval") else split
+    if split not in ("train", "validation"):
+        raise ValueError(f"unknown split {split!r}; expected train or validation")
+    if not cfg.train_file:
+        raise ValueError("data.train_file is not set")
+    if cfg.tfds_config:
+        from bioinstruct_jax.data.tfds import bioinstruct
+
+        data_dir = cfg.tfds_data_dir or str(pathlib.Path.home() / "tensorflow_datasets")
+        _, sources = bioinstruct.data_sources(data_dir, cfg.tfds_config, source_path=cfg.train_file,
+                                              labels_path=cfg.labels_file or None, skip_malformed=cfg.skip_malformed,
+                                              validation_fraction=cfg.val_fraction, subset_seed=cfg.seed)
+        if split == "validation" and cfg.val_file:
+            return read_records(cfg.val_file, skip_malformed=cfg.skip_malformed)
+        return _DecodedSource(sources[split])
+    if split == "validation" and cfg.val_file:
+        return read_records(cfg.val_file, skip_malformed=cfg.skip_malformed)
+    from bioinstruct_jax.data.tfds.bioinstruct import SPLIT_SALT, record_key
+    from bioinstruct_jax.data.records import InstructionRecord
+    from bioinstruct_jax.data.tfds.common import hash_split
+
+    records = read_records(cfg.train_file, skip_malformed=cfg.skip_malformed)
+    if cfg.val_file:
+        return records  # the whole file trains
+    return [r for r in records
+            if hash_split(record_key(InstructionRecord(**r)), cfg.val_fraction, SPLIT_SALT) == split]
+
+
+# ------------------------------------------------------------------------------------------------
+# Batches
+
+
+def _pad_rows(rows: Sequence[Mapping[str, np.ndarray]], n_rows: int, length: int, pad_id: int) -> dict[str, np.ndarray]:
+    out = {"input_ids": np.full((n_rows, length), pad_id, np.int32), "targets": np.zeros((n_rows, length), np.int32),
+           "loss_mask": np.zeros((n_rows, length), np.float32), "segment_ids": np.zeros((n_rows, length), np.int32),
+           "positions": np.zeros((n_rows, length), np.int32)}
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        out["input_ids"][i, :n] = r["input_ids"]
+        out["targets"][i, :n] = r["targets"]
+        out["loss_mask"][i, :n] = r["loss_mask"]
+        out["segment_ids"][i, :n] = r.get("segment_ids", 1)
+        out["positions"][i, :n] = r["positions"] if "positions" in r else np.arange(n)
+    return out
+
+
+def _packed_row(x: Mapping[str, np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
+    seg = np.asarray(x["input_ids_segment_ids"], np.int32)
+    ids = np.where(seg > 0, x["input_ids"], pad_id).astype(np.int32)
+    return {"input_ids": ids, "targets": np.asarray(x["targets"], np.int32),
+            "loss_mask": np.asarray(x["loss_mask"], np.float32), "segment_ids": seg,
+            "positions": np.asarray(x["input_ids_positions"], np.int32)}
+
+
+def build_dataset(records: Sequence[Mapping[str, Any]], tokenizer: Any, cfg: DataConfig, *, train: bool,
+                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+    """The grain dataset of this host's fixed-shape batches (see the module docstring)."""
+    if cfg.batch_size % process_count:
+        raise ValueError(f"data.batch_size={cfg.batch_size} is not divisible by process_count={process_count}")
+    if len(records) == 0:
+        raise ValueError(f"data: the {'training' if train else 'validation'} split is empty")
+    rows = cfg.batch_size // process_count
+    length = cfg.max_length
+    pad_id = int(cfg.pad_id if cfg.pad_id is not None else getattr(tokenizer, "pad_id", 0))
+    encoder = ExampleEncoder(tokenizer, cfg.max_length, cfg.template)
+    ds = grain.MapDataset.source(records)
+    if train and cfg.shuffle:
+        ds = ds.shuffle(seed=cfg.seed)  # a new order every epoch
+    if train:
+        ds = ds.repeat(cfg.num_epochs)
+    if process_count > 1:
+        ds = ds[process_index::process_count]
+    ds = ds.map(lambda r: encoder(r))
+    it = ds.to_iter_dataset().filter(lambda ex: ex is not None).map(lambda ex: ex.as_dict())
+    if cfg.packing:
+        it = grain.experimental.FirstFitPackIterDataset(
+            it, length_struct={k: length for k in _PACK_KEYS}, num_packing_bins=rows, seed=cfg.seed,
+            shuffle_bins=False)
+        it = it.map(lambda x: _packed_row(x, pad_id))
+    return it.batch(rows, drop_remainder=train, batch_fn=lambda b: _pad_rows(b, rows, length, pad_id))
+
+
+class BatchIterator:
+    """Batches of one split; `get_state()` / `set_state()` resume exactly; `stats` counts truncation."""
+
+    def __init__(self, records: Sequence[Mapping[str, Any]], tokenizer: Any, cfg: DataConfig, *, train: bool,
+                 process_index: int = 0, process_count: int = 1):
+        self.records, self.tokenizer, self.cfg, self.train = records, tokenizer, cfg, train
+        self.num_examples = len(records)
+        self.dataset = build_dataset(records, tokenizer, cfg, train=train, process_index=process_index,
+                                     process_count=process_count)
+        self._it = iter(self.dataset)
+
+    def __iter__(self) -> "BatchIterator":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._it)
+
+    def get_state(self) -> dict[str, Any]:
+        return self._it.get_state()
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        self._it.set_state(dict(state))
+
+    def stats(self) -> dict[str, int]:
+        """Truncation / drop counts over one pass of this split (tokenizes every record once)."""
+        return count_examples(self.records, ExampleEncoder(self.tokenizer, self.cfg.max_length, self.cfg.template))
+
+
+def make_iterator(cfg: DataConfig, tokenizer: Any, split: str = "train", *,
+                  records: Sequence[Mapping[str, Any]] | None = None, process_index: int | None = None,
+                  process_count: int | None = None) -> BatchIterator:
+    """This host's batch iterator of `split` (train: shuffled, `num_epochs` or forever; val: one pass,
+    the last batch padded). `records` overrides the config's source (any random-access sequence)."""
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    train = split == "train"
+    if records is None:
+        records = load_split(cfg, split)
+    return BatchIterator(records, tokenizer, cfg, train=train, process_index=process_index,
+                         process_count=process_count)
+
+
+def make_data_factory(cfg: DataConfig, tokenizer: Any) -> Callable[[str], BatchIterator]:
+    """split -> iterator, with `num_examples` (training records) for epoch-based step counts."""
+    train_records = load_split(cfg, "train")
+
+    def factory(split: str) -> BatchIterator:
+        return make_iterator(cfg, tokenizer, split, records=train_records if split == "train" else None)
+
+    factory.num_examples = len(train_records)  # type: ignore[attr-defined]
+    return factory
+
+
+__all__ = ["BATCH_KEYS", "DataConfig", "EncodedExample", "ExampleEncoder", "count_examples", "read_records",
+           "load_split", "build_dataset", "BatchIterator", "make_iterator", "make_data_factory"]
