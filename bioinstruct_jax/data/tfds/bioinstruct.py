@@ -232,7 +232,8 @@ class Bioinstruct(common.SourceFileBuilder):
         splits = split_and_subset(records, self.builder_config)
         self.info.metadata.update({"num_skipped": skipped, "num_source_records": len(records),
                                    "source": str(path)})
-        return {name: self._generate_examples(recs) for name, recs in splits.items()}
+        # TFDS cannot write an empty split: it is left out (data_sources() gives [] for it)
+        return {name: self._generate_examples(recs) for name, recs in splits.items() if recs}
 
     def _generate_examples(self, records: list[InstructionRecord]) -> Iterator[tuple[str, dict[str, str]]]:
         seen: dict[str, int] = {}
@@ -257,11 +258,12 @@ def data_sources(data_dir: str | pathlib.Path, config: str | BioinstructConfig =
                  source_path: str | pathlib.Path | None = None, manual_dir: str | pathlib.Path | None = None,
                  labels_path: str | pathlib.Path | None = None, skip_malformed: bool = False,
                  validation_fraction: float | None = None, subset_seed: int = 0) -> tuple[Bioinstruct, Any]:
-    """(prepared builder, {split: data source}) for one config (built once per source content)."""
+    """(prepared builder, {split: data source}) for one config (built once per source content);
+    a split with no records is an empty list."""
     cfg = as_config(config, validation_fraction=validation_fraction, subset_seed=subset_seed)
     builder = common.prepare_builder(Bioinstruct, data_dir=data_dir, config=cfg, source_path=source_path,
                                      manual_dir=manual_dir, labels_path=labels_path, skip_malformed=skip_malformed)
-    return builder, builder.as_data_source()
+    return builder, {**{s: [] for s in common.SPLITS}, **builder.as_data_source()}
 
 
 def record_from_example(example: dict[str, Any]) -> dict[str, str]:
