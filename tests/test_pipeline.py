@@ -49,7 +49,7 @@ def test_templates():
 
 
 def test_loss_mask_covers_exactly_the_response(tok):
-    it = P.make_iterator(cfg(shuffle=False, max_length=256), tok, "train", records=RECORDS, process_index=0,
+    it = P.make_batch_iterator(cfg(shuffle=False, max_length=256), tok, "train", records=RECORDS, process_index=0,
                          process_count=1)
     b = next(it)
     assert {k: (b[k].shape, b[k].dtype) for k in P.BATCH_KEYS} == {
@@ -85,7 +85,7 @@ def test_truncation_prompt_first_and_drops_counted(tok):
     assert counts["examples"] == 3 and counts["dropped_response_too_long"] == 1 and counts["prompt_truncated"] >= 1
     assert counts["kept"] == 2
     # the dropped example never reaches a batch
-    it = P.make_iterator(cfg(max_length=64, batch_size=2, shuffle=False, num_epochs=1), tok, "train", records=recs,
+    it = P.make_batch_iterator(cfg(max_length=64, batch_size=2, shuffle=False, num_epochs=1), tok, "train", records=recs,
                          process_index=0, process_count=1)
     batches = list(it)
     assert len(batches) == 1 and (batches[0]["segment_ids"] > 0).any(axis=1).all()
@@ -116,8 +116,8 @@ def test_packing_matches_unpacked_loss_on_tiny_llama(tok):
     model = llama.Llama(config, rngs=nnx.Rngs(0), param_dtype=jnp.float32, dtype=jnp.float32)
     recs = [dict(r, input="") for r in RECORDS[:12]]  # short examples, several per packed row
     common = dict(max_length=320, batch_size=2, shuffle=False, num_epochs=1)
-    packed = list(P.make_iterator(cfg(packing=True, **common), tok, "train", records=recs, process_index=0, process_count=1))
-    plain = list(P.make_iterator(cfg(**common), tok, "train", records=recs, process_index=0, process_count=1))
+    packed = list(P.make_batch_iterator(cfg(packing=True, **common), tok, "train", records=recs, process_index=0, process_count=1))
+    plain = list(P.make_batch_iterator(cfg(**common), tok, "train", records=recs, process_index=0, process_count=1))
     assert max(int(b["segment_ids"].max()) for b in packed) >= 3  # really packed
     got, want = {}, {}
     for batches, into in ((packed, got), (plain, want)):
@@ -141,20 +141,20 @@ def test_packing_matches_unpacked_loss_on_tiny_llama(tok):
 @pytest.mark.parametrize("packing", [False, True])
 def test_restore_from_state_yields_same_batches(tok, packing):
     c = cfg(packing=packing, num_epochs=3, batch_size=2)
-    it = P.make_iterator(c, tok, "train", process_index=0, process_count=1)
+    it = P.make_batch_iterator(c, tok, "train", process_index=0, process_count=1)
     for _ in range(7):  # crosses into the second epoch (34 training records)
         next(it)
     state = json.loads(json.dumps(it.get_state()))  # JSON-able
     want = [next(it) for _ in range(20)]
-    again = P.make_iterator(c, tok, "train", process_index=0, process_count=1)
+    again = P.make_batch_iterator(c, tok, "train", process_index=0, process_count=1)
     again.set_state(state)
     for a, b in zip(want, (next(again) for _ in range(20))):
         for k in P.BATCH_KEYS:
             np.testing.assert_array_equal(a[k], b[k])
     # deterministic for a seed, different for another
-    first = next(P.make_iterator(c, tok, "train", process_index=0, process_count=1))
-    assert np.array_equal(first["input_ids"], next(P.make_iterator(c, tok, "train", process_index=0, process_count=1))["input_ids"])
-    other = next(P.make_iterator(dataclasses.replace(c, seed=1), tok, "train", process_index=0, process_count=1))
+    first = next(P.make_batch_iterator(c, tok, "train", process_index=0, process_count=1))
+    assert np.array_equal(first["input_ids"], next(P.make_batch_iterator(c, tok, "train", process_index=0, process_count=1))["input_ids"])
+    other = next(P.make_batch_iterator(dataclasses.replace(c, seed=1), tok, "train", process_index=0, process_count=1))
     assert not np.array_equal(first["input_ids"], other["input_ids"])
 
 
@@ -163,9 +163,9 @@ def test_epochs_and_validation_pass(tok):
     train = P.load_split(c, "train")
     val = P.load_split(c, "val")
     assert len(train) + len(val) == 40 and 0 < len(val) < 10
-    n = sum(1 for _ in P.make_iterator(c, tok, "train", process_index=0, process_count=1))
+    n = sum(1 for _ in P.make_batch_iterator(c, tok, "train", process_index=0, process_count=1))
     assert n == (2 * len(train)) // 4
-    vb = list(P.make_iterator(c, tok, "val", process_index=0, process_count=1))
+    vb = list(P.make_batch_iterator(c, tok, "val", process_index=0, process_count=1))
     assert len(vb) == -(-len(val) // 4) and all(b["input_ids"].shape == (4, 160) for b in vb)
     assert sum(int((b["segment_ids"].max(axis=1) > 0).sum()) for b in vb) == len(val)
     factory = P.make_data_factory(c, tok)
@@ -174,16 +174,16 @@ def test_epochs_and_validation_pass(tok):
 
 def test_per_host_slices_partition_the_stream(tok):
     c = cfg(batch_size=4, shuffle=True, num_epochs=1)
-    whole = [tuple(r) for b in P.make_iterator(dataclasses.replace(c, batch_size=2), tok, "train",
+    whole = [tuple(r) for b in P.make_batch_iterator(dataclasses.replace(c, batch_size=2), tok, "train",
                                                process_index=0, process_count=1) for r in b["targets"]]
-    hosts = [[tuple(r) for b in P.make_iterator(c, tok, "train", process_index=p, process_count=2) for r in b["targets"]]
+    hosts = [[tuple(r) for b in P.make_batch_iterator(c, tok, "train", process_index=p, process_count=2) for r in b["targets"]]
              for p in range(2)]
     assert all(len(h) % 2 == 0 for h in hosts)
     # host p's rows are the records p, p+2, p+4, ... of the one shuffled stream
     assert hosts[0] == whole[0::2][: len(hosts[0])] and hosts[1] == whole[1::2][: len(hosts[1])]
     assert set(hosts[0]).isdisjoint(hosts[1])
     with pytest.raises(ValueError, match="not divisible by process_count=3"):
-        P.make_iterator(c, tok, "train", process_index=0, process_count=3)
+        P.make_batch_iterator(c, tok, "train", process_index=0, process_count=3)
 
 
 def test_malformed_record_named_or_skipped(tmp_path, tok):
@@ -192,7 +192,7 @@ def test_malformed_record_named_or_skipped(tmp_path, tok):
     lines.insert(3, '{"instruction": "x", "output": ')
     bad.write_text("\n".join(lines) + "\n")
     with pytest.raises(RecordError, match=rf"{bad}:4"):
-        P.make_iterator(cfg(train_file=str(bad)), tok, "train", process_index=0, process_count=1)
+        P.make_batch_iterator(cfg(train_file=str(bad)), tok, "train", process_index=0, process_count=1)
     assert len(P.read_records(bad, skip_malformed=True)) == 5
     arr = tmp_path / "bad.json"
     arr.write_text('[\n  {"instruction": "a", "output": "b"},\n  {"output": "no instruction"}\n]\n')

@@ -238,11 +238,13 @@ def build_dataset(records: Sequence[Mapping[str, Any]], tokenizer: Any, cfg: Dat
     length = cfg.max_length
     pad_id = int(cfg.pad_id if cfg.pad_id is not None else getattr(tokenizer, "pad_id", 0))
     encoder = ExampleEncoder(tokenizer, cfg.max_length, cfg.template)
-    ds = grain.MapDataset.source(records)
-    if train and cfg.shuffle:
-        ds = ds.shuffle(seed=cfg.seed)  # a new order every epoch
-    if train:
-        ds = ds.repeat(cfg.num_epochs)
+    n = len(records)
+    if train:  # epoch e is np.random.default_rng([seed, e]).permutation (a new order every epoch)
+        order = _EpochOrder(n, cfg.seed, cfg.shuffle)
+        steps = grain.MapDataset.range(n).repeat(cfg.num_epochs)
+        ds = grain.MapDataset.range(len(steps)).map(lambda i: records[order(i)])
+    else:
+        ds = grain.MapDataset.source(records)
     if process_count > 1:
         ds = ds[process_index::process_count]
     ds = ds.map(lambda r: encoder(r))
@@ -253,6 +255,23 @@ def build_dataset(records: Sequence[Mapping[str, Any]], tokenizer: Any, cfg: Dat
             shuffle_bins=False)
         it = it.map(lambda x: _packed_row(x, pad_id))
     return it.batch(rows, drop_remainder=train, batch_fn=lambda b: _pad_rows(b, rows, length, pad_id))
+
+
+class _EpochOrder:
+    """Global index -> record index: a seeded permutation per epoch (numpy's, well mixed even for
+    a few dozen records), the identity when not shuffling."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool):
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self._epoch, self._perm = -1, None
+
+    def __call__(self, i: int) -> int:
+        epoch, j = divmod(int(i), self.n)
+        if not self.shuffle:
+            return j
+        if epoch != self._epoch:
+            self._epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return int(self._perm[j])
 
 
 class BatchIterator:
@@ -283,7 +302,7 @@ class BatchIterator:
         return count_examples(self.records, ExampleEncoder(self.tokenizer, self.cfg.max_length, self.cfg.template))
 
 
-def make_iterator(cfg: DataConfig, tokenizer: Any, split: str = "train", *,
+def make_batch_iterator(cfg: DataConfig, tokenizer: Any, split: str = "train", *,
                   records: Sequence[Mapping[str, Any]] | None = None, process_index: int | None = None,
                   process_count: int | None = None) -> BatchIterator:
     """This host's batch iterator of `split` (train: shuffled, `num_epochs` or forever; val: one pass,
@@ -304,11 +323,11 @@ def make_data_factory(cfg: DataConfig, tokenizer: Any) -> Callable[[str], BatchI
     train_records = load_split(cfg, "train")
 
     def factory(split: str) -> BatchIterator:
-        return make_iterator(cfg, tokenizer, split, records=train_records if split == "train" else None)
+        return make_batch_iterator(cfg, tokenizer, split, records=train_records if split == "train" else None)
 
     factory.num_examples = len(train_records)  # type: ignore[attr-defined]
     return factory
 
 
 __all__ = ["BATCH_KEYS", "DataConfig", "EncodedExample", "ExampleEncoder", "count_examples", "read_records",
-           "load_split", "build_dataset", "BatchIterator", "make_iterator", "make_data_factory"]
+           "load_split", "build_dataset", "BatchIterator", "make_batch_iterator", "make_data_factory"]
