@@ -367,6 +367,24 @@ def _our_generator(model, cfg, batch: int, prompt: int, new: int):
     return jax.jit(prefill), jax.jit(generate), state
 
 
+def _generator_api(model, ids_np: np.ndarray, new: int) -> dict[str, Any]:
+    """End-to-end time of `bioinstruct_jax.generate.Generator.generate` (greedy, EOS disabled so
+    every row makes `new` tokens; includes its host-side padding and bucketing)."""
+    try:
+        from bioinstruct_jax.generate import Generator
+    except ImportError as err:
+        return {"generator_api": f"skipped: {err}"}
+    gen = Generator(model, max_batch_size=max(32, len(ids_np)), eos_ids=())
+    prompts = [list(map(int, r)) for r in ids_np]
+    t0 = time.perf_counter()
+    first = gen.generate(prompts, max_new_tokens=new)
+    compile_s = time.perf_counter() - t0
+    t = _timeit(lambda: gen.generate(prompts, max_new_tokens=new))
+    made = sum(len(x) for x in first.tokens) if hasattr(first, "tokens") else len(prompts) * new
+    return {"generator_api_first_call_s": compile_s, "generator_api_total_s": t,
+            "generator_api_e2e_tok_s": made / t}
+
+
 def bench_generate(sizes: Sizes, workdir: pathlib.Path, device: bool) -> dict[str, Any]:
     import torch
 
@@ -416,6 +434,7 @@ def bench_generate(sizes: Sizes, workdir: pathlib.Path, device: bool) -> dict[st
             row["ttft_ratio_theirs_over_ours"] = row["theirs_ttft_s"] / row["ours_ttft_s"]
             row["e2e_ratio"] = row["ours_e2e_tok_s"] / row["theirs_e2e_tok_s"]
             row["greedy_token_agreement"] = float(np.mean(ours_tokens == theirs_tokens))
+        row.update(_generator_api(model, ids_np, N))
         results.append(row)
         log("  " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}))
     return {"preset": sizes.preset, "rows": results}
@@ -466,7 +485,26 @@ def bench_pipeline(sizes: Sizes) -> dict[str, Any]:
 
 
 def _pipeline_throughput(sizes: Sizes) -> dict[str, Any]:
-    raise NotImplementedError("pipeline benchmark waits for the pipeline's public API")
+    """Seed records repeated to n examples, a SentencePiece tokenizer trained on them, batches of
+    the train benchmark's shape (batch x seq) from `make_batch_iterator`."""
+    from bioinstruct_jax.data.pipeline import DataConfig, make_batch_iterator
+    from bioinstruct_jax.tokenizer import load_tokenizer, train_sentencepiece
+
+    lines = (REPO / "seeds" / "bioinstruct_seeds.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in lines if x.strip()]
+    n = 2000 if sizes.rouge_pool < 25000 else 20000
+    records = (records * (n // len(records) + 1))[:n]
+    with tempfile.TemporaryDirectory() as d:
+        texts = [" ".join(str(v) for v in r.values() if isinstance(v, str)) for r in records[:80]]
+        tok = load_tokenizer(train_sentencepiece(texts, 1000, d))
+        cfg = DataConfig(max_length=sizes.seq, batch_size=8, num_epochs=1, shuffle=True)
+        t0 = time.perf_counter()
+        it = make_batch_iterator(cfg, tok, "train", records=records, process_index=0, process_count=1)
+        rows = 0
+        for batch in it:
+            rows += int(np.asarray(batch["input_ids"]).shape[0])
+        dt = time.perf_counter() - t0
+    return {"pipeline_examples": rows, "pipeline_examples_per_s": rows / dt, "pipeline_seq": sizes.seq}
 
 
 # ------------------------------------------------------------------------------------------------
