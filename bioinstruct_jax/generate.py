@@ -192,10 +192,11 @@ class Generator:
         step = max(1, self.max_batch_size)
         return [range(i, min(i + step, n)) for i in range(0, n, step)]
 
-    def stop_table(self, stop_ids: Sequence[Sequence[int]]) -> np.ndarray:
+    def stop_table(self, stop_ids: Sequence[Sequence[int]], eos_ids: Sequence[int] | None = None) -> np.ndarray:
         """EOS ids plus the stop sequences as a right-aligned [rows, width] table; both dimensions
         are bucketed (rows >= 8, width >= 4, powers of two) to keep the program count low."""
-        seqs = [(e,) for e in self.eos_ids] + [tuple(int(t) for t in s) for s in stop_ids if len(s)]
+        seqs = [(e,) for e in (self.eos_ids if eos_ids is None else eos_ids)]
+        seqs += [tuple(int(t) for t in s) for s in stop_ids if len(s)]
         seqs = list(dict.fromkeys(seqs))
         rows = next_power_of_two(max(8, len(seqs)))
         width = next_power_of_two(max(4, max((len(s) for s in seqs), default=1)))
@@ -207,11 +208,12 @@ class Generator:
 
     def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                  sampling: SamplingConfig = SamplingConfig(), key: jax.Array | None = None,
-                 stop_ids: Sequence[Sequence[int]] = ()) -> GenerationResult:
+                 stop_ids: Sequence[Sequence[int]] = (), eos_ids: Sequence[int] | None = None) -> GenerationResult:
         """Generate up to `max_new_tokens` ids after each prompt (lists of ids, BOS included if wanted).
 
         key: a PRNG key (required unless greedy); batch chunk c uses fold_in(key, c).
         stop_ids: token sequences that end a row once its generated tail equals one of them.
+        eos_ids: overrides the generator's EOS ids for this call (same compiled program).
         """
         if not sampling.greedy and key is None:
             raise ValueError("Generator.generate: sampling with temperature > 0 needs an explicit key=")
@@ -222,10 +224,11 @@ class Generator:
                              f"max_length={self.max_length}")
         key = jax.random.key(0) if key is None else key
         new_bucket = min(next_power_of_two(max(max_new_tokens, self.min_new_bucket)), self.max_length - 1)
-        table = jnp.asarray(self.stop_table(stop_ids))
+        eos_ids = self.eos_ids if eos_ids is None else tuple(int(e) for e in eos_ids)
+        table = jnp.asarray(self.stop_table(stop_ids, eos_ids))
         greedy, filtered = sampling.static_mode
         temperature, top_k, top_p = sampling.traced_values()
-        eos = set(self.eos_ids)
+        eos = set(eos_ids)
         tokens: list[list[int]] = [[] for _ in prompts]
         reasons: list[str] = ["length"] * len(prompts)
         steps_per_chunk: list[int] = []
