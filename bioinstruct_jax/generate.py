@@ -232,14 +232,14 @@ class Generator:
         tokens: list[list[int]] = [[] for _ in prompts]
         reasons: list[str] = ["length"] * len(prompts)
         steps_per_chunk: list[int] = []
+        truncated = 0
         for c, rows in enumerate(self._chunks(len(prompts))):
             chunk = [list(prompts[i]) for i in rows]
             longest = max(len(p) for p in chunk)
             total = min(max(next_power_of_two(longest + new_bucket), self.min_length_bucket), self.max_length)
             prompt_len = total - new_bucket
             if longest > prompt_len:
-                warnings.warn(f"prompt of {longest} tokens truncated to its last {prompt_len} (max_length="
-                              f"{self.max_length}, {new_bucket} slots kept for new tokens)", stacklevel=2)
+                truncated += sum(len(p) > prompt_len for p in chunk)
             b = batch_bucket(len(chunk), self._dp)
             ids = np.full((b, prompt_len), self.pad_id, np.int32)
             seg = np.zeros((b, prompt_len), np.int32)
@@ -264,6 +264,9 @@ class Generator:
                     tokens[i], reasons[i] = row, "stop"
                 else:
                     tokens[i] = row
+        if truncated:
+            warnings.warn(f"{truncated} of {len(prompts)} prompts lost their beginning to fit max_length="
+                          f"{self.max_length} with {new_bucket} slots for new tokens", stacklevel=2)
         return GenerationResult(tokens, reasons, steps_per_chunk)
 
     def score_continuations(self, prompts: Sequence[Sequence[int]],
@@ -275,6 +278,7 @@ class Generator:
         if len(prompts) != len(continuations):
             raise ValueError(f"score_continuations: {len(prompts)} prompts but {len(continuations)} continuations")
         scores = [0.0] * len(prompts)
+        truncated = 0
         for rows in self._chunks(len(prompts)):
             pairs = [(list(prompts[i]), list(continuations[i])) for i in rows]
             longest = max(len(p) + len(c) for p, c in pairs)
@@ -287,8 +291,7 @@ class Generator:
                 if len(c) >= width:
                     raise ValueError(f"continuation of {len(c)} tokens does not fit max_length={self.max_length}")
                 if len(p) + len(c) > width:
-                    warnings.warn(f"scoring: prompt of {len(p)} tokens truncated to its last {width - len(c)}",
-                                  stacklevel=2)
+                    truncated += 1
                     p = p[len(p) + len(c) - width:]
                 seq = p + c
                 ids[r, :len(seq)] = seq
@@ -297,6 +300,9 @@ class Generator:
             out = np.asarray(self._score_jit(self._state, *self._place(ids, seg, target)))
             for r, i in enumerate(rows):
                 scores[i] = float(out[r])
+        if truncated:
+            warnings.warn(f"scoring: {truncated} of {len(prompts)} prompts lost their beginning to fit "
+                          f"max_length={self.max_length}", stacklevel=2)
         return scores
 
 
