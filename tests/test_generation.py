@@ -7,8 +7,6 @@ generator; this file is the model-side generator.)
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -19,7 +17,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from bioinstruct_jax.checkpoint.hf import load_pretrained  # noqa: E402
 from bioinstruct_jax.generate import (  # noqa: E402
-    Generator, JaxPredictor, SamplingConfig, batch_bucket, load_predictor, main, stop_token_sequences, trim_at_stop,
+    Generator, JaxPredictor, SamplingConfig, batch_bucket, stop_token_sequences, trim_at_stop,
 )
 from bioinstruct_jax.model.llama import padded_positions  # noqa: E402
 from bioinstruct_jax.sampling import filter_logits, sample_next  # noqa: E402
@@ -122,10 +120,10 @@ def test_compilations_bounded_over_200_prompt_eval(gqa):
     prompts = _prompts(rng.integers(2, 100, size=203).tolist(), seed=4)
     gen = Generator(model, eos_ids=[2], max_batch_size=32)
     for i in range(0, len(prompts), 8):
-        gen.generate(prompts[i:i + 8], max_new_tokens=8)
+        gen.generate(prompts[i:i + 8], max_new_tokens=4)
     print("compilations over 203 prompts:", gen.compilations)
     assert gen.compilations["generate"] <= 6, gen.compilations
-    for i in range(0, 40, 8):
+    for i in range(0, 16, 8):
         gen.score_continuations(prompts[i:i + 8], [[5, 6, 7]] * len(prompts[i:i + 8]))
     print("compilations after scoring:", gen.compilations)
     assert gen.compilations["score"] <= 2, gen.compilations
@@ -273,28 +271,7 @@ def test_predictor_score_matches_generator_on_joint_tokenisation(gqa):
     assert got[0] == pytest.approx(want[0], abs=1e-6) and len(got) == 2
 
 
-# -- sharding and LoRA -------------------------------------------------------------------------------
-
-
-def test_sharded_generation_on_8_devices_equals_single_device(hf_models, gqa):
-    from bioinstruct_jax import parallel
-
-    if len(jax.devices()) < 8:
-        pytest.skip("needs 8 devices (tests/conftest.py sets XLA_FLAGS before jax is imported)")
-    d, _ = hf_models["gqa_tied"]
-    prompts = _prompts((11, 7, 3, 9), seed=10)
-    mesh = parallel.make_mesh(parallel.MeshConfig(data=2, fsdp=2, tensor=2))
-    sharded, _ = load_pretrained(d, dtype=jnp.float32, mesh=mesh)
-    parallel.set_constraint(sharded, parallel.activation_constraint(mesh))
-    assert len(sharded.layers[0].self_attn.q_proj.kernel[...].sharding.device_set) == 8
-    hot = SamplingConfig(temperature=1.0, top_k=20)
-    a, b = gqa[2], Generator(sharded, mesh=mesh, eos_ids=[])
-    assert b.generate(prompts, max_new_tokens=8).tokens == a.generate(prompts, max_new_tokens=8).tokens
-    key = jax.random.key(3)
-    assert (b.generate(prompts, max_new_tokens=8, sampling=hot, key=key).tokens
-            == a.generate(prompts, max_new_tokens=8, sampling=hot, key=key).tokens)
-    sa = a.score_continuations(prompts, [[4, 5]] * 4)
-    np.testing.assert_allclose(b.score_continuations(prompts, [[4, 5]] * 4), sa, atol=1e-4)
+# -- LoRA ---------------------------------------------------------------------------------------------
 
 
 def test_lora_model_generates_the_same_unmerged_and_merged(hf_models, mha):
@@ -319,39 +296,3 @@ def test_lora_model_generates_the_same_unmerged_and_merged(hf_models, mha):
     merged = gen.generate(prompts, max_new_tokens=10).tokens
     assert unmerged == merged
     assert unmerged != base  # the adapter changes the model
-
-
-# -- loading and CLI -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def hf_with_tokenizer(tmp_path_factory):
-    from bioinstruct_jax.tokenizer import train_sentencepiece, load_tokenizer
-    from conftest import REPO_ROOT
-
-    d = tmp_path_factory.mktemp("hf_tok")
-    texts = [json.loads(line)["instruction"] for line in
-             (REPO_ROOT / "seeds" / "bioinstruct_seeds.jsonl").read_text().splitlines() if line.strip()]
-    tok_file = train_sentencepiece(texts * 3, 400, d / "sp")
-    tok = load_tokenizer(tok_file)
-    tok.save(d)
-    write_tiny_llama(d, "gqa_tied", vocab_size=tok.vocab_size, **INIT)
-    return d
-
-
-def test_load_predictor_and_cli_on_hf_directory(hf_with_tokenizer, capsys):
-    pred = load_predictor(str(hf_with_tokenizer), batch_size=4)
-    assert isinstance(pred, JaxPredictor)
-    from bioinstruct_jax.eval.predictor import Predictor
-
-    assert isinstance(pred, Predictor)
-    outs = pred.generate(["Summarize the patient note.", "List the drugs."], max_new_tokens=6)
-    assert len(outs) == 2 and all(isinstance(o, str) for o in outs)
-    scores = pred.score(["Is aspirin an NSAID? Answer:"] * 2, [" yes", " no"])
-    assert len(scores) == 2 and all(s < 0 for s in scores)
-    main(["--model", str(hf_with_tokenizer), "--prompt", "Summarize the patient note.", "--prompt",
-          "List the drugs.", "--max-new-tokens", "6", "--jsonl"])
-    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
-    assert [x["generation"] for x in lines] == outs
-    with pytest.raises(FileNotFoundError, match="neither an HF checkpoint"):
-        load_predictor(str(hf_with_tokenizer / "sp"))

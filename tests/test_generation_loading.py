@@ -1,0 +1,102 @@
+"""Loading for inference (`load_model_for_inference`, `load_predictor`, the CLI) and sharded
+generation on 8 virtual CPU devices (tests/conftest.py sets them before jax is imported)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="the fixtures are written by transformers (pip install -e '.[test]')")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from bioinstruct_jax.checkpoint.hf import load_pretrained  # noqa: E402
+from bioinstruct_jax.generate import (  # noqa: E402
+    Generator, JaxPredictor, SamplingConfig, load_model_for_inference, load_predictor, main,
+)
+from hf_fixtures import write_tiny_llama  # noqa: E402
+from test_generation import INIT, _prompts, gqa, hf_models  # noqa: E402,F401  (shared fixtures)
+
+
+def test_sharded_generation_on_8_devices_equals_single_device(hf_models, gqa):
+    from bioinstruct_jax import parallel
+
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 devices (tests/conftest.py sets XLA_FLAGS before jax is imported)")
+    d, _ = hf_models["gqa_tied"]
+    prompts = _prompts((11, 7, 3, 9), seed=10)
+    mesh = parallel.make_mesh(parallel.MeshConfig(data=2, fsdp=2, tensor=2))
+    sharded, _ = load_pretrained(d, dtype=jnp.float32, mesh=mesh)
+    parallel.set_constraint(sharded, parallel.activation_constraint(mesh))
+    assert len(sharded.layers[0].self_attn.q_proj.kernel[...].sharding.device_set) == 8
+    hot = SamplingConfig(temperature=1.0, top_k=20)
+    a, b = gqa[2], Generator(sharded, mesh=mesh, eos_ids=[])
+    assert b.generate(prompts, max_new_tokens=8).tokens == a.generate(prompts, max_new_tokens=8).tokens
+    key = jax.random.key(3)
+    assert (b.generate(prompts, max_new_tokens=8, sampling=hot, key=key).tokens
+            == a.generate(prompts, max_new_tokens=8, sampling=hot, key=key).tokens)
+    sa = a.score_continuations(prompts, [[4, 5]] * 4)
+    np.testing.assert_allclose(b.score_continuations(prompts, [[4, 5]] * 4), sa, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def hf_with_tokenizer(tmp_path_factory):
+    from bioinstruct_jax.tokenizer import train_sentencepiece, load_tokenizer
+    from conftest import REPO_ROOT
+
+    d = tmp_path_factory.mktemp("hf_tok")
+    texts = [json.loads(line)["instruction"] for line in
+             (REPO_ROOT / "seeds" / "bioinstruct_seeds.jsonl").read_text().splitlines() if line.strip()]
+    tok_file = train_sentencepiece(texts * 3, 400, d / "sp")
+    tok = load_tokenizer(tok_file)
+    tok.save(d)
+    write_tiny_llama(d, "gqa_tied", vocab_size=tok.vocab_size, **INIT)
+    return d
+
+
+def test_load_predictor_and_cli_on_hf_directory(hf_with_tokenizer, capsys):
+    pred = load_predictor(str(hf_with_tokenizer), batch_size=4)
+    assert isinstance(pred, JaxPredictor)
+    from bioinstruct_jax.eval.predictor import Predictor
+
+    assert isinstance(pred, Predictor)
+    scores = pred.score(["Is aspirin an NSAID? Answer:"] * 2, [" yes", " no"])
+    assert len(scores) == 2 and all(s < 0 for s in scores)
+    main(["--model", str(hf_with_tokenizer), "--prompt", "Summarize the patient note.", "--prompt",
+          "List the drugs.", "--max-new-tokens", "6", "--jsonl"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert [x["prompt"] for x in lines] == ["Summarize the patient note.", "List the drugs."]
+    assert all(isinstance(x["generation"], str) for x in lines)
+    with pytest.raises(FileNotFoundError, match="neither an HF checkpoint"):
+        load_predictor(str(hf_with_tokenizer / "sp"))
+
+
+def test_training_run_directory_loads_with_its_lora(hf_with_tokenizer, tmp_path):
+    """A LoRA training run (Orbax, random `tiny` base) is a --model of its own; merged and unmerged
+    adapters generate the same; --lora on a different base is refused."""
+    from bioinstruct_jax import train
+    from bioinstruct_jax.config import load_run_config
+    from bioinstruct_jax.model.lora import lora_modules
+    from conftest import REPO_ROOT
+
+    run_dir = tmp_path / "run"
+    cfg = load_run_config(None, [
+        "model.preset=tiny", "model.param_dtype=float32", "model.dtype=float32",
+        f"model.tokenizer={hf_with_tokenizer / 'tokenizer.model'}", "lora.dropout=0.0",
+        f"data.train_file={REPO_ROOT / 'seeds' / 'bioinstruct_seeds.jsonl'}", "data.batch_size=4",
+        "data.max_length=64", "optim.lr=0.05", "optim.warmup_steps=0", f"train.output_dir={run_dir}",
+        "train.steps=2", "train.save_every=2", "train.eval_every=0", "train.log_every=1",
+        "train.tensorboard=false", "train.plot=false", "train.progress_bar=false",
+        "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1"])
+    train.run(cfg)
+    model, tok_path = load_model_for_inference(run_dir)
+    assert tok_path and any(float(jnp.abs(m.lora_b[...]).max()) > 0 for _, m in lora_modules(model))
+    prompts = ["Summarize the patient note.", "List the drugs."]
+    merged = load_predictor(str(run_dir), batch_size=2).generate(prompts, max_new_tokens=6)
+    unmerged = load_predictor(str(run_dir), batch_size=2, merge_lora=False).generate(prompts, max_new_tokens=6)
+    assert merged == unmerged
+    with pytest.raises(ValueError, match="trained on base"):
+        load_predictor(str(hf_with_tokenizer), lora=str(run_dir))
