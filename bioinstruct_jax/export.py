@@ -127,8 +127,12 @@ def _write_json(path: pathlib.Path, obj: Any) -> None:
 
 @jax.jit(static_argnames=("transpose", "dtype"))
 def _merged_tensor(kernel, a, b, scale, *, transpose: bool, dtype):
-    w = kernel.astype(jnp.float32) + scale * jnp.dot(a, b, preferred_element_type=jnp.float32)
-    return (w.T if transpose else w).astype(dtype)
+    # The low-rank product is formed directly in the output layout, so the add (and the cast) can
+    # reuse its buffer: one output-sized temporary, not two.
+    delta = jnp.dot(b.T, a.T, preferred_element_type=jnp.float32) if transpose else jnp.dot(
+        a, b, preferred_element_type=jnp.float32)
+    base = kernel.T if transpose else kernel
+    return (base.astype(jnp.float32) + scale * delta).astype(dtype)
 
 
 @jax.jit(static_argnames=("transpose", "dtype"))
