@@ -464,21 +464,22 @@ def load_predictor(model: str, lora: str | None = None, *, dtype: str | None = N
     """The JAX predictor the eval CLI uses.
 
     model: an HF LLaMA directory or a training run directory (Orbax, LoRA included).
-    lora: a training run directory whose LoRA weights go on top of `model` (its saved base must be
-      the same HF directory). PEFT adapter folders are not read yet.
+    lora: a PEFT LoRA adapter directory (adapter_config.json) for the base `model`, or a training run
+      directory whose LoRA weights go on top of `model` (its saved base must be the same HF directory).
     dtype: parameter / compute dtype for HF weights (default float32 on CPU, bfloat16 elsewhere).
     mesh: None (one device), a Mesh, or "data,fsdp,tensor" sizes; batch_size: rows per compiled batch
       (the largest bucket). merge_lora folds adapters into the base kernels (faster decode).
     """
     mesh = resolve_mesh(mesh)
     dtype = dtype or _default_dtype()
-    if lora:
+    if lora and (pathlib.Path(lora) / "adapter_config.json").is_file():
+        net, tok_path = load_model_for_inference(model, dtype=dtype, mesh=mesh, step=step)
+        _add_peft_adapter(net, pathlib.Path(lora), mesh)
+    elif lora:
         lora_path = pathlib.Path(lora)
-        if (lora_path / "adapter_config.json").is_file():
-            raise NotImplementedError(f"{lora_path}: PEFT adapter folders are not supported by load_predictor yet; "
-                                      "pass a training run directory (Orbax checkpoints)")
         if not _is_orbax_run(lora_path):
-            raise FileNotFoundError(f"--lora {lora_path}: not a training run directory with Orbax checkpoints")
+            raise FileNotFoundError(f"--lora {lora_path}: neither a PEFT adapter (adapter_config.json) nor a "
+                                    f"training run directory with Orbax checkpoints")
         _check_same_base(model, lora_path)
         net, tok_path = load_model_for_inference(lora_path, dtype=dtype, mesh=mesh, step=step)
     else:
@@ -497,6 +498,18 @@ def load_predictor(model: str, lora: str | None = None, *, dtype: str | None = N
     gen = Generator(net, mesh=mesh, max_length=max_length, max_batch_size=batch_size, pad_id=tok.pad_id,
                     eos_ids=eos)
     return JaxPredictor(gen, tok, sampling=SamplingConfig(temperature, top_k, top_p), seed=seed, add_bos=add_bos)
+
+
+def _add_peft_adapter(model: Llama, adapter_dir: pathlib.Path, mesh: jax.sharding.Mesh | None) -> None:
+    """Load a PEFT LoRA adapter onto a base model (`export.load_peft_adapter`), dropout off."""
+    from bioinstruct_jax.export import load_peft_adapter
+
+    load_peft_adapter(model, adapter_dir, dropout=0.0)
+    if mesh is not None:
+        from bioinstruct_jax import parallel
+
+        parallel.shard_model(model, mesh)  # places the new adapter weights by their logical axes
+    model.eval()
 
 
 def _check_same_base(model: str, run_dir: pathlib.Path) -> None:
@@ -524,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bioinstruct_jax.generate",
                                 description="Generate text from an HF LLaMA directory or a training run.")
     p.add_argument("--model", required=True, help="HF checkpoint directory or training run directory")
-    p.add_argument("--lora", help="training run directory with LoRA weights for --model")
+    p.add_argument("--lora", help="PEFT adapter directory or training run directory with LoRA weights for --model")
     p.add_argument("--tokenizer", help="tokenizer path (default: the model / run's own)")
     p.add_argument("--prompt", action="append", default=[], help="prompt text (repeatable)")
     p.add_argument("--prompt-file", help="one prompt per line, or a .jsonl file with a 'prompt' field")

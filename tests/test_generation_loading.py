@@ -100,3 +100,27 @@ def test_training_run_directory_loads_with_its_lora(hf_with_tokenizer, tmp_path)
     assert merged == unmerged
     with pytest.raises(ValueError, match="trained on base"):
         load_predictor(str(hf_with_tokenizer), lora=str(run_dir))
+
+
+def test_peft_adapter_directory_as_lora(hf_with_tokenizer, tmp_path):
+    """--lora PEFT_DIR (written by our exporter) generates what the in-memory LoRA model generates."""
+    from flax import nnx
+
+    from bioinstruct_jax.export import export_peft
+    from bioinstruct_jax.model.lora import LoraConfig, apply_lora, lora_modules
+    from bioinstruct_jax.tokenizer import load_tokenizer
+
+    model, _ = load_pretrained(hf_with_tokenizer, dtype=jnp.float32)
+    lcfg = LoraConfig(r=4, alpha=8, dropout=0.0, targets=("q_proj", "v_proj"))
+    apply_lora(model, lcfg, nnx.Rngs(1))
+    rng = np.random.default_rng(2)
+    for _, m in lora_modules(model):
+        m.lora_b.set_value(jnp.asarray(rng.normal(size=m.lora_b.shape).astype(np.float32)))
+    model.eval()
+    adapter = export_peft(model, lcfg, tmp_path / "adapter", base_model_name_or_path=str(hf_with_tokenizer))
+    prompts = ["Summarize the patient note.", "List the drugs."]
+    tok = load_tokenizer(hf_with_tokenizer)
+    want = JaxPredictor(Generator(model, eos_ids=[tok.eos_id], pad_id=tok.pad_id), tok).generate(prompts, max_new_tokens=6)
+    got = load_predictor(str(hf_with_tokenizer), lora=str(adapter), batch_size=2).generate(prompts, max_new_tokens=6)
+    base = load_predictor(str(hf_with_tokenizer), batch_size=2).generate(prompts, max_new_tokens=6)
+    assert got == want and got != base
