@@ -1,5 +1,6 @@
 """Batched KV-cache generation, sampling, stop sequences, scoring and the eval predictor
-(`bioinstruct_jax.generate` / `bioinstruct_jax.sampling`), against transformers and plain forwards.
+(`bioinstruct_jax.generate` / `bioinstruct_jax.sampling`), against transformers and plain forwards;
+sharded generation on 8 virtual CPU devices (tests/conftest.py sets them before jax is imported).
 
 (`tests/test_generate.py` holds the tests of `bioinstruct_jax.data.generate`, the instruction
 generator; this file is the model-side generator.)
@@ -269,6 +270,30 @@ def test_predictor_score_matches_generator_on_joint_tokenisation(gqa):
     want = pred.generator.score_continuations([[1] + CharTokenizer().encode("Q: yes or no?\nA:")],
                                               [CharTokenizer().encode(" yes")])
     assert got[0] == pytest.approx(want[0], abs=1e-6) and len(got) == 2
+
+
+# -- sharding -----------------------------------------------------------------------------------------
+
+
+def test_sharded_generation_on_8_devices_equals_single_device(hf_models, gqa):
+    from bioinstruct_jax import parallel
+
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 devices (tests/conftest.py sets XLA_FLAGS before jax is imported)")
+    d, _ = hf_models["gqa_tied"]
+    prompts = _prompts((11, 7, 3, 9), seed=10)
+    mesh = parallel.make_mesh(parallel.MeshConfig(data=2, fsdp=2, tensor=2))
+    sharded, _ = load_pretrained(d, dtype=jnp.float32, mesh=mesh)
+    parallel.set_constraint(sharded, parallel.activation_constraint(mesh))
+    assert len(sharded.layers[0].self_attn.q_proj.kernel[...].sharding.device_set) == 8
+    hot = SamplingConfig(temperature=1.0, top_k=20)
+    a, b = gqa[2], Generator(sharded, mesh=mesh, eos_ids=[])
+    assert b.generate(prompts, max_new_tokens=8).tokens == a.generate(prompts, max_new_tokens=8).tokens
+    key = jax.random.key(3)
+    assert (b.generate(prompts, max_new_tokens=8, sampling=hot, key=key).tokens
+            == a.generate(prompts, max_new_tokens=8, sampling=hot, key=key).tokens)
+    sa = a.score_continuations(prompts, [[4, 5]] * 4)
+    np.testing.assert_allclose(b.score_continuations(prompts, [[4, 5]] * 4), sa, atol=1e-4)
 
 
 # -- LoRA ---------------------------------------------------------------------------------------------
