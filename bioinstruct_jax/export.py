@@ -504,6 +504,8 @@ def export_checkpoint(checkpoint_dir: str, out_dir: str, *, step: int | None = N
 
     tokenizer: default the run's (model.tokenizer or model.hf_path); dtype: default the run's
     model.param_dtype."""
+    for path in _format_dirs(pathlib.Path(out_dir), fmt).values():
+        _check_out_dir(path, overwrite)  # before the restore
     model, run_config, run_tokenizer = restore_checkpoint(checkpoint_dir, step)
     return export_model(model, run_config.lora, out_dir, fmt=fmt, tokenizer=tokenizer or run_tokenizer or None,
                         dtype=dtype or run_config.model.param_dtype, max_shard_bytes=max_shard_bytes,

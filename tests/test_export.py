@@ -244,3 +244,4 @@ def test_import_into_a_different_base_names_tensor_and_shapes(trained, tmp_path)
     fresh, _ = load_pretrained(base_dir, dtype="float32")
     with pytest.raises(export.ExportError, match="num_key_value_heads=2, this model has 4"):
         export.load_peft_adapter(fresh, named)
+
