@@ -245,3 +245,26 @@ def test_import_into_a_different_base_names_tensor_and_shapes(trained, tmp_path)
     with pytest.raises(export.ExportError, match="num_key_value_heads=2, this model has 4"):
         export.load_peft_adapter(fresh, named)
 
+
+
+def test_sharded_model_exports_the_same_bytes(trained, tmp_path):
+    """A model sharded over 8 devices (fsdp x tensor) writes exactly the files of the unsharded one."""
+    from bioinstruct_jax import parallel
+
+    variant, base_dir, model, cfg, logits = trained
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 (virtual) devices; tests/conftest.py sets them")
+    plain = export.export_merged(model, tmp_path / "plain", max_shard_bytes=150_000)
+    adapter = export.export_peft(model, cfg, tmp_path / "adapter_plain")
+    sharded_model, _ = load_pretrained(base_dir, dtype="float32")
+    export.load_peft_adapter(sharded_model, adapter)
+    sharded_model = parallel.shard_model(sharded_model, parallel.make_mesh((1, 4, 2), devices=jax.devices()[:8]))
+    kernel = dict(lora_modules(sharded_model))[("layers", 0, "self_attn", "q_proj")].kernel[...]
+    assert len(kernel.sharding.device_set) == 8 and not kernel.sharding.is_fully_replicated
+    sharded = export.export_merged(sharded_model, tmp_path / "sharded", max_shard_bytes=150_000)
+    files = sorted(p.name for p in plain.iterdir())
+    assert files == sorted(p.name for p in sharded.iterdir())
+    for name in files:
+        assert (plain / name).read_bytes() == (sharded / name).read_bytes(), name
+    again = export.export_peft(sharded_model, cfg, tmp_path / "adapter_sharded")
+    assert (again / "adapter_model.safetensors").read_bytes() == (adapter / "adapter_model.safetensors").read_bytes()
