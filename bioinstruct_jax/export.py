@@ -41,7 +41,7 @@ from flax import nnx
 from bioinstruct_jax.checkpoint.hf import CheckpointError, hf_name, is_transposed, named_params
 from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsError, SafetensorsFile, write_streamed
 from bioinstruct_jax.model.llama import Linear, Llama, dtype_from_name
-from bioinstruct_jax.model.lora import ALL_TARGETS, LoraConfig, LoRALinear, apply_lora, lora_modules
+from bioinstruct_jax.model.lora import ALL_TARGETS, LoraConfig, apply_lora, lora_modules
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 PEFT_PREFIX = "base_model.model."

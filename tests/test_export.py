@@ -8,7 +8,6 @@ Round trip per tiny random checkpoint: load it, add LoRA, train a few SGD steps,
 from __future__ import annotations
 
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
