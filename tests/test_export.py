@@ -21,7 +21,7 @@ from bioinstruct_jax import export
 from bioinstruct_jax.checkpoint.hf import load_pretrained
 from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsFile
 from bioinstruct_jax.model.lora import LoraConfig, LoRAParam, apply_lora, lora_modules
-from tests.hf_fixtures import write_tiny_llama
+from hf_fixtures import write_tiny_llama
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -10,7 +10,7 @@ import pytest
 
 from bioinstruct_jax import export
 from bioinstruct_jax.model.lora import lora_modules
-from tests.test_export import ours, torch_logits
+from test_export import ours, torch_logits
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -24,7 +24,7 @@ def test_cli_exports_a_training_checkpoint(tmp_path):
     from bioinstruct_jax.checkpoint.orbax import restore_for_export
     from bioinstruct_jax.config import load_run_config
     from bioinstruct_jax.tokenizer import train_sentencepiece
-    from tests.train_helpers import tiny_overrides, write_task
+    from train_helpers import tiny_overrides, write_task
 
     train_file, val_file, _ = write_task(tmp_path / "data")
     texts = [line for f in (train_file, val_file) for line in f.read_text().splitlines()]
