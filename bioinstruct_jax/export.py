@@ -9,8 +9,8 @@
   `max_shard_bytes` (`model.safetensors`, or `model-0000i-of-0000n.safetensors` +
   `model.safetensors.index.json` when there is more than one) and the tokenizer files. Each tensor
   is computed by a small jitted function, gathered to the host on its own and streamed to disk by
-  `write_streamed`, so the extra host memory is about one tensor (plus the writer's byte copy of
-  it), never the model.
+  `write_streamed`, which writes the array's own buffer, so the extra host memory is about one
+  tensor, never the model.
 - `export_peft`: `adapter_config.json` + `adapter_model.safetensors` with PEFT's names and layout
   (`base_model.model.<module>.lora_A.weight` [r, in], `lora_B.weight` [out, r]); PEFT's scaling
   (lora_alpha / r, or / sqrt(r) with use_rslora) is ours, so the weights are written unscaled.

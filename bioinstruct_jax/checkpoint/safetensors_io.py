@@ -88,11 +88,21 @@ def dtype_name(dtype: np.dtype) -> str:
         raise SafetensorsError(f"dtype {dtype} cannot be written to safetensors") from None
 
 
+def _raw_bytes(arr: np.ndarray) -> memoryview:
+    """The array's own buffer as bytes, without the copy `tobytes()` makes (a non-contiguous array
+    is copied once into C order). Viewing as uint8 also covers ml_dtypes types such as bfloat16,
+    which the buffer protocol cannot export directly."""
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    return memoryview(arr.reshape(-1).view(np.uint8))
+
+
 def write_streamed(path: str | pathlib.Path, specs: Iterable[tuple[str, tuple[int, ...], np.dtype]],
                    fetch: Callable[[str], np.ndarray], metadata: dict[str, str] | None = None) -> int:
     """Write tensors to `path`: the header from `specs`, then `fetch(name)` one tensor at a time.
 
-    Returns the number of data bytes written. Each fetched array must match its spec.
+    Returns the number of data bytes written. Each fetched array must match its spec; its buffer is
+    written as is (no byte copy), so the writer adds nothing to the memory the fetched array holds.
     """
     specs = list(specs)
     header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
@@ -107,11 +117,11 @@ def write_streamed(path: str | pathlib.Path, specs: Iterable[tuple[str, tuple[in
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for name, shape, dtype in specs:
-            arr = np.ascontiguousarray(fetch(name))
+            arr = np.asarray(fetch(name))
             if arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
                 raise SafetensorsError(
                     f"tensor {name!r}: expected {tuple(shape)} {np.dtype(dtype)}, got {arr.shape} {arr.dtype}"
                 )
-            f.write(arr.tobytes())
+            f.write(_raw_bytes(arr))
             del arr
     return offset
