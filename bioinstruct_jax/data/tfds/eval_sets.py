@@ -5,9 +5,8 @@ Each builder reads the files from `manual_dir` (laid out like ../shared/data: `m
 Checksums: unknown here (no network where this was written), so a first download must be run
 with `--register_checksums` (TFDS records them); never downloaded in tests. Records are
 `{"id": str, "example": JSON of loaders.Example}` so every task's answer type round-trips.
-
-TODO(when bioinstruct_jax/data/tfds/common.py lands): derive from its builder base instead of
-GeneratorBasedBuilder directly; the specs below stay as they are.
+The builders derive from `common.SourceFileBuilder` (array_record by default, checksums beside this
+file), though they read a layout of several files rather than one source file.
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ import shutil
 from typing import Any
 
 import tensorflow_datasets as tfds
-from etils import epath
 
+from bioinstruct_jax.data.tfds import common
 from bioinstruct_jax.eval import tasks as eval_tasks
 
 
@@ -81,17 +80,10 @@ def _records(exs: list[Any]) -> Any:
         yield e.id, {"id": e.id, "example": json.dumps(e.to_json(), ensure_ascii=False)}
 
 
-def _make_builder(spec: EvalSetSpec) -> type[tfds.core.GeneratorBasedBuilder]:
-    class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+def _make_builder(spec: EvalSetSpec) -> type[common.SourceFileBuilder]:
+    class _Builder(common.SourceFileBuilder, skip_registration=True):
         VERSION = tfds.core.Version("1.0.0")
         RELEASE_NOTES = {"1.0.0": "First release."}
-        # TFDS derives this from the module via importlib_resources (not installed here);
-        # checksums for these builders live beside this file.
-        @tfds.core.utils.classproperty
-        @classmethod
-        def code_path(cls) -> epath.Path:
-            return epath.Path(__file__)
-
         MANUAL_DOWNLOAD_INSTRUCTIONS = (
             f"Put the files in manual_dir laid out like ../shared/data: {spec.manual}. "
             f"Checksum: {spec.checksum}.")
@@ -137,7 +129,7 @@ def split_examples(task_name: str, data_dir: str) -> dict[str, Any]:
     return {k: v for k, v in splits.items() if v}
 
 
-def builder_class(task: str) -> type[tfds.core.GeneratorBasedBuilder]:
+def builder_class(task: str) -> type[common.SourceFileBuilder]:
     """The builder class for one task (registered with TFDS as bioinstruct_eval_<task>)."""
     if task not in BUILDERS:
         raise KeyError(f"no eval TFDS builder for {task!r}; known: {sorted(BUILDERS)}")
@@ -146,10 +138,9 @@ def builder_class(task: str) -> type[tfds.core.GeneratorBasedBuilder]:
 
 def example_from_record(record: dict[str, Any]) -> dict[str, Any]:
     """A stored record back to the Example fields (dict)."""
-    ex = record["example"]
-    return json.loads(ex.decode("utf-8") if isinstance(ex, bytes) else ex)
+    return json.loads(common.decode_text(record["example"]))
 
 
-BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {}
+BUILDERS: dict[str, type[common.SourceFileBuilder]] = {}
 for _name, _spec in SPECS.items():
     BUILDERS[_name] = _make_builder(_spec)
