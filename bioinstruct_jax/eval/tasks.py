@@ -8,6 +8,7 @@ a task from a name (`medqa`, ..., or `jsonl:PATH:METRIC`).
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import pathlib
 import random
@@ -45,8 +46,9 @@ class DataSource:
         return pathlib.Path(self.data_dir) / default_rel
 
 
-class Task:
-    """Base class. Subclasses set the kind-specific prompt/parse/score parts."""
+class Task(abc.ABC):
+    """Base class. Subclasses set the kind-specific prompt parts and must implement `parse` and
+    `score`."""
 
     kind = "base"
 
@@ -103,15 +105,17 @@ class Task:
     def gold(self, ex: Example) -> Any:
         return ex.answer
 
+    @abc.abstractmethod
     def parse(self, text: str, ex: Example) -> Any:
-        raise NotImplementedError
+        """The prediction read from the model's reply `text` to `ex` (None when unreadable)."""
 
     def choices(self, ex: Example) -> list[tuple[str, str]] | None:
         """(answer, continuation) pairs for log-likelihood scoring; None = not a choice task."""
         return None
 
+    @abc.abstractmethod
     def score(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
-        raise NotImplementedError
+        """Metrics {name: value} over a whole prediction file's records."""
 
 
 class ChoiceTask(Task):
