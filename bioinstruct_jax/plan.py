@@ -1,22 +1,29 @@
 """Memory planner: compile the LoRA train step ahead of time from shapes only, report per-device bytes.
 
-    python -m bioinstruct_jax.plan --preset llama2-7b --mesh 1,8,1 --batch 16 --seq 512 \\
+    python -m bioinstruct_jax.plan --preset llama2-7b --mesh 1,8,1 --batch 128 --grad-accum 16 --seq 512 \\
         --lora-r 16 --targets q_proj,k_proj,v_proj,o_proj --remat --accelerator tpu-v3
 
-builds the model abstractly (`nnx.eval_shape`, no weights), gives every argument of the train step
-(frozen base weights, LoRA weights, AdamW state, RNG state, batch) a sharded
-`jax.ShapeDtypeStruct`, lowers and compiles the step for the mesh on virtual CPU devices, and
-prints what one device holds: parameters, LoRA + optimizer state, the batch, and the temporaries
-XLA's buffer assignment needs (`compiled.memory_analysis()`), then whether that fits the
-accelerator. The process re-executes itself with `XLA_FLAGS=--xla_force_host_platform_device_count=N`
-(and `JAX_PLATFORMS=cpu`) when it does not already see enough devices.
+builds the model abstractly (`nnx.eval_shape`, no weights), gives every argument of the training
+step (frozen base weights, LoRA weights, optimizer state, RNG state, batch) a sharded
+`jax.ShapeDtypeStruct`, lowers and compiles `train_step.build_train_step` -- the very function
+training runs -- for the mesh on virtual CPU devices, and prints what one device holds: parameters,
+LoRA + optimizer state, the batch, and the temporaries XLA's buffer assignment needs
+(`compiled.memory_analysis()`), then whether that fits the accelerator.
+
+The batch is laid out as training lays it out: `batch` rows per optimizer step (data.batch_size),
+split into `grad_accum` micro-batches (optim.grad_accum) as `[grad_accum, batch / grad_accum, seq]`
+arrays that the step scans over, so the temporaries are those of one micro-batch (plus the f32
+gradient accumulator), not of the whole batch.
+
+The process re-executes itself with `XLA_FLAGS=--xla_force_host_platform_device_count=N` (and
+`JAX_PLATFORMS=cpu`) when it does not already see enough devices.
 
 The figures are XLA:CPU's buffer assignment for the same SPMD program; TPU/GPU compilers fuse and
 schedule differently (and TPU pads small minor dimensions), so treat a fit with under ~10% headroom
 as "try it".
 
-`--config FILE [key=value ...]` reads the run YAML (sections model/lora/mesh/data/train); flags given
-on the command line override the file.
+`--config FILE [key=value ...]` reads the run YAML (sections model/lora/mesh/data/optim/train); flags
+given on the command line override the file.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -69,8 +77,9 @@ class PlanSettings:
 
     preset: str = "tiny"
     mesh: tuple[int, int, int] = (1, 8, 1)
-    batch: int = 8
+    batch: int = 8  # rows per optimizer step (data.batch_size)
     seq: int = 512
+    grad_accum: int = 1  # micro-batches per step (optim.grad_accum): each has batch // grad_accum rows
     lora_r: int = 16
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
@@ -83,6 +92,13 @@ class PlanSettings:
     def num_devices(self) -> int:
         d, f, t = self.mesh
         return d * f * t
+
+    @property
+    def micro_batch(self) -> int:
+        if self.grad_accum < 1 or self.batch % self.grad_accum:
+            raise ValueError(f"batch {self.batch} cannot be split into grad_accum={self.grad_accum} "
+                             "equal micro-batches")
+        return self.batch // self.grad_accum
 
 
 @dataclasses.dataclass
@@ -104,7 +120,7 @@ class PlanResult:
     compile_seconds: float
     trainable_params: int
     total_params: int
-    step: str = "plan.lora_train_step"
+    step: str = "train_step.build_train_step"
 
     @property
     def fits(self) -> bool:
@@ -115,15 +131,16 @@ class PlanResult:
         gib = _fmt_bytes
         lines = [
             f"plan: {s.preset}  mesh data={s.mesh[0]} fsdp={s.mesh[1]} tensor={s.mesh[2]}  batch={s.batch} "
-            f"seq={s.seq}  lora r={s.lora_r} on {','.join(s.targets)}  remat={'on' if s.remat else 'off'}  "
-            f"params {s.dtype}",
+            f"(grad_accum={s.grad_accum} x micro-batch {s.micro_batch})  seq={s.seq}  lora r={s.lora_r} on "
+            f"{','.join(s.targets)}  remat={'on' if s.remat else 'off'}  params {s.dtype}",
             f"  parameters  {self.total_params:,} ({self.trainable_params:,} trainable LoRA)",
             "  per device:",
             f"    frozen parameters      {gib(self.params_bytes)}",
             f"    LoRA weights           {gib(self.lora_bytes)}",
             f"    optimizer state        {gib(self.optimizer_bytes)}",
-            f"    batch                  {gib(self.batch_bytes)}",
-            f"    temporaries            {gib(self.temp_bytes)}  (activations, gathered weights, grads)",
+            f"    {f'batch [{s.grad_accum}, {s.micro_batch}, {s.seq}]':<23}{gib(self.batch_bytes)}",
+            f"    temporaries            {gib(self.temp_bytes)}  (one micro-batch's activations, gathered "
+            "weights, grads + accumulator)",
             f"    peak (args+out-alias+temp) {gib(self.peak_bytes)}",
             f"  {self.accelerator}: {gib(self.capacity_bytes)} per device -> "
             + ("FITS" if self.fits else "DOES NOT FIT")
@@ -142,39 +159,6 @@ def _fmt_bytes(b: float) -> str:
     return f"{b / GiB:8.2f} GiB" if b >= GiB / 10 else f"{b / 2**20:8.2f} MiB"
 
 
-def lora_train_step(graphdef, tx):
-    """The planned step: forward, masked cross-entropy, grads w.r.t. LoRA weights only, AdamW update.
-
-    Arguments (lora, opt_state, base, rest, batch); returns (lora, opt_state, rest, loss). `rest` is the
-    dropout RNG state. Base weights are an argument that is never differentiated.
-    """
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
-    def loss_fn(lora, base, rest, batch):
-        model = nnx.merge(graphdef, lora, base, rest, copy=True)
-        logits = model(batch["input_ids"], segment_ids=batch["segment_ids"])
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
-        mask = batch["loss_mask"].astype(jnp.float32)
-        loss = jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-        return loss, nnx.split(model, _lora_filter(), nnx.Param, ...)[3]
-
-    def step(lora, opt_state, base, rest, batch):
-        (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(lora, base, rest, batch)
-        updates, opt_state = tx.update(grads, opt_state, lora)
-        return optax.apply_updates(lora, updates), opt_state, rest, loss
-
-    return step
-
-
-def _lora_filter():
-    from bioinstruct_jax.model.lora import LoRAParam
-
-    return LoRAParam
-
-
 def build_abstract_model(settings: PlanSettings):
     """The LoRA-wrapped model with ShapeDtypeStruct leaves (nothing allocated)."""
     from flax import nnx
@@ -187,73 +171,53 @@ def build_abstract_model(settings: PlanSettings):
     lora = LoraConfig(r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout,
                       targets=tuple(settings.targets))
 
-    def create():
-        model = Llama(config, rngs=nnx.Rngs(0), param_dtype=dtype, dtype=dtype, remat=settings.remat)
-        apply_lora(model, lora, nnx.Rngs(1))
+    def create():  # the RNG streams of train.build_model, so the dropout RNG state has the same shape
+        model = Llama(config, rngs=nnx.Rngs(params=0), param_dtype=dtype, dtype=dtype, remat=settings.remat)
+        apply_lora(model, lora, nnx.Rngs(params=1, dropout=2))
         return model
 
     return nnx.eval_shape(create)
 
 
 def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanResult:
-    """Compile the LoRA train step for `settings` from shapes only and measure per-device memory."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
+    """Compile training's step for `settings` from shapes only and measure per-device memory.
 
-    from bioinstruct_jax import parallel
+    What is compiled is what `train.train` compiles: the train-mode graphdef of
+    `train_step.split_for_modes`, `train_step.make_optimizer` (clip + AdamW with a schedule), the
+    shardings of `train_step.step_shardings`, and a [grad_accum, batch / grad_accum, seq] batch.
+    """
+    import jax
+
+    from bioinstruct_jax import parallel, train_step
     from bioinstruct_jax.model.lora import parameter_summary
+    from bioinstruct_jax.train_config import OptimConfig
 
     accel_name, capacity = accelerator_bytes(settings.accelerator)
+    k, micro = settings.grad_accum, settings.micro_batch
     devices = list(jax.devices() if devices is None else devices)
     if len(devices) < settings.num_devices:
         raise ValueError(f"mesh {settings.mesh} needs {settings.num_devices} devices, only {len(devices)} visible "
                          f"(run as `python -m bioinstruct_jax.plan`, which sets up virtual devices)")
     mesh = parallel.make_mesh(settings.mesh, devices=devices[: settings.num_devices])
+    parallel.check_batch((micro, settings.seq), mesh, what="micro-batch [batch/grad_accum, length]")
     model = build_abstract_model(settings)
     parallel.set_constraint(model, parallel.activation_constraint(mesh))
     trainable, total = parameter_summary(model)
-    graphdef, lora, base, rest = nnx.split(model, _lora_filter(), nnx.Param, ...)
+    graphdef, _, lora, rng, base = train_step.split_for_modes(model)
 
     lora_sds = parallel.abstract_sharded_state(lora, mesh)
+    rng_sds = parallel.abstract_sharded_state(rng, mesh)
     base_sds = parallel.abstract_sharded_state(base, mesh)
-    rest_sds = parallel.abstract_sharded_state(rest, mesh)
-    parallel.check_batch((settings.batch, settings.seq), mesh)
-
-    tx = optax.adamw(1e-4, weight_decay=0.0)
+    # The optimizer's state does not depend on lr / schedule values, only on its structure.
+    tx = train_step.make_optimizer(OptimConfig(grad_accum=k), total_steps=1000)
     opt_sds = optimizer_state_shapes(tx, lora_sds, mesh)
-    shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
-    real = _real_train_step()
-    compiled = None
-    if real is not None:
-        # The training engineer's step: (lora, opt_state, base, rng, batch[k, b, T]) with grad accumulation.
-        step_name = "train_step.build_train_step"
-        try:
-            sh = real.step_shardings(mesh, lora, opt_sds, base, rest)
-            batch_sds = {k: jax.ShapeDtypeStruct((1, settings.batch, settings.seq), jnp.int32, sharding=sh.batch)
-                         for k in real.BATCH_KEYS}
-            step = real.build_train_step(graphdef_for(real, model), tx, shardings=sh)
-            start = time.perf_counter()
-            compiled = step.lower(lora_sds, opt_sds, base_sds, rest_sds, batch_sds).compile()
-        except Exception as err:  # an in-progress training step must not take the planner down
-            print(f"warning: could not compile train_step.build_train_step ({type(err).__name__}: "
-                  f"{str(err).splitlines()[0][:200]}); planning plan.lora_train_step instead", file=sys.stderr)
-    if compiled is None:
-        step_name = "plan.lora_train_step"
-        bsh = parallel.batch_sharding(mesh)
-        batch_sds = {k: jax.ShapeDtypeStruct((settings.batch, settings.seq), jnp.int32, sharding=bsh)
-                     for k in ("input_ids", "segment_ids", "labels", "loss_mask")}
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        step = jax.jit(
-            lora_train_step(graphdef, tx),
-            in_shardings=(shardings(lora_sds), shardings(opt_sds), shardings(base_sds), shardings(rest_sds),
-                          shardings(batch_sds)),
-            out_shardings=(shardings(lora_sds), shardings(opt_sds), shardings(rest_sds), replicated),
-            donate_argnums=(0, 1, 3),
-        )
-        start = time.perf_counter()
-        compiled = step.lower(lora_sds, opt_sds, base_sds, rest_sds, batch_sds).compile()
+    sh = train_step.step_shardings(mesh, lora, opt_sds, base, rng)
+    batch_sds = {key: jax.ShapeDtypeStruct((k, micro, settings.seq), BATCH_DTYPES.get(key, "int32"),
+                                           sharding=sh.batch)
+                 for key in train_step.BATCH_KEYS}
+    step = train_step.build_train_step(graphdef, tx, shardings=sh)
+    start = time.perf_counter()
+    compiled = step.lower(lora_sds, opt_sds, base_sds, rng_sds, batch_sds).compile()
     seconds = time.perf_counter() - start
     mem = compiled.memory_analysis()
     peak = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
@@ -273,23 +237,11 @@ def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanRe
         compile_seconds=seconds,
         trainable_params=trainable,
         total_params=total,
-        step=step_name,
     )
 
 
-def _real_train_step():
-    """The training module's step builder when it is present (planned in preference to ours)."""
-    try:
-        from bioinstruct_jax import train_step
-    except ImportError:
-        return None
-    needed = ("build_train_step", "step_shardings", "BATCH_KEYS", "split_model")
-    return train_step if all(hasattr(train_step, n) for n in needed) else None
-
-
-def graphdef_for(real, model):
-    """The graphdef of the real step's split (its state order may differ from ours)."""
-    return real.split_model(model)[0]
+# dtypes of the data pipeline's batch arrays (`data.pipeline`): everything int32 but the mask.
+BATCH_DTYPES = {"loss_mask": "float32"}
 
 
 def optimizer_state_shapes(tx, lora_sds, mesh):
@@ -315,12 +267,12 @@ def optimizer_state_shapes(tx, lora_sds, mesh):
 
 
 def _settings_from_config(path: str | None, overrides: Sequence[str]) -> dict[str, Any]:
-    """PlanSettings fields read from a run YAML (model/lora/mesh/data/train sections) + overrides."""
+    """PlanSettings fields read from a run YAML (model/lora/mesh/data/optim/train sections) + overrides."""
     from bioinstruct_jax.config import apply_overrides, load_yaml
 
     data = apply_overrides(load_yaml(path) if path else {}, overrides)
     model, lora, mesh = data.get("model", {}) or {}, data.get("lora", {}) or {}, data.get("mesh", {}) or {}
-    dat, train = data.get("data", {}) or {}, data.get("train", {}) or {}
+    dat, train, optim = data.get("data", {}) or {}, data.get("train", {}) or {}, data.get("optim", {}) or {}
 
     def first(*candidates):
         for section, key in candidates:
@@ -337,11 +289,14 @@ def _settings_from_config(path: str | None, overrides: Sequence[str]) -> dict[st
         "lora_alpha": first((lora, "alpha"),),
         "lora_dropout": first((lora, "dropout"),),
         "targets": first((lora, "targets"),),
-        "batch": first((train, "global_batch_size"), (train, "batch_size"), (dat, "global_batch_size"),
-                       (dat, "batch_size")),
+        "batch": first((dat, "batch_size"), (train, "global_batch_size"), (train, "batch_size"),
+                       (dat, "global_batch_size")),
+        "grad_accum": first((optim, "grad_accum"), (train, "grad_accum")),
         "seq": first((dat, "max_length"), (dat, "seq_len"), (dat, "max_seq_len"), (train, "seq_len")),
         "accelerator": first((train, "accelerator"), (data, "accelerator"), (mesh, "accelerator")),
     }
+    if str(pairs["accelerator"]).lower() in ("auto", "cpu"):  # train.accelerator's MFU setting, not a chip
+        pairs["accelerator"] = None  # --accelerator (default tpu-v3) decides
     out.update({k: v for k, v in pairs.items() if v is not None})
     if isinstance(out.get("targets"), str):
         out["targets"] = tuple(t.strip() for t in out["targets"].split(",") if t.strip())
@@ -363,7 +318,8 @@ def parse_args(argv: Sequence[str]) -> tuple[PlanSettings, argparse.Namespace]:
     p.add_argument("--preset", help="model preset (llama2-7b, llama2-13b, llama1-7b, tiny, ...)")
     p.add_argument("--mesh", help="data,fsdp,tensor sizes, e.g. 1,8,1 (one may be -1 with --devices)")
     p.add_argument("--devices", type=int, default=8, help="device count used to resolve a -1 mesh axis (default 8)")
-    p.add_argument("--batch", type=int, help="global batch size")
+    p.add_argument("--batch", type=int, help="global batch: rows per optimizer step (data.batch_size)")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per step (optim.grad_accum); batch must divide by it")
     p.add_argument("--seq", type=int, help="sequence length")
     p.add_argument("--lora-r", type=int)
     p.add_argument("--lora-alpha", type=float)
@@ -382,8 +338,8 @@ def parse_args(argv: Sequence[str]) -> tuple[PlanSettings, argparse.Namespace]:
         from bioinstruct_jax.parallel import MeshConfig
 
         fields["mesh"] = MeshConfig(**free).resolve(args.devices)
-    flag_values = {"preset": args.preset, "batch": args.batch, "seq": args.seq, "lora_r": args.lora_r,
-                   "lora_alpha": args.lora_alpha, "remat": args.remat, "dtype": args.dtype,
+    flag_values = {"preset": args.preset, "batch": args.batch, "grad_accum": args.grad_accum, "seq": args.seq,
+                   "lora_r": args.lora_r, "lora_alpha": args.lora_alpha, "remat": args.remat, "dtype": args.dtype,
                    "accelerator": args.accelerator}
     fields.update({k: v for k, v in flag_values.items() if v is not None})
     if args.targets:
@@ -397,7 +353,8 @@ def parse_args(argv: Sequence[str]) -> tuple[PlanSettings, argparse.Namespace]:
             p.error(f"--mesh {args.mesh!r}: expected three sizes data,fsdp,tensor")
         from bioinstruct_jax.parallel import MeshConfig
 
-        fields["mesh"] = MeshConfig(*sizes).resolve(args.devices)
+        # a fully given mesh needs exactly its own device count; --devices only resolves a -1 axis
+        fields["mesh"] = MeshConfig(*sizes).resolve(args.devices if -1 in sizes else math.prod(sizes))
     if "mesh" in fields:
         fields["mesh"] = tuple(fields["mesh"])
     known = {f.name for f in dataclasses.fields(PlanSettings)}
@@ -431,7 +388,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings, args = parse_args(argv)
     _ensure_virtual_devices(settings.num_devices, argv)
     start = time.perf_counter()
-    result = plan(settings)
+    try:
+        result = plan(settings)
+    except ValueError as err:  # a batch / mesh that training would refuse too (ShardingError is one)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
