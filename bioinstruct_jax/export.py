@@ -125,14 +125,39 @@ def _write_json(path: pathlib.Path, obj: Any) -> None:
 # Merged export
 
 
-@jax.jit(static_argnames=("transpose", "dtype"))
-def _merged_tensor(kernel, a, b, scale, *, transpose: bool, dtype):
+# Merged tensors whose float32 form is larger than this are computed in row blocks of about it.
+MERGE_BLOCK_BYTES = 32 * 1024**2
+
+
+def _merged_rows(kernel, left, right, scale, dtype, transpose: bool):
+    """base + scale * left @ right in float32, cast to dtype (base = kernel, or kernel.T)."""
     # The low-rank product is formed directly in the output layout, so the add (and the cast) can
-    # reuse its buffer: one output-sized temporary, not two.
-    delta = jnp.dot(b.T, a.T, preferred_element_type=jnp.float32) if transpose else jnp.dot(
-        a, b, preferred_element_type=jnp.float32)
+    # reuse its buffer when dtype is float32.
+    delta = jnp.dot(left, right, preferred_element_type=jnp.float32)
     base = kernel.T if transpose else kernel
     return (base.astype(jnp.float32) + scale * delta).astype(dtype)
+
+
+@jax.jit(static_argnames=("transpose", "dtype"))
+def _merged_tensor(kernel, a, b, scale, *, transpose: bool, dtype):
+    left, right = (b.T, a.T) if transpose else (a, b)  # output [rows, cols] = base + left @ right
+    rows, cols = left.shape[0], right.shape[1]
+    # The fewest equal blocks of at most MERGE_BLOCK_BYTES (float32) and at least 64 rows; one block
+    # (the whole tensor at once) where the rows have no such split.
+    need = max(-(-rows * cols * 4 // MERGE_BLOCK_BYTES), 1)
+    blocks = next((n for n in range(need, rows // 64 + 1) if rows % n == 0), 1)
+    if blocks == 1 or np.dtype(dtype).itemsize >= 4:  # float32: the product's buffer is the output
+        return _merged_rows(kernel, left, right, scale, dtype, transpose)
+    # A float32 product of a narrower output (bf16, f16) cannot share its buffer: compute the output
+    # block by block, so the float32 temporary is one block, not a second full-size tensor.
+    size, axis = rows // blocks, 1 if transpose else 0
+
+    def block(i):
+        start = i * size
+        return _merged_rows(jax.lax.dynamic_slice_in_dim(kernel, start, size, axis),
+                            jax.lax.dynamic_slice_in_dim(left, start, size, 0), right, scale, dtype, transpose)
+
+    return jax.lax.map(block, jnp.arange(blocks)).reshape(rows, cols)
 
 
 @jax.jit(static_argnames=("transpose", "dtype"))
