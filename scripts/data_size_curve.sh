@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The paper's data-size curve in one command: LoRA-tune on the first 5K, 10K, 15K, 20K and 25K
-# instructions (TFDS configs all_5k ... all_25k), then evaluate each run.
+# instructions (data.tfds_config=all_5k ... all_25k: nested subsets of the training split built from
+# data.train_file), then evaluate each run.
 #   bash scripts/data_size_curve.sh configs/paper/llama2-7b-gpu-a100x8.yaml model.hf_path=/data/llama2-7b
 # Variables: OUT (default runs/data_size), SIZES (default "5k 10k 15k 20k 25k"), TRAIN, EVAL,
 #   EVAL_ARGS as in scripts/ablation.sh. Steps scale with the data: train.steps=0 + train.epochs=3.
