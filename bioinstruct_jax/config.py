@@ -219,10 +219,7 @@ from bioinstruct_jax.model.lora import LoraConfig  # noqa: E402
 from bioinstruct_jax.parallel import MeshConfig  # noqa: E402
 from bioinstruct_jax.train_config import ModelConfig, OptimConfig, TrainConfig  # noqa: E402
 
-try:  # the data pipeline's own section, once bioinstruct_jax.data.pipeline exists
-    from bioinstruct_jax.data.pipeline import DataConfig  # noqa: E402
-except ModuleNotFoundError:  # pragma: no cover - interim
-    from bioinstruct_jax.train_config import InterimDataConfig as DataConfig  # noqa: E402
+from bioinstruct_jax.data.pipeline import DataConfig  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import math
 import pathlib
@@ -28,7 +27,6 @@ import time
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
-import numpy as np
 
 from bioinstruct_jax.config import ConfigError, RunConfig, dump_yaml, from_dict, load_run_config, to_dict
 
@@ -51,15 +49,8 @@ def load_run_tokenizer(cfg: RunConfig):
         return None
     if not pathlib.Path(path).exists() and "://" not in path:
         raise ConfigError(f"model.tokenizer: {path} does not exist")
-    try:
-        from bioinstruct_jax.tokenizer import load_tokenizer
-    except ModuleNotFoundError:  # interim: SentencePiece directly until tokenizer.py lands
-        import sentencepiece as spm
+    from bioinstruct_jax.tokenizer import load_tokenizer
 
-        p = pathlib.Path(path)
-        if p.is_dir():
-            p = next(iter(sorted(p.glob("*.model"))), p / "tokenizer.model")
-        return spm.SentencePieceProcessor(model_file=str(p))
     return load_tokenizer(path)
 
 
@@ -169,121 +160,32 @@ def make_run_mesh(cfg: RunConfig, devices: Sequence[Any] | None = None) -> jax.s
 
 def check_data_files(cfg: RunConfig) -> None:
     """Fail fast when a data file named in the config is missing."""
-    for name in ("train_file", "val_file", "path", "train_path", "val_path", "data_dir"):
-        value = getattr(cfg.data, name, None)
-        if isinstance(value, str) and value and "://" not in value and not pathlib.Path(value).exists():
+    for name in ("train_file", "val_file", "labels_file"):
+        value = getattr(cfg.data, name, "")
+        if value and "://" not in value and not pathlib.Path(value).exists():
             raise ConfigError(f"data.{name}: {value} does not exist")
 
 
 def make_data_factory(cfg: RunConfig, tokenizer: Any) -> DataFactory:
-    """split -> batch iterator with get_state()/set_state(); the pipeline's when it exists."""
-    try:
-        pipeline = importlib.import_module("bioinstruct_jax.data.pipeline")
-    except ModuleNotFoundError:
-        pipeline = None
-    if pipeline is not None and hasattr(pipeline, "make_iterator"):
-        return lambda split: pipeline.make_iterator(cfg.data, tokenizer, split=split)
-    from bioinstruct_jax.data.records import read_jsonl_records
+    """split -> this host's batch iterator (the grain pipeline of `data/pipeline.py`), with
+    `num_examples` for epoch-based step counts; data errors become `ConfigError`s."""
+    from bioinstruct_jax.data import pipeline
 
     if tokenizer is None:
         raise ConfigError("model.tokenizer is not set and model.hf_path has no tokenizer: the data needs one")
-    records = [r.to_dict() for r in read_jsonl_records(cfg.data.train_file)]
-    rng = np.random.default_rng(cfg.data.seed)
-    order = rng.permutation(len(records))
-    if cfg.data.val_file:
-        train_recs = [records[i] for i in order]
-        val_recs = [r.to_dict() for r in read_jsonl_records(cfg.data.val_file)]
-    else:
-        n_val = int(round(len(records) * cfg.data.val_fraction))
-        val_recs = [records[i] for i in order[:n_val]]
-        train_recs = [records[i] for i in order[n_val:]]
-    encode = lambda recs: [encode_example(r, tokenizer, cfg.data.max_length) for r in recs]  # noqa: E731
-    train_ex, val_ex = encode(train_recs), encode(val_recs)
+    try:
+        inner = pipeline.make_data_factory(cfg.data, tokenizer)
+    except ValueError as err:  # malformed record (file:line), empty split, bad batch split
+        raise ConfigError(f"data: {err}") from None
 
     def factory(split: str):
-        if split == "train":
-            return InterimLoader(train_ex, cfg.data.batch_size, cfg.data.max_length, cfg.data.seed, repeat=True)
-        return InterimLoader(val_ex, cfg.data.batch_size, cfg.data.max_length, cfg.data.seed, repeat=False)
+        try:
+            return inner(split)
+        except ValueError as err:
+            raise ConfigError(f"data ({split}): {err}") from None
 
-    factory.num_examples = len(train_ex)  # type: ignore[attr-defined]
+    factory.num_examples = inner.num_examples  # type: ignore[attr-defined]
     return factory
-
-
-PROMPT_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
-                     "context. Write a response that appropriately completes the request.\n\n"
-                     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
-PROMPT_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes "
-                   "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
-
-
-def encode_example(record: dict[str, str], tokenizer: Any, max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, loss-on-next-token mask) of bos + prompt + output + eos, at most max_length + 1 ids
-    (the prompt is cut first, the answer keeps at least half of the length)."""
-    template = PROMPT_WITH_INPUT if record.get("input") else PROMPT_NO_INPUT
-    prompt = list(tokenizer.encode(template.format(**record)))
-    answer = list(tokenizer.encode(record["output"])) + [int(_attr(tokenizer, "eos_id", 2))]
-    answer = answer[: max(max_length // 2, max_length - len(prompt))]  # long prompts give way first
-    prompt = prompt[: max_length - len(answer)]
-    ids = [int(_attr(tokenizer, "bos_id", 1))] + prompt + answer
-    mask = [0] * (1 + len(prompt)) + [1] * len(answer)
-    return np.asarray(ids, np.int32), np.asarray(mask, np.int32)
-
-
-class InterimLoader:
-    """Fixed-shape batches from pre-tokenised examples; deterministic, with a JSON-able state.
-
-    Stand-in for the grain pipeline (bioinstruct_jax.data.pipeline) until it lands. Each epoch is
-    a seeded permutation; the last partial batch of an epoch is dropped.
-    """
-
-    def __init__(self, examples, batch_size: int, max_length: int, seed: int, repeat: bool):
-        if len(examples) < batch_size and repeat:
-            raise ConfigError(f"data: {len(examples)} training examples are fewer than data.batch_size={batch_size}")
-        self.examples, self.batch_size, self.max_length = examples, batch_size, max_length
-        self.seed, self.repeat = seed, repeat
-        self.epoch, self.index = 0, 0
-
-    def __iter__(self):
-        return self
-
-    def _order(self) -> np.ndarray:
-        if not self.repeat:
-            return np.arange(len(self.examples))
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.examples))
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        order = self._order()
-        if self.index + self.batch_size > len(order):
-            if not self.repeat:
-                if self.index >= len(order):
-                    raise StopIteration
-                rows = list(order[self.index:])  # final short eval batch, padded below
-                self.index = len(order)
-                return self._batch(rows)
-            self.epoch, self.index = self.epoch + 1, 0
-            order = self._order()
-        rows = list(order[self.index: self.index + self.batch_size])
-        self.index += self.batch_size
-        return self._batch(rows)
-
-    def _batch(self, rows) -> dict[str, np.ndarray]:
-        b, t = self.batch_size, self.max_length
-        out = {k: np.zeros((b, t), np.int32) for k in ("input_ids", "targets", "loss_mask", "segment_ids")}
-        out["positions"] = np.tile(np.arange(t, dtype=np.int32), (b, 1))
-        for i, r in enumerate(rows):
-            ids, mask = self.examples[r]
-            n = len(ids) - 1
-            out["input_ids"][i, :n] = ids[:-1]
-            out["targets"][i, :n] = ids[1:]
-            out["loss_mask"][i, :n] = mask[1:]
-            out["segment_ids"][i, :n] = 1
-        return out
-
-    def get_state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index}
-
-    def set_state(self, state: dict[str, int]) -> None:
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
 # ----------------------------------------------------------------------------------------------

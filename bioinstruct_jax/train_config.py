@@ -118,26 +118,3 @@ class TrainConfig:
             raise ValueError(f"train.keep_last={self.keep_last} must be >= 1 (resume needs the newest checkpoint)")
         if self.keep_best < 0:
             raise ValueError(f"train.keep_best={self.keep_best} must be >= 0")
-
-
-@dataclasses.dataclass(frozen=True)
-class InterimDataConfig:
-    """Stand-in for `bioinstruct_jax.data.pipeline.DataConfig` until that module exists.
-
-    train_file / val_file: JSONL of {"instruction", "input", "output"} records; with no val_file,
-    the last `val_fraction` of train_file's records (after a seeded shuffle) are held out.
-    batch_size: rows per optimizer step (split into optim.grad_accum micro-batches).
-    """
-
-    train_file: str = "seeds/bioinstruct_seeds.jsonl"
-    val_file: str = ""
-    val_fraction: float = 0.1
-    batch_size: int = 8
-    max_length: int = 256
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_length < 2:
-            raise ValueError(f"data.batch_size={self.batch_size} / data.max_length={self.max_length} too small")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction={self.val_fraction} must be in [0, 1)")

@@ -6,11 +6,11 @@ import json
 import pathlib
 import random
 
-from bioinstruct_jax.train import PROMPT_NO_INPUT, PROMPT_WITH_INPUT
+from bioinstruct_jax.data.templates import get_template
 
 SYMBOLS = [f"s{i}" for i in range(8)]
 PARTNER = {s: s.upper() for s in SYMBOLS}
-INSTRUCTION = "Capitalise each symbol."
+INSTRUCTION = "Write the most frequent symbol in capitals."
 
 
 class WordTokenizer:
@@ -19,7 +19,7 @@ class WordTokenizer:
     def __init__(self, words):
         self.pieces = ["<pad>", "<s>", "</s>", "<unk>"] + sorted(set(words))
         self.index = {w: i for i, w in enumerate(self.pieces)}
-        self.bos_id, self.eos_id, self.vocab_size = 1, 2, len(self.pieces)
+        self.bos_id, self.eos_id, self.pad_id, self.vocab_size = 1, 2, 0, len(self.pieces)
 
     def encode(self, text: str) -> list[int]:
         return [self.index.get(w, 3) for w in text.split()]
@@ -28,17 +28,24 @@ class WordTokenizer:
         return " ".join(self.pieces[i] for i in ids)
 
 
-def task_records(n: int, seed: int, length: int = 2) -> list[dict[str, str]]:
-    """`length` random symbols in; the same symbols capitalised out (a fixed transform)."""
+def task_records(n: int, seed: int) -> list[dict[str, str]]:
+    """Five symbols in, one of them four times; out: that symbol capitalised (a fixed transform).
+
+    Chosen over "copy every symbol" because a LoRA on a *random* 2-layer base learns it steadily
+    (the majority symbol dominates even uniform attention, so no positional head has to form
+    first); copying plateaus at chance for a seed-dependent number of steps.
+    """
     rnd = random.Random(seed)
     out = []
     for _ in range(n):
-        xs = [rnd.choice(SYMBOLS) for _ in range(length)]
-        out.append({"instruction": INSTRUCTION, "input": " ".join(xs), "output": " ".join(PARTNER[x] for x in xs)})
+        major, other = rnd.sample(SYMBOLS, 2)
+        xs = [major] * 4 + [other]
+        rnd.shuffle(xs)
+        out.append({"instruction": INSTRUCTION, "input": " ".join(xs), "output": PARTNER[major]})
     return out
 
 
-def write_task(directory: pathlib.Path, n_train: int = 40, n_val: int = 24):
+def write_task(directory: pathlib.Path, n_train: int = 200, n_val: int = 50):
     """train.jsonl / val.jsonl with disjoint inputs, and the tokenizer covering them."""
     recs = task_records(4 * (n_train + n_val), seed=0)
     seen, uniq = set(), []
@@ -50,7 +57,9 @@ def write_task(directory: pathlib.Path, n_train: int = 40, n_val: int = 24):
     directory.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train.jsonl", train), ("val.jsonl", val)):
         (directory / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    words = (PROMPT_WITH_INPUT + PROMPT_NO_INPUT + INSTRUCTION).split() + SYMBOLS + list(PARTNER.values())
+    template = get_template()
+    words = (template.format_prompt(INSTRUCTION, "x") + template.format_prompt(INSTRUCTION)).split()
+    words += SYMBOLS + list(PARTNER.values())
     return directory / "train.jsonl", directory / "val.jsonl", WordTokenizer(words)
 
 
