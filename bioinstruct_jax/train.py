@@ -341,7 +341,10 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
     window_tokens, window_start = 0, time.perf_counter()
     with _Preemption() as preemption:
         while step < total:
-            batch = next(train_iter)
+            try:
+                batch = next(train_iter)
+            except ValueError as err:  # e.g. no record fits data.max_length
+                raise ConfigError(str(err)) from None
             lora, opt_state, rng, metrics = train_step(lora, opt_state, base, rng, put(batch, shardings.batch, True))
             step += 1
             window_tokens += batch["input_ids"].size

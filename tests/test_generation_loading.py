@@ -65,7 +65,7 @@ def test_training_run_directory_loads_with_its_lora(hf_with_tokenizer, tmp_path)
         "model.preset=tiny", "model.param_dtype=float32", "model.dtype=float32",
         f"model.tokenizer={hf_with_tokenizer / 'tokenizer.model'}", "lora.dropout=0.0",
         f"data.train_file={REPO_ROOT / 'seeds' / 'bioinstruct_seeds.jsonl'}", "data.batch_size=4",
-        "data.max_length=64", "optim.lr=0.05", "optim.warmup_steps=0", f"train.output_dir={run_dir}",
+        "data.max_length=256", "optim.lr=0.05", "optim.warmup_steps=0", f"train.output_dir={run_dir}",
         "train.steps=2", "train.save_every=2", "train.eval_every=0", "train.log_every=1",
         "train.tensorboard=false", "train.plot=false", "train.progress_bar=false",
         "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1"])

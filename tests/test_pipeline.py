@@ -212,3 +212,20 @@ def test_real_instruction_file_batch(shared_dir, tmp_path, tok):
     b = next(factory("train"))
     assert b["input_ids"].shape == (8, 256) and b["loss_mask"].sum() > 0
     assert len(P.load_split(c, "val")) == 5452 - factory.num_examples
+
+
+def test_no_record_fitting_max_length_is_an_error_not_an_endless_search():
+    """Every response longer than max_length: the repeating training stream would look for a batch
+    forever; instead the first batch raises, naming the setting to change."""
+    from train_helpers import WordTokenizer
+
+    tok = WordTokenizer("a b c".split())
+    recs = [{"instruction": "a", "input": "", "output": "b " * 50}] * 5
+    cfg = P.DataConfig(train_file="unused", batch_size=2, max_length=16)
+    it = P.make_batch_iterator(cfg, tok, "train", records=recs, process_index=0, process_count=1)
+    with pytest.raises(ValueError, match=r"none of the 5 training records fits data.max_length=16"):
+        next(it)
+    recs.append({"instruction": "a", "input": "", "output": "b"})  # one that fits: batches flow
+    it = P.make_batch_iterator(cfg, tok, "train", records=recs, process_index=0, process_count=1)
+    batch = next(it)
+    assert batch["loss_mask"].sum() == 2 * 2  # both rows are the short record: "b" + EOS

@@ -247,14 +247,41 @@ def build_dataset(records: Sequence[Mapping[str, Any]], tokenizer: Any, cfg: Dat
         ds = grain.MapDataset.source(records)
     if process_count > 1:
         ds = ds[process_index::process_count]
-    ds = ds.map(lambda r: encoder(r))
-    it = ds.to_iter_dataset().filter(lambda ex: ex is not None).map(lambda ex: ex.as_dict())
+    ds = ds.map(lambda r: encoder(r) or _DROPPED)  # not None: grain's prefetch would skip Nones unseen
+    fits = _FitsGuard(-(-n // process_count), cfg.max_length, "training" if train else "validation")
+    it = ds.to_iter_dataset().filter(fits).map(lambda ex: ex.as_dict())
     if cfg.packing:
         it = grain.experimental.FirstFitPackIterDataset(
             it, length_struct={k: length for k in _PACK_KEYS}, num_packing_bins=rows, seed=cfg.seed,
             shuffle_bins=False)
         it = it.map(lambda x: _packed_row(x, pad_id))
     return it.batch(rows, drop_remainder=train, batch_fn=lambda b: _pad_rows(b, rows, length, pad_id))
+
+
+_DROPPED = "response does not fit"  # what the encoder's None becomes in the grain stream
+
+
+class _FitsGuard:
+    """The filter that drops examples whose response does not fit (`ExampleEncoder` gave None).
+
+    When no record fits, a repeating stream would spin forever looking for the next batch; more
+    drops in a row than two epochs can hold (a fitting record appears in every epoch) is an error
+    that says what to change.
+    """
+
+    def __init__(self, n_records: int, max_length: int, split: str):
+        self.n_records, self.max_length, self.split = n_records, max_length, split
+        self.dropped_in_a_row = 0
+
+    def __call__(self, example: EncodedExample | str) -> bool:
+        if example is not _DROPPED:
+            self.dropped_in_a_row = 0
+            return True
+        self.dropped_in_a_row += 1
+        if self.dropped_in_a_row >= 2 * self.n_records:  # > the longest run between two epochs' fits
+            raise ValueError(f"data: none of the {self.n_records} {self.split} records fits data.max_length="
+                             f"{self.max_length} (every response plus EOS is longer); raise data.max_length")
+        return False
 
 
 class _EpochOrder:
