@@ -18,9 +18,14 @@ gradient accumulator), not of the whole batch.
 The process re-executes itself with `XLA_FLAGS=--xla_force_host_platform_device_count=N` (and
 `JAX_PLATFORMS=cpu`) when it does not already see enough devices.
 
-The figures are XLA:CPU's buffer assignment for the same SPMD program; TPU/GPU compilers fuse and
-schedule differently (and TPU pads small minor dimensions), so treat a fit with under ~10% headroom
-as "try it".
+Where the figures come from. By default, XLA:CPU's buffer assignment for the same SPMD program on
+virtual CPU devices: fast (7B / 13B on 8 devices in ~75 s on an idle 2-core machine), but an
+approximation that reads high for bf16 programs -- XLA:CPU converts bf16 weights to f32 for its
+dots (before their all-gathers) and schedules collectives its own way. With `--tpu-aot`, a TPU
+target whose slice is in `TPU_TOPOLOGIES` (v3-8, v4-8, v5e-8, v5p-8, ...) is compiled ahead of time
+*for that TPU* on this CPU machine (libtpu via `jax.experimental.topologies`, no TPU attached, as
+MaxText's train_compile does; `pip install -e '.[plan]'`): the TPU compiler's own figures, several
+times slower to compile. The report says which compiler answered.
 
 `--config FILE [key=value ...]` reads the run YAML (sections model/lora/mesh/data/optim/train); flags
 given on the command line override the file.
@@ -71,6 +76,44 @@ def accelerator_bytes(name: str) -> tuple[str, float]:
     return key, ACCELERATORS[key]
 
 
+# TPU slices the planner can compile for ahead of time with libtpu (no TPU attached): (chip, JAX
+# devices) -> (topology, options). v4 and v5p chips are one "megacore" device each, as on a real VM.
+TPU_TOPOLOGIES: dict[tuple[str, int], tuple[str, dict[str, str]]] = {
+    ("tpu-v3", 8): ("v3:2x2", {}), ("tpu-v3", 32): ("v3:4x4", {}),
+    ("tpu-v4", 4): ("v4:2x2x1", {"chip_config_name": "megacore"}),
+    ("tpu-v4", 8): ("v4:2x2x2", {"chip_config_name": "megacore"}),
+    ("tpu-v4", 16): ("v4:2x2x4", {"chip_config_name": "megacore"}),
+    ("tpu-v5e", 4): ("v5e:2x2", {}), ("tpu-v5e", 8): ("v5e:2x4", {}),
+    ("tpu-v5p", 4): ("v5p:2x2x1", {}), ("tpu-v5p", 8): ("v5p:2x2x2", {}),
+    ("tpu-v6e", 8): ("v6e:2x4", {}),
+}
+
+
+def tpu_aot_devices(accelerator: str, num_devices: int) -> tuple[list[Any] | None, str]:
+    """(device descriptions of a TPU slice to compile for, why not) — ahead-of-time, no TPU needed.
+
+    Needs libtpu (`pip install -e '.[plan]'`, included in the `tpu` and `test` extras). Returns
+    (None, reason) for GPUs, slices not in `TPU_TOPOLOGIES`, or when libtpu is missing.
+    """
+    if not accelerator.startswith("tpu-"):
+        return None, f"{accelerator} is not a TPU"
+    entry = TPU_TOPOLOGIES.get((accelerator, num_devices))
+    if entry is None:
+        known = sorted(n for (a, n) in TPU_TOPOLOGIES if a == accelerator)
+        return None, f"no {accelerator} slice with {num_devices} devices in TPU_TOPOLOGIES (known: {known})"
+    try:
+        import libtpu  # noqa: F401
+    except ImportError:
+        return None, "libtpu is not installed (pip install -e '.[plan]')"
+    from jax.experimental import topologies
+
+    topology, options = entry
+    devices = list(topologies.get_topology_desc(topology_name=topology, platform="tpu", **options).devices)
+    if len(devices) != num_devices:
+        return None, f"topology {topology} has {len(devices)} devices, not {num_devices}"
+    return devices, ""
+
+
 @dataclasses.dataclass(frozen=True)
 class PlanSettings:
     """What to plan: model, adapters, mesh, batch shape and the accelerator to compare against."""
@@ -87,6 +130,7 @@ class PlanSettings:
     remat: bool = False
     dtype: str = "bfloat16"
     accelerator: str = "tpu-v3"
+    tpu_aot: bool = False  # compile for the TPU slice itself (libtpu, ahead of time) instead of XLA:CPU
 
     @property
     def num_devices(self) -> int:
@@ -121,6 +165,7 @@ class PlanResult:
     trainable_params: int
     total_params: int
     step: str = "train_step.build_train_step"
+    compiled_for: str = "XLA:CPU"
 
     @property
     def fits(self) -> bool:
@@ -145,7 +190,7 @@ class PlanResult:
             f"  {self.accelerator}: {gib(self.capacity_bytes)} per device -> "
             + ("FITS" if self.fits else "DOES NOT FIT")
             + f" ({100 * self.peak_bytes / self.capacity_bytes:.0f}% used)",
-            f"  compiled {self.step} in {self.compile_seconds:.1f}s",
+            f"  compiled {self.step} for {self.compiled_for} in {self.compile_seconds:.1f}s",
         ]
         return "\n".join(lines)
 
@@ -194,6 +239,17 @@ def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanRe
 
     accel_name, capacity = accelerator_bytes(settings.accelerator)
     k, micro = settings.grad_accum, settings.micro_batch
+    compiled_for = "XLA:CPU (virtual devices; an approximation: XLA:CPU runs bf16 dots in f32 and schedules " \
+                   "collectives its own way, so bf16 programs read high)"
+    if devices is None and settings.tpu_aot:
+        tpu_devices, why_not = tpu_aot_devices(accel_name, settings.num_devices)
+        if tpu_devices is not None:
+            devices = tpu_devices
+            compiled_for = f"{tpu_devices[0].device_kind} x {len(tpu_devices)} (ahead of time with libtpu: the TPU compiler's own figures)"
+        else:
+            compiled_for += f"; no TPU compile: {why_not}"
+    elif accel_name.startswith("tpu-"):
+        compiled_for += "; --tpu-aot gives the TPU compiler's own figures"
     devices = list(jax.devices() if devices is None else devices)
     if len(devices) < settings.num_devices:
         raise ValueError(f"mesh {settings.mesh} needs {settings.num_devices} devices, only {len(devices)} visible "
@@ -237,6 +293,7 @@ def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanRe
         compile_seconds=seconds,
         trainable_params=trainable,
         total_params=total,
+        compiled_for=compiled_for,
     )
 
 
@@ -327,6 +384,9 @@ def parse_args(argv: Sequence[str]) -> tuple[PlanSettings, argparse.Namespace]:
     p.add_argument("--remat", action=argparse.BooleanOptionalAction, default=None, help="rematerialise each layer")
     p.add_argument("--dtype", help="frozen parameter / compute dtype (bfloat16, float32)")
     p.add_argument("--accelerator", help=f"one of {', '.join(ACCELERATORS)} (aliases like v3-8, a100) or e.g. 12GiB")
+    p.add_argument("--tpu-aot", action="store_true",
+                   help="for a TPU target: compile for that TPU slice ahead of time with libtpu (the TPU "
+                        "compiler's own figures; several times slower than the default XLA:CPU estimate)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
     bad = [o for o in args.overrides if "=" not in o]
@@ -340,7 +400,7 @@ def parse_args(argv: Sequence[str]) -> tuple[PlanSettings, argparse.Namespace]:
         fields["mesh"] = MeshConfig(**free).resolve(args.devices)
     flag_values = {"preset": args.preset, "batch": args.batch, "grad_accum": args.grad_accum, "seq": args.seq,
                    "lora_r": args.lora_r, "lora_alpha": args.lora_alpha, "remat": args.remat, "dtype": args.dtype,
-                   "accelerator": args.accelerator}
+                   "accelerator": args.accelerator, "tpu_aot": args.tpu_aot or None}
     fields.update({k: v for k, v in flag_values.items() if v is not None})
     if args.targets:
         fields["targets"] = tuple(t.strip() for t in args.targets.split(",") if t.strip())

@@ -8,6 +8,9 @@ import os
 # jax is imported. Tests that want one device use jax.devices()[:1].
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# The test extra installs libtpu (the planner compiles for TPU slices ahead of time); the tests run on
+# the CPU, so JAX must not try to bring up a TPU backend (and subprocesses inherit this).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib
 

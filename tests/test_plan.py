@@ -120,3 +120,20 @@ def test_llama2_plans_on_an_8_device_mesh(preset):
     assert result.temp_bytes > 0 and result.peak_bytes > result.params_bytes
     verdict = "FITS" if result.fits else "DOES NOT FIT"
     assert verdict in result.report()
+
+
+def test_tpu_target_compiles_ahead_of_time_for_the_tpu_slice():
+    """--tpu-aot: the step is compiled by the TPU compiler for a v3-8 / v4-8 slice (libtpu, no TPU
+    attached); its per-device figures differ from XLA:CPU's estimate of the same bf16 program."""
+    pytest.importorskip("libtpu", reason="libtpu (the test / plan extras) compiles for TPUs ahead of time")
+    base = dict(preset="tiny", batch=8, seq=64, lora_r=8, dtype="bfloat16", remat=True)
+    v3 = planner.plan(planner.PlanSettings(mesh=(1, 8, 1), accelerator="tpu-v3", tpu_aot=True, **base))
+    assert v3.compiled_for.startswith("TPU v3 x 8")
+    v4 = planner.plan(planner.PlanSettings(mesh=(1, 4, 1), accelerator="tpu-v4", tpu_aot=True, **base))
+    assert v4.compiled_for.startswith("TPU v4 x 4")  # megacore: one device per chip, as on a v4-8 VM
+    cpu = planner.plan(planner.PlanSettings(mesh=(1, 8, 1), accelerator="tpu-v3", **base))
+    assert cpu.compiled_for.startswith("XLA:CPU") and "--tpu-aot" in cpu.report()
+    assert v3.params_bytes == cpu.params_bytes  # same shards; the compilers differ in temporaries
+    assert v3.temp_bytes != cpu.temp_bytes
+    no_slice = planner.plan(planner.PlanSettings(mesh=(1, 2, 1), accelerator="tpu-v3", tpu_aot=True, **base))
+    assert no_slice.compiled_for.startswith("XLA:CPU") and "no tpu-v3 slice with 2 devices" in no_slice.compiled_for
