@@ -77,15 +77,15 @@ def accelerator_bytes(name: str) -> tuple[str, float]:
 
 
 # TPU slices the planner can compile for ahead of time with libtpu (no TPU attached): (chip, JAX
-# devices) -> (topology, options). v4 and v5p chips are one "megacore" device each, as on a real VM.
-TPU_TOPOLOGIES: dict[tuple[str, int], tuple[str, dict[str, str]]] = {
-    ("tpu-v3", 8): ("v3:2x2", {}), ("tpu-v3", 32): ("v3:4x4", {}),
-    ("tpu-v4", 4): ("v4:2x2x1", {"chip_config_name": "megacore"}),
-    ("tpu-v4", 8): ("v4:2x2x2", {"chip_config_name": "megacore"}),
-    ("tpu-v4", 16): ("v4:2x2x4", {"chip_config_name": "megacore"}),
-    ("tpu-v5e", 4): ("v5e:2x2", {}), ("tpu-v5e", 8): ("v5e:2x4", {}),
-    ("tpu-v5p", 4): ("v5p:2x2x1", {}), ("tpu-v5p", 8): ("v5p:2x2x2", {}),
-    ("tpu-v6e", 8): ("v6e:2x4", {}),
+# devices) -> (TPU type, topology, options). v4 and v5p chips are one "megacore" device each, as on a real VM.
+TPU_TOPOLOGIES: dict[tuple[str, int], tuple[str, str, dict[str, str]]] = {
+    ("tpu-v3", 8): ("v3-8", "v3:2x2", {}), ("tpu-v3", 32): ("v3-32", "v3:4x4", {}),
+    ("tpu-v4", 4): ("v4-8", "v4:2x2x1", {"chip_config_name": "megacore"}),
+    ("tpu-v4", 8): ("v4-16", "v4:2x2x2", {"chip_config_name": "megacore"}),
+    ("tpu-v4", 16): ("v4-32", "v4:2x2x4", {"chip_config_name": "megacore"}),
+    ("tpu-v5e", 4): ("v5litepod-4", "v5e:2x2", {}), ("tpu-v5e", 8): ("v5litepod-8", "v5e:2x4", {}),
+    ("tpu-v5p", 4): ("v5p-8", "v5p:2x2x1", {}), ("tpu-v5p", 8): ("v5p-16", "v5p:2x2x2", {}),
+    ("tpu-v6e", 8): ("v6e-8", "v6e:2x4", {}),
 }
 
 
@@ -107,7 +107,12 @@ def tpu_aot_devices(accelerator: str, num_devices: int) -> tuple[list[Any] | Non
         return None, "libtpu is not installed (pip install -e '.[plan]')"
     from jax.experimental import topologies
 
-    topology, options = entry
+    tpu_type, topology, options = entry
+    # Off a TPU VM libtpu would query a metadata server and log errors; say what it is compiling for,
+    # and let several planner processes hold libtpu at once (they never touch a real TPU).
+    for key, value in {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "TPU_SKIP_MDS_QUERY": "1", "TPU_ACCELERATOR_TYPE": tpu_type,
+                       "TPU_WORKER_HOSTNAMES": "localhost", "TPU_WORKER_ID": "0"}.items():
+        os.environ.setdefault(key, value)
     devices = list(topologies.get_topology_desc(topology_name=topology, platform="tpu", **options).devices)
     if len(devices) != num_devices:
         return None, f"topology {topology} has {len(devices)} devices, not {num_devices}"
