@@ -347,12 +347,15 @@ def make_batch_iterator(cfg: DataConfig, tokenizer: Any, split: str = "train", *
 
 def make_data_factory(cfg: DataConfig, tokenizer: Any) -> Callable[[str], BatchIterator]:
     """split -> iterator, with `num_examples` (training records) for epoch-based step counts."""
-    train_records = load_split(cfg, "train")
+    records = {"train": load_split(cfg, "train")}
 
     def factory(split: str) -> BatchIterator:
-        return make_batch_iterator(cfg, tokenizer, split, records=train_records if split == "train" else None)
+        split = "train" if split == "train" else "validation"
+        if split not in records:  # read once, not at every validation
+            records[split] = load_split(cfg, split)
+        return make_batch_iterator(cfg, tokenizer, split, records=records[split])
 
-    factory.num_examples = len(train_records)  # type: ignore[attr-defined]
+    factory.num_examples = len(records["train"])  # type: ignore[attr-defined]
     return factory
 
 
