@@ -21,7 +21,7 @@ Sections (`--only`, comma-separated; default all): peak, train, generate, data, 
   weights. TTFT = prefill + first token; decode tok/s = batch * (N - 1) / (total - TTFT).
 - data: ROUGE-L pool filter (instructions/s against a pool of 25K synthetic instructions) and the
   input pipeline (examples/s tokenised and batched) next to what the train step consumes.
-- memory: peak host RSS (ru_maxrss) of a fresh process running the train step, and of export.
+- memory: peak host RSS (VmHWM) of a fresh process running the train step, and the peak growth of a merged export.
 - plan: `bioinstruct_jax.plan` for LLaMA-2 7B/13B on v3-8, v4-8, one A100-80 and one H100.
 
 FLOP convention for LoRA training (frozen base): per token, forward 2*N + backward activation
@@ -52,7 +52,6 @@ import os
 import pathlib
 import platform
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -522,7 +521,7 @@ def _child_rss(args: list[str]) -> dict[str, Any]:
 
 
 def child_train_rss(sizes: Sizes, workdir: pathlib.Path) -> dict[str, Any]:
-    """(run in a fresh process) load the HF dir, 3 train steps, report ru_maxrss."""
+    """(run in a fresh process) load the HF dir, 3 train steps, report its peak RSS (VmHWM)."""
     from bioinstruct_jax.model.llama import LlamaConfig
 
     cfg = LlamaConfig.preset(sizes.preset)
@@ -536,13 +535,20 @@ def child_train_rss(sizes: Sizes, workdir: pathlib.Path) -> dict[str, Any]:
 
 
 def child_export_rss(workdir: pathlib.Path) -> dict[str, Any]:
-    if importlib.util.find_spec("bioinstruct_jax.export") is None:
-        return {"skipped": "bioinstruct_jax.export not in the tree yet"}
-    raise NotImplementedError("export benchmark waits for export's public API")
+    """(run in a fresh process) peak host-memory growth of a merged export of a 1.33 GB float32
+    LLaMA into 5 shards: `scripts/export_memory.py`'s measurement (VmHWM reset + sampler)."""
+    import export_memory
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        return export_memory.measure(2048, 5504, 4, 32000, 300.0, pathlib.Path(tmp) / "merged")
 
 
 def _maxrss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak RSS (VmHWM): unlike ru_maxrss, it is not inherited from the parent
+    across fork + exec, so a child's figure is its own."""
+    import export_memory
+
+    return (export_memory.status_kib("VmHWM") or 0) * 1024
 
 
 def bench_memory(sizes: Sizes, workdir: pathlib.Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import psutil
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 
-def _status_kib(field: str) -> int | None:
+def status_kib(field: str) -> int | None:
     try:
         for line in pathlib.Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -39,7 +39,7 @@ def _reset_peak() -> bool:
         pathlib.Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         return False
-    hwm, rss = _status_kib("VmHWM"), _status_kib("VmRSS")
+    hwm, rss = status_kib("VmHWM"), status_kib("VmRSS")
     return hwm is not None and rss is not None and hwm <= rss + 1024
 
 
@@ -84,7 +84,7 @@ def measure(hidden: int, intermediate: int, layers: int, vocab: int, max_shard_m
     export_s = time.perf_counter() - t0
     sampler.stop.set()
     sampler.join()
-    peak = max(sampler.peak, (_status_kib("VmHWM") or 0) * 1024 if kernel_peak else 0)
+    peak = max(sampler.peak, (status_kib("VmHWM") or 0) * 1024 if kernel_peak else 0)
 
     from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsFile
 
