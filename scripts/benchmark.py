@@ -370,10 +370,8 @@ def _our_generator(model, cfg, batch: int, prompt: int, new: int):
 def _generator_api(model, ids_np: np.ndarray, new: int) -> dict[str, Any]:
     """End-to-end time of `bioinstruct_jax.generate.Generator.generate` (greedy, EOS disabled so
     every row makes `new` tokens; includes its host-side padding and bucketing)."""
-    try:
-        from bioinstruct_jax.generate import Generator
-    except ImportError as err:
-        return {"generator_api": f"skipped: {err}"}
+    from bioinstruct_jax.generate import Generator
+
     gen = Generator(model, max_batch_size=max(32, len(ids_np)), eos_ids=())
     prompts = [list(map(int, r)) for r in ids_np]
     t0 = time.perf_counter()
@@ -475,16 +473,6 @@ def bench_data(sizes: Sizes, train_res: dict[str, Any] | None) -> dict[str, Any]
 
 
 def bench_pipeline(sizes: Sizes) -> dict[str, Any]:
-    """Examples/s through the data pipeline, tokenised and batched (skipped until it exists)."""
-    if importlib.util.find_spec("bioinstruct_jax.data.pipeline") is None:
-        return {"pipeline": "skipped: bioinstruct_jax.data.pipeline not in the tree yet"}
-    try:
-        return _pipeline_throughput(sizes)
-    except Exception as err:  # the pipeline's API is still moving; report rather than fail
-        return {"pipeline": f"skipped: {type(err).__name__}: {err}"}
-
-
-def _pipeline_throughput(sizes: Sizes) -> dict[str, Any]:
     """Seed records repeated to n examples, a SentencePiece tokenizer trained on them, batches of
     the train benchmark's shape (batch x seq) from `make_batch_iterator`."""
     from bioinstruct_jax.data.pipeline import DataConfig, make_batch_iterator

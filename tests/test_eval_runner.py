@@ -8,8 +8,7 @@ import pathlib
 
 import pytest
 
-templates = pytest.importorskip("bioinstruct_jax.data.templates", reason="the training template (data/templates.py) has not landed yet")
-format_prompt = templates.format_prompt
+from bioinstruct_jax.data.templates import format_prompt
 from bioinstruct_jax.eval import runner, tasks as T
 from bioinstruct_jax.eval.__main__ import main
 from bioinstruct_jax.eval.predictor import Predictor

@@ -56,7 +56,6 @@ def _reply(request: dict) -> Reply | str:
 
 
 def test_judge_in_runner_counts_unparseable_and_caches(tmp_path, monkeypatch):
-    pytest.importorskip("bioinstruct_jax.data.templates", reason="the training template has not landed yet")
     monkeypatch.delenv("BIOINSTRUCT_TEST_NO_KEY", raising=False)
     data = T.DataSource(str(FIX))
     cfg = runner.EvalConfig(output_dir=str(tmp_path))
