@@ -13,7 +13,7 @@ import pytest
 from bioinstruct_jax.eval import runner, tasks as T
 from bioinstruct_jax.eval.judge import JUDGE_PROMPT, Judge, aggregate, parse_judge_reply
 from bioinstruct_jax.llm_client import LLMClient, LLMClientConfig
-from tests.openai_server import Reply, ScriptedOpenAIServer
+from openai_server import Reply, ScriptedOpenAIServer
 
 FIX = pathlib.Path(__file__).parent / "fixtures" / "eval"
 GOOD = '{"coherence": 4, "completeness": 3, "naturalness": 5}'
