@@ -162,9 +162,13 @@ def build_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *
 
         def micro(carry, mb):
             grads_acc, loss_acc, tok_acc, rng_state = carry
+            # Tie the frozen weights to this micro-batch: otherwise their all-gathers (and dtype
+            # converts) are loop-invariant, get hoisted out of the scan, and every device holds the
+            # whole gathered model for the entire step.
+            base_mb, mb = jax.lax.optimization_barrier((base, mb))
 
             def objective(lora_):
-                model = nnx.merge(graphdef, lora_, rng_state, base, copy=True)
+                model = nnx.merge(graphdef, lora_, rng_state, base_mb, copy=True)
                 total, count = loss(model, mb)
                 return total, (count, nnx.state(model, nnx.RngState))
 
