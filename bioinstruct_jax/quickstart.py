@@ -7,7 +7,8 @@ On a fresh CPU-only machine, in a few minutes, the whole path end to end:
   3. eval: `python -m bioinstruct_jax.eval` on the seeds' held-out split (the pipeline's
      validation split, as a `jsonl:` user task: ROUGE-L / BLEU of greedy generations);
   4. export: the last checkpoint as a merged HF LLaMA directory and as a PEFT adapter.
-Each stage prints where its artifacts went. Running it again with the same --out starts over.
+Each stage prints where its artifacts went. Running it again with the same --out starts over
+(its own tokenizer/run/eval/export folders are replaced; nothing else under --out is touched).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Sequence
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "tiny.yaml"
 SEEDS = REPO / "seeds" / "bioinstruct_seeds.jsonl"
+STAGE_DIRS = ("tokenizer", "run", "eval", "export")  # what a quickstart writes under --out
 
 
 def train_tokenizer(out_dir: pathlib.Path, vocab_size: int = 512) -> pathlib.Path:
@@ -53,8 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     start = time.perf_counter()
     out = pathlib.Path(args.out).resolve()
-    if out.exists():
-        shutil.rmtree(out)  # a fresh run each time (a kept run dir would resume instead of train)
+    for stage in STAGE_DIRS:  # a fresh run each time (a kept run dir would resume instead of train);
+        shutil.rmtree(out / stage, ignore_errors=True)  # only what the quickstart itself writes goes
     from bioinstruct_jax import export, train
     from bioinstruct_jax.config import load_run_config
     from bioinstruct_jax.eval.__main__ import main as eval_main
@@ -70,9 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"[train] metrics: {result.metrics_path}  tensorboard: {out / 'run' / 'tensorboard'}")
     print(f"[train] loss curve: {result.loss_curve}")
 
-    heldout = out / "eval" / "heldout_seeds.jsonl"
-    n = write_heldout(cfg, heldout)
     eval_dir = out / "eval"
+    heldout = eval_dir / "heldout_seeds.jsonl"
+    n = write_heldout(cfg, heldout)
     eval_main(["--model", str(out / "run"), "--tasks", f"jsonl:{heldout}:rouge", "--output", str(eval_dir),
                "--limit", str(args.eval_limit), "--max-new-tokens", "64", "--batch-size", "8"])
     print(f"[eval] held-out seeds ({n} records, one kept aside as the task's shot pool): {heldout}")

@@ -22,14 +22,16 @@ peft = pytest.importorskip("peft")
 
 def test_quickstart_trains_checkpoints_evaluates_and_exports(tmp_path, capsys):
     out = tmp_path / "qs"
-    (out / "stale").mkdir(parents=True)  # a previous run's leftovers are cleared, not resumed
+    (out / "run" / "stale").mkdir(parents=True)  # a previous run's leftovers are cleared, not resumed
+    (out / "notes.txt").write_text("mine")  # anything else under --out is left alone
     rc = quickstart.main(["--out", str(out), "--eval-limit", "2", "train.steps=4", "train.eval_every=2",
                           "train.save_every=2", "train.log_every=1", "data.max_length=128"])
     assert rc == 0
     printed = capsys.readouterr().out
     for stage in ("[tokenizer]", "[train]", "[eval]", "[export]"):
         assert stage in printed
-    assert not (out / "stale").exists()
+    assert not (out / "run" / "stale").exists()
+    assert (out / "notes.txt").read_text() == "mine"
 
     # train: metrics for every step, a checkpoint at the last step, the loss curve
     steps = [json.loads(line)["step"] for line in (out / "run" / "metrics.jsonl").read_text().splitlines()
