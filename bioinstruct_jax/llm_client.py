@@ -5,9 +5,12 @@ client's own retries switched off, and retries here instead: 408/409/429, 5xx, t
 connection errors and unreadable response bodies are retried with capped exponential backoff and
 jitter (a `Retry-After` header is honoured up to the cap); any other 4xx fails at once. When the
 retries run out, `LLMError` says what happened, with the status code, model and base URL, never
-the API key. The key is read only from the environment variable named in the config; with no key
-set and a server on this machine (localhost), a dummy key is used. Token usage is counted across
-threads in `LLMClient.usage`.
+the API key: every text that leaves this module (error messages, and reply text too) has the key
+replaced by `[REDACTED]` (`redact`), in case a server echoes it (e.g. in a 401 message), and
+errors are raised without the `openai` exception chained to them, since its text holds the raw
+server message. The key is read only from the environment variable named in the config; with no
+key set and a server on this machine (localhost), a dummy key is used. Token usage is counted
+across threads in `LLMClient.usage`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ import openai
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
 DUMMY_LOCAL_KEY = "sk-local-no-key"
 RETRYABLE_STATUS = frozenset({408, 409, 429})
+REDACTED = "[REDACTED]"
+
+
+def redact(text: str, secret: str) -> str:
+    """`text` with every occurrence of `secret` replaced by [REDACTED] (no-op for an empty secret)."""
+    return text.replace(secret, REDACTED) if secret else text
 
 
 @dataclasses.dataclass
@@ -115,8 +124,9 @@ class LLMClient:
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self.usage = Usage()
+        self._key = resolve_api_key(self.config)
         self._client = openai.OpenAI(
-            api_key=resolve_api_key(self.config),
+            api_key=self._key,
             base_url=self.config.base_url,
             timeout=self.config.timeout_s,
             max_retries=0,
@@ -145,12 +155,12 @@ class LLMClient:
             except _Transient as exc:
                 if attempt >= self.config.max_retries:
                     self._count(failed=True)
-                    raise LLMError(
+                    raise LLMError(  # not chained: the openai exception's text is not redacted
                         f"{exc.describe} from {self._where()} after {attempt + 1} attempts "
                         f"(max_retries={self.config.max_retries})",
                         status=exc.status,
                         retryable=True,
-                    ) from exc.cause
+                    ) from None
                 delay = self.backoff_delay(attempt, exc.retry_after)
                 attempt += 1
                 self._count(retry=True)
@@ -190,6 +200,15 @@ class LLMClient:
 
     def _once(self, messages: list[dict[str, Any]], kwargs: dict[str, Any]) -> ChatResult:
         try:
+            return self._once_unredacted(messages, kwargs)
+        except _Transient as exc:
+            exc.describe = redact(exc.describe, self._key)
+            raise
+        except LLMError as exc:
+            raise LLMError(redact(str(exc), self._key), status=exc.status, retryable=exc.retryable) from None
+
+    def _once_unredacted(self, messages: list[dict[str, Any]], kwargs: dict[str, Any]) -> ChatResult:
+        try:
             resp = self._client.chat.completions.create(
                 model=self.config.model, messages=messages, **kwargs
             )
@@ -217,7 +236,7 @@ class LLMClient:
             raise _Transient(f"response without choices ({exc})", None, exc) from None
         usage = getattr(resp, "usage", None)
         return ChatResult(
-            text=text,
+            text=redact(text, self._key),
             prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
             completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
             finish_reason=finish,

@@ -16,15 +16,14 @@ import pytest
 
 from bioinstruct_jax.data.generate import (
     GENERATION_PROMPT_HEADER,
-    LABEL_PROMPT_HEADER,
     GenerateConfig,
     GenerationError,
     build_generation_prompt,
     parse_generation_reply,
-    parse_labels,
     run,
     sidecar_paths,
 )
+from bioinstruct_jax.data.labels import LABEL_PROMPT_HEADER, parse_labels
 from bioinstruct_jax.data.records import InstructionRecord, read_jsonl_records, write_jsonl_records
 from bioinstruct_jax.llm_client import LLMClient
 from openai_server import Reply, ScriptedOpenAIServer, replies_in_order
@@ -213,17 +212,32 @@ def test_malformed_replies_are_counted_not_fatal(tmp_path, seeds_file):
     assert summary["malformed_items"] == 3 and summary["requests"] == 4
 
 
-def test_labels_unparseable_become_other_and_no_label_keeps_given(tmp_path, seeds_file):
+def test_unreadable_labels_stay_unlabelled_and_a_rerun_asks_only_for_them(tmp_path, seeds_file):
     tasks = [synthetic_task(k) for k in range(3)]
-    gen = reply_text(tasks) .replace("4. Output:", "4. Category: ie\n4. Output:")
+    gen = reply_text(tasks).replace("4. Output:", "4. Category: ie\n4. Output:")
+    label_replies = ["1. gen\n2. banana"]
 
     def fn(request):
-        return Reply.text("1. gen\n2. banana") if is_label_request(request) else Reply.text(gen)
+        return Reply.text(label_replies[0]) if is_label_request(request) else Reply.text(gen)
 
     with ScriptedOpenAIServer(fn) as server:
-        summary = run(config(tmp_path / "a", seeds_file, server, num_instructions=3))
-        assert summary["label_counts"] == {"qa": 0, "ie": 0, "gen": 1, "other": 2, "": 0}
-        assert summary["label_failures"] == 2
+        cfg = config(tmp_path / "a", seeds_file, server, num_instructions=3, label_attempts=1)
+        summary = run(cfg)
+        assert summary["label_counts"] == {"qa": 0, "ie": 0, "gen": 1, "other": 0, "": 2}
+        assert summary["label_failures"] == summary["unlabelled"] == 2 and not summary["complete"]
+        assert summary["generation_complete"] and summary["accepted"] == 3
+        labels_file = pathlib.Path(summary["labels_file"])
+        assert [json.loads(l)["category"] for l in labels_file.read_text().splitlines()] == ["gen"]
+        # the rerun generates nothing and asks the labeller only for the two tasks still unlabelled
+        label_replies[0] = "1. qa\n2. other"
+        n_before = len(server.requests)
+        summary = run(cfg)
+        asked = server.requests[n_before:]
+        assert len(asked) == 1 and is_label_request(asked[0])
+        assert tasks[0].instruction not in asked[0]["messages"][0]["content"]
+        assert summary["label_counts"] == {"qa": 1, "ie": 0, "gen": 1, "other": 1, "": 0} and summary["complete"]
+        assert [r.category for r in read_jsonl_records(cfg.output)] == ["gen", "qa", "other"]
+        # --no-label keeps the category the model wrote in its reply
         summary = run(config(tmp_path / "b", seeds_file, server, num_instructions=3, label_with_model=False))
         assert summary["label_counts"] == {"qa": 0, "ie": 1, "gen": 0, "other": 0, "": 2}
 

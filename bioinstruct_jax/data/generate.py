@@ -1,21 +1,34 @@
 """`python -m bioinstruct_jax.data.generate`: BioInstruct's self-instruct loop with an
-OpenAI-compatible model.
+OpenAI-compatible model, and the labelling pass (also alone: `--label-only`).
 
 Each request shows the model three seed tasks drawn at random (an RNG seeded by the run seed and
 the request number) as items 1-3 of a numbered `Instruction / Input / Output` list under the
 paper's rules, and asks it to continue from item 4 up to 20. Replies are parsed item by item (a
 malformed item is counted and skipped). A task joins the pool when it passes the heuristics
 (3-150 words, no media words, an output that is not empty and not the input repeated) and its
-instruction has ROUGE-L < 0.7 with every instruction already in the pool (seeds included). Kept
-tasks are labelled qa/ie/gen/other by the model in batched numbered lists (`--no-label` keeps a
-label the model gave, if any), then appended to the output JSONL.
+instruction has ROUGE-L < 0.7 with every instruction already in the pool (seeds included).
 
-Requests run in a thread pool; parsing, filtering, labelling and writing happen in the main thread
-so the pool and the file stay consistent. A rerun with the same --output resumes: the existing
-file (a truncated last line from a kill is dropped and the file rewritten) seeds the ROUGE pool,
-so nothing is written twice, and `<output stem>.progress.json` carries the counters and the
-request number. `<output stem>.summary.json` is written at the end. The API key comes only from
-the environment (see `bioinstruct_jax.llm_client`).
+Kill safety (SIGKILL or Ctrl-C at any moment loses no accepted task and writes none twice):
+requests run in a thread pool, but their replies are absorbed in request order, one at a time, in
+the main thread, so a run's output depends only on the replies, not on their timing. Absorbing
+request i commits it in two steps: first `<output stem>.progress.json` is replaced atomically with
+the counters after request i *and the tasks it accepted* (with their ids), then those tasks are
+appended to the output JSONL and fsynced. A rerun with the same --output reads the progress file,
+drops a torn last line, appends whatever of the recorded tasks the file lacks, rebuilds the ROUGE
+pool from the file and goes on with request i+1. A kill before the progress file is replaced
+leaves request i unabsorbed: the rerun asks it again.
+
+Labelling is a separate, resumable pass (`bioinstruct_jax.data.labels`) over the finished file:
+labels go to `<output stem>.labels.jsonl` as they arrive, then the output is rewritten (atomically)
+with each task's category. A task the model fails to label keeps an empty category and is counted
+(`label_failures`, `unlabelled`), never put into "other"; the next run asks for it again. With
+`--no-label` a category the model wrote in its reply (`N. Category:`) is kept instead.
+
+`--label-only --input FILE [--output LABELS.jsonl]` runs only the labelling pass on an existing
+instruction file (JSON array or JSON lines, e.g. the published 25K file) and writes the labels file
+the TFDS builder's `labels_file` reads. `<output stem>.summary.json` is written at the end (and on
+Ctrl-C). The API key comes only from the environment and never reaches a message or a file (see
+`bioinstruct_jax.llm_client`).
 """
 
 from __future__ import annotations
@@ -23,9 +36,9 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures as cf
+import copy
 import dataclasses
 import json
-import os
 import pathlib
 import random
 import re
@@ -33,13 +46,19 @@ import sys
 import time
 from typing import Any
 
+from bioinstruct_jax.cli_types import non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
 from bioinstruct_jax.data.filters import REJECT_REASONS, RougePool, heuristic_reject
-from bioinstruct_jax.data.records import CATEGORIES, InstructionRecord, RecordError
+from bioinstruct_jax.data.journal import append_lines, read_jsonl_tail_safe, write_json_atomic, write_text_atomic
+from bioinstruct_jax.data.labels import LabelSettings, label_key, run_label_pass
+from bioinstruct_jax.data.records import CATEGORIES, InstructionRecord, RecordError, read_instruction_file
 from bioinstruct_jax.data.seeds import DEFAULT_SEEDS_PATH, load_seeds
 from bioinstruct_jax.llm_client import ChatResult, LLMClient, LLMClientConfig, LLMError
 
+PAPER_NUM_INSTRUCTIONS = 25_005  # the size of the published BioInstruct file (PAPER.md §1)
+
+
 # --------------------------------------------------------------------------------------------
-# Prompts (the only place their text lives)
+# The generation prompt (the only place its text lives; the label prompt is in labels.py)
 # --------------------------------------------------------------------------------------------
 NO_INPUT = "<noinput>"
 
@@ -58,17 +77,6 @@ Here are the requirements:
 List of 20 tasks:
 """
 
-LABEL_PROMPT_HEADER = """Classify each biomedical task below into exactly one category:
-qa - question answering: the task asks to answer a question (multiple choice, yes/no/maybe, short or open answer) or to judge whether one statement follows from another.
-ie - information extraction: the task asks to find, extract, tag, normalize, code or classify information that is present in a given text.
-gen - generation: the task asks to write new text, such as a summary, a clinical note, an explanation, a simplification or a letter.
-other - anything else, such as recommendations, planning, trial matching or triage.
-
-Reply with exactly one line per task, in the form "N. label", where label is one of qa, ie, gen, other, and nothing else.
-
-Tasks:
-"""
-
 
 def format_task(n: int, rec: InstructionRecord) -> str:
     inp = rec.input.strip() or NO_INPUT
@@ -80,16 +88,6 @@ def build_generation_prompt(examples: list[InstructionRecord]) -> str:
     items = "\n\n".join(format_task(i, rec) for i, rec in enumerate(examples, 1))
     return f"{GENERATION_PROMPT_HEADER}\n{items}\n\n{len(examples) + 1}. Instruction:"
 
-
-def build_label_prompt(records: list[InstructionRecord], input_chars: int = 200) -> str:
-    lines = []
-    for i, rec in enumerate(records, 1):
-        line = f"{i}. {rec.instruction.strip()}"
-        snippet = " ".join(rec.input.split())[:input_chars]
-        if snippet:
-            line += f" [input: {snippet}]"
-        lines.append(line)
-    return LABEL_PROMPT_HEADER + "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,25 +154,6 @@ def parse_generation_reply(text: str, first_number: int = 4, truncated: bool = F
     return ParsedReply(tasks, malformed)
 
 
-_LABEL_LINE_RE = re.compile(r"^[\s*_`#>-]*(\d+)\s*[.):\-]\s*[*_`\"']*\s*([A-Za-z][A-Za-z ]*)", re.M)
-_LABEL_WORDS = {
-    "qa": "qa", "question answering": "qa", "question": "qa",
-    "ie": "ie", "information extraction": "ie", "extraction": "ie",
-    "gen": "gen", "generation": "gen", "text generation": "gen",
-    "other": "other", "others": "other",
-}
-
-
-def parse_labels(text: str, n: int) -> list[str | None]:
-    """Labels for tasks 1..n from "N. label" lines; None where missing or unreadable."""
-    labels: list[str | None] = [None] * n
-    for m in _LABEL_LINE_RE.finditer(text):
-        i = int(m.group(1)) - 1
-        word = " ".join(m.group(2).lower().split())
-        label = _LABEL_WORDS.get(word) or _LABEL_WORDS.get(word.split(" ")[0])
-        if 0 <= i < n and labels[i] is None and label:
-            labels[i] = label
-    return labels
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,7 +163,7 @@ def parse_labels(text: str, n: int) -> list[str | None]:
 class GenerateConfig:
     output: str = "data/bioinstruct_generated.jsonl"
     seeds_path: str = str(DEFAULT_SEEDS_PATH)
-    num_instructions: int = 25000
+    num_instructions: int = PAPER_NUM_INSTRUCTIONS
     model: str = "gpt-4"
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
@@ -199,6 +178,7 @@ class GenerateConfig:
     max_words: int = 150
     label_with_model: bool = True
     label_batch_size: int = 20
+    label_attempts: int = 2
     timeout_s: float = 120.0
     max_retries: int = 6
     backoff_s: float = 1.0
@@ -206,15 +186,45 @@ class GenerateConfig:
     max_requests: int | None = None  # per invocation; None: no limit
     max_unproductive_requests: int = 200  # consecutive requests with nothing accepted -> stop
     progress: bool = True
+    label_only: bool = False  # label `input` into `output` (a labels file); no generation
+    input: str | None = None
+
+    def validate(self) -> None:
+        """ValueError naming the first setting out of range (the CLI's types refuse them earlier)."""
+        checks = [("num_instructions", self.num_instructions >= 1), ("concurrency", self.concurrency >= 1),
+                  ("max_tokens", self.max_tokens >= 1), ("num_prompt_seeds", self.num_prompt_seeds >= 1),
+                  ("label_batch_size", self.label_batch_size >= 1), ("label_attempts", self.label_attempts >= 1),
+                  ("temperature", self.temperature >= 0), ("top_p", 0 < self.top_p <= 1),
+                  ("rouge_threshold", 0 < self.rouge_threshold <= 1), ("min_words", self.min_words >= 1),
+                  ("max_words", self.max_words >= self.min_words), ("timeout_s", self.timeout_s > 0),
+                  ("max_retries", self.max_retries >= 0), ("backoff_s", self.backoff_s >= 0),
+                  ("backoff_max_s", self.backoff_max_s >= 0),
+                  ("max_requests", self.max_requests is None or self.max_requests >= 1),
+                  ("max_unproductive_requests", self.max_unproductive_requests >= 1)]
+        for name, ok in checks:
+            if not ok:
+                raise ValueError(f"generation setting {name}={getattr(self, name)!r} is out of range")
 
     def client_config(self) -> LLMClientConfig:
         return LLMClientConfig(model=self.model, base_url=self.base_url, api_key_env=self.api_key_env,
                                timeout_s=self.timeout_s, max_retries=self.max_retries,
                                backoff_s=self.backoff_s, backoff_max_s=self.backoff_max_s)
 
+    def label_settings(self) -> LabelSettings:
+        return LabelSettings(batch_size=self.label_batch_size, concurrency=self.concurrency,
+                             attempts=self.label_attempts)
+
 
 class GenerationError(RuntimeError):
-    """The run cannot go on (bad key, unknown model, no progress)."""
+    """The run cannot go on (bad key, unknown model, no progress, files that disagree)."""
+
+
+class GenerationInterrupted(Exception):
+    """Ctrl-C: everything committed is on disk; `summary` says how far the run got."""
+
+    def __init__(self, summary: dict[str, Any]):
+        super().__init__("interrupted")
+        self.summary = summary
 
 
 def sidecar_paths(output: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
@@ -223,56 +233,43 @@ def sidecar_paths(output: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Pat
     return out.with_suffix(".progress.json"), out.with_suffix(".summary.json")
 
 
+def labels_path_for(output: str | pathlib.Path) -> pathlib.Path:
+    """Where the labelling pass of a generation run keeps its labels."""
+    return pathlib.Path(output).with_suffix(".labels.jsonl")
+
+
 def _fresh_state() -> dict[str, Any]:
-    return {"requests": 0, "failed_requests": 0, "malformed_items": 0, "truncated_lines_dropped": 0,
-            "rejected": {r: 0 for r in REJECT_REASONS}, "prompt_tokens": 0, "completion_tokens": 0,
-            "label_requests": 0, "label_failures": 0, "elapsed_s": 0.0}
+    return {"version": 2, "next_request": 0, "requests": 0, "failed_requests": 0, "unused_replies": 0,
+            "malformed_items": 0, "truncated_lines_dropped": 0, "rejected": {r: 0 for r in REJECT_REASONS},
+            "prompt_tokens": 0, "completion_tokens": 0, "unproductive": 0, "written": 0, "pending": [],
+            "label_requests": 0, "elapsed_s": 0.0}
 
 
 def load_existing(path: pathlib.Path) -> tuple[list[InstructionRecord], int]:
-    """Records already written, and how many broken lines were dropped. Only the last line may
-    be broken (a kill mid-write); the file is then rewritten without it. Elsewhere a broken line
-    is an error naming file and line."""
-    if not path.exists():
-        return [], 0
-    raw = path.read_text(encoding="utf-8")
-    lines = raw.split("\n")
-    complete_end = raw.endswith("\n")
-    if complete_end:
-        lines = lines[:-1]
-    records: list[InstructionRecord] = []
-    dropped = 0
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        is_last = lineno == len(lines)
+    """Records already written, and how many torn lines were dropped. Only the last line may be
+    broken (a kill mid-write); the file is then rewritten without it. Elsewhere a broken line is
+    an error naming file and line."""
+    rows, dropped = read_jsonl_tail_safe(path)
+    records = []
+    for lineno, obj in rows:
         try:
-            records.append(InstructionRecord.from_dict(json.loads(line), f"{path}:{lineno}"))
-        except (json.JSONDecodeError, RecordError) as exc:
-            if is_last and not complete_end:
-                dropped += 1
-                continue
-            raise RecordError(f"{path}:{lineno}: cannot resume from a broken line ({exc})") from None
-    if dropped or not complete_end and raw:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text("".join(r.to_json() + "\n" for r in records), encoding="utf-8")
-        os.replace(tmp, path)
+            records.append(InstructionRecord.from_dict(obj, f"{path}:{lineno}"))
+        except RecordError as exc:
+            raise RecordError(f"cannot resume: {exc}") from None
     return records, dropped
 
 
-def _write_json(path: pathlib.Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def _id_number(rec_id: str) -> int:
+    m = re.search(r"(\d+)$", rec_id or "")
+    return int(m.group(1)) if m else 0
 
 
 # --------------------------------------------------------------------------------------------
-# The loop
+# The generation loop
 # --------------------------------------------------------------------------------------------
 class _Run:
     def __init__(self, cfg: GenerateConfig, client: LLMClient | None):
-        if cfg.num_prompt_seeds < 1 or cfg.concurrency < 1 or cfg.label_batch_size < 1:
-            raise ValueError("num_prompt_seeds, concurrency and label_batch_size must be >= 1")
+        cfg.validate()
         self.cfg = cfg
         self.seeds = load_seeds(cfg.seeds_path)
         if len(self.seeds) < cfg.num_prompt_seeds:
@@ -280,21 +277,55 @@ class _Run:
         self.out = pathlib.Path(cfg.output)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.state_path, self.summary_path = sidecar_paths(self.out)
+        self.labels_path = labels_path_for(self.out)
         self.state = _fresh_state()
         if self.state_path.exists() and self.out.exists():
-            self.state.update(json.loads(self.state_path.read_text(encoding="utf-8")))
-        existing, dropped = load_existing(self.out)
-        self.state["truncated_lines_dropped"] += dropped
-        self.written = len(existing)
-        self.next_id = 1 + max([_id_number(r.id) for r in existing] + [len(existing)])
+            try:
+                saved = json.loads(self.state_path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise GenerationError(f"{self.state_path}: not valid JSON ({exc.msg}); delete it to resume from "
+                                      f"{self.out} alone (its counters restart)") from None
+            if "written" not in saved:  # a progress file without the commit record: trust the output
+                saved.update(written=None, pending=[],
+                             next_request=saved.get("requests", 0) + saved.get("failed_requests", 0))
+            self.state.update(saved)
+        self.records = self._recover()
+        self.state["written"] = len(self.records)
+        self.next_id = 1 + max([_id_number(r.id) for r in self.records] + [len(self.records)])
         self.pool = RougePool([s.instruction for s in self.seeds], threshold=cfg.rouge_threshold)
-        for rec in existing:
+        for rec in self.records:
             self.pool.add(rec.instruction)
         self.client = client or LLMClient(cfg.client_config())
-        self.buffer: list[InstructionRecord] = []
-        self.unproductive = 0
         self.start = time.monotonic()
         self.elapsed_before = float(self.state.get("elapsed_s", 0.0))
+        self.label_stats: dict[str, Any] | None = None
+
+    @property
+    def written(self) -> int:
+        return len(self.records)
+
+    def _recover(self) -> list[InstructionRecord]:
+        """The output's records, completed from the progress file's last commit if a kill cut it."""
+        records, dropped = load_existing(self.out)
+        self.state["truncated_lines_dropped"] += dropped
+        written, pending = self.state.get("written"), self.state.get("pending") or []
+        if written is None:
+            return records
+        before = written - len(pending)
+        have = len(records)
+        if not before <= have <= written:
+            raise GenerationError(
+                f"{self.out} holds {have} tasks but {self.state_path} records {written} after its last request; "
+                f"the output was changed outside this program. Delete {self.state_path} to resume from the "
+                "output alone (its counters restart)")
+        missing = [InstructionRecord.from_dict(p, f"{self.state_path} (pending)") for p in pending[have - before:]]
+        for lineno, (rec, p) in enumerate(zip(records[before:], pending), before + 1):
+            if rec.instruction != p.get("instruction"):
+                raise GenerationError(f"{self.out}: task {lineno} differs from the one {self.state_path} records "
+                                      "there; the output was changed outside this program")
+        if missing:
+            append_lines(self.out, [r.to_json() for r in missing])
+        return records + missing
 
     # worker thread --------------------------------------------------------------------------
     def request(self, index: int) -> ChatResult:
@@ -305,159 +336,212 @@ class _Run:
                                 top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens)
 
     # main thread ----------------------------------------------------------------------------
-    @property
-    def accepted(self) -> int:
-        return self.written + len(self.buffer)
+    def absorb(self, index: int, fut: cf.Future) -> None:
+        """Filter request `index`'s reply and commit it (progress file, then the accepted tasks)."""
+        st = copy.deepcopy(self.state)
+        new: list[InstructionRecord] = []
+        try:
+            result = fut.result()
+        except LLMError as exc:
+            if not exc.retryable:
+                raise GenerationError(str(exc)) from None
+            st["failed_requests"] += 1
+            print(f"request {index} failed: {exc}", file=sys.stderr)
+        else:
+            st["requests"] += 1
+            st["prompt_tokens"] += result.prompt_tokens
+            st["completion_tokens"] += result.completion_tokens
+            parsed = parse_generation_reply(result.text, self.cfg.num_prompt_seeds + 1,
+                                            truncated=result.finish_reason == "length")
+            st["malformed_items"] += parsed.malformed
+            for task in parsed.tasks:
+                if self.written + len(new) >= self.cfg.num_instructions:
+                    break
+                reason = heuristic_reject(task.instruction, task.input, task.output,
+                                          min_words=self.cfg.min_words, max_words=self.cfg.max_words)
+                if reason is None and self.pool.is_near_duplicate(task.instruction):
+                    reason = "rouge"
+                if reason is not None:
+                    st["rejected"][reason] = st["rejected"].get(reason, 0) + 1
+                    continue
+                self.pool.add(task.instruction)
+                task.id = f"task_{self.next_id:06d}"
+                self.next_id += 1
+                new.append(task)
+        st["unproductive"] = 0 if new else st["unproductive"] + 1
+        st["next_request"] = index + 1
+        st["written"] = self.written + len(new)
+        st["pending"] = [t.to_dict() for t in new]
+        self._save(st)  # step 1: the commit record, with the tasks themselves
+        append_lines(self.out, [t.to_json() for t in new])  # step 2: the tasks
+        self.state = st
+        self.records.extend(new)
 
-    def absorb(self, result: ChatResult) -> None:
-        st = self.state
-        parsed = parse_generation_reply(result.text, self.cfg.num_prompt_seeds + 1,
-                                        truncated=result.finish_reason == "length")
-        st["malformed_items"] += parsed.malformed
-        taken = 0
-        for task in parsed.tasks:
-            if self.accepted >= self.cfg.num_instructions:
-                break
-            reason = heuristic_reject(task.instruction, task.input, task.output,
-                                      min_words=self.cfg.min_words, max_words=self.cfg.max_words)
-            if reason is None and self.pool.is_near_duplicate(task.instruction):
-                reason = "rouge"
-            if reason is not None:
-                st["rejected"][reason] = st["rejected"].get(reason, 0) + 1
-                continue
-            self.pool.add(task.instruction)
-            self.buffer.append(task)
-            taken += 1
-        self.unproductive = 0 if taken else self.unproductive + 1
-        if not self.cfg.label_with_model or len(self.buffer) >= self.cfg.label_batch_size:
-            self.flush()
+    def _save(self, st: dict[str, Any]) -> None:
+        st["elapsed_s"] = self.elapsed_before + time.monotonic() - self.start
+        write_json_atomic(self.state_path, st)
 
-    def label(self, records: list[InstructionRecord]) -> None:
-        for start in range(0, len(records), self.cfg.label_batch_size):
-            batch = records[start : start + self.cfg.label_batch_size]
-            self.state["label_requests"] += 1
-            try:
-                res = self.client.chat([{"role": "user", "content": build_label_prompt(batch)}],
-                                       temperature=0.0, max_tokens=8 * len(batch) + 32)
-            except LLMError as exc:
-                if not exc.retryable:
-                    raise GenerationError(f"labelling failed: {exc}") from None
-                labels: list[str | None] = [None] * len(batch)
-            else:
-                self.state["prompt_tokens"] += res.prompt_tokens
-                self.state["completion_tokens"] += res.completion_tokens
-                labels = parse_labels(res.text, len(batch))
-            for rec, lab in zip(batch, labels):
-                if lab is None:
-                    self.state["label_failures"] += 1
-                rec.category = lab or "other"
+    def add_unused(self, futures: list[cf.Future]) -> None:
+        """Count the tokens of replies that arrived after the target was reached (paid for, not used)."""
+        st = copy.deepcopy(self.state)
+        for fut in futures:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                res = fut.result()
+                st["unused_replies"] += 1
+                st["prompt_tokens"] += res.prompt_tokens
+                st["completion_tokens"] += res.completion_tokens
+        self._save(st)
+        self.state = st
 
-    def flush(self) -> None:
-        """Label (if asked) and append the buffered tasks, then save the state."""
-        if self.buffer:
-            if self.cfg.label_with_model:
-                self.label(self.buffer)
-            with self.out.open("a", encoding="utf-8") as f:
-                for rec in self.buffer:
-                    rec.id = f"task_{self.next_id:06d}"
-                    self.next_id += 1
-                    f.write(rec.to_json() + "\n")
-                f.flush()
-            self.written += len(self.buffer)
-            self.buffer = []
-        self.save_state()
+    def label(self) -> None:
+        """The labelling pass over the output, then the output rewritten with the categories."""
+        from tqdm import tqdm
 
-    def save_state(self) -> None:
-        self.state["elapsed_s"] = self.elapsed_before + time.monotonic() - self.start
-        _write_json(self.state_path, self.state)
+        todo_bar = tqdm(total=self.written, unit="label", desc="labels", disable=not self.cfg.progress,
+                        file=sys.stderr, dynamic_ncols=True)
+        try:
+            labels, stats = run_label_pass(self.records, self.labels_path, self.client, self.cfg.label_settings(),
+                                           progress=todo_bar.update)
+        finally:
+            todo_bar.close()
+        changed = False
+        for rec in self.records:
+            cat = labels.get(label_key(rec), "")
+            changed |= rec.category != cat
+            rec.category = cat
+        if changed:
+            write_text_atomic(self.out, "".join(r.to_json() + "\n" for r in self.records))
+        st = copy.deepcopy(self.state)
+        st["label_requests"] += stats.label_requests
+        st["prompt_tokens"] += stats.prompt_tokens
+        st["completion_tokens"] += stats.completion_tokens
+        self._save(st)
+        self.state = st
+        self.label_stats = stats.as_dict()
 
     def postfix(self) -> str:
         rej = ",".join(f"{k}={v}" for k, v in self.state["rejected"].items() if v)
         tok = self.state["prompt_tokens"] + self.state["completion_tokens"]
         return f"rej[{rej or 0}] malformed={self.state['malformed_items']} tok={tok:,}"
 
-    def summary(self, complete: bool) -> dict[str, Any]:
-        cats = collections.Counter()
-        if self.out.exists():
-            with self.out.open(encoding="utf-8") as f:
-                for line in f:
-                    if line.strip():
-                        cats[json.loads(line).get("category", "")] += 1
+    def summary(self, *, interrupted: bool = False) -> dict[str, Any]:
+        cats = collections.Counter(r.category for r in self.records)
         st = self.state
+        generated = self.written >= self.cfg.num_instructions
+        ls = self.label_stats or {}
+        unlabelled = cats.get("", 0) if self.cfg.label_with_model else 0
         return {
-            "output": str(self.out), "complete": complete, "target": self.cfg.num_instructions,
-            "accepted": self.written, "rejected": dict(st["rejected"]),
+            "output": str(self.out), "complete": generated and not interrupted and unlabelled == 0,
+            "generation_complete": generated, "interrupted": interrupted,
+            "target": self.cfg.num_instructions, "accepted": self.written, "rejected": dict(st["rejected"]),
             "rejected_total": sum(st["rejected"].values()), "malformed_items": st["malformed_items"],
             "requests": st["requests"], "failed_requests": st["failed_requests"],
+            "unused_replies": st["unused_replies"],
             "prompt_tokens": st["prompt_tokens"], "completion_tokens": st["completion_tokens"],
             "label_counts": {c: cats.get(c, 0) for c in (*CATEGORIES, "")},
-            "label_requests": st["label_requests"], "label_failures": st["label_failures"],
+            "labels_file": str(self.labels_path) if self.cfg.label_with_model else None,
+            "label_requests": st["label_requests"], "label_failures": ls.get("label_failures", 0),
+            "unlabelled": unlabelled,
             "truncated_lines_dropped": st["truncated_lines_dropped"], "elapsed_s": round(st["elapsed_s"], 3),
             "model": self.cfg.model, "base_url": self.cfg.base_url, "temperature": self.cfg.temperature,
             "top_p": self.cfg.top_p, "seed": self.cfg.seed, "rouge_threshold": self.cfg.rouge_threshold,
         }
 
 
-def _id_number(rec_id: str) -> int:
-    m = re.search(r"(\d+)$", rec_id or "")
-    return int(m.group(1)) if m else 0
-
-
 def run(cfg: GenerateConfig, client: LLMClient | None = None) -> dict[str, Any]:
-    """Generate until the output holds cfg.num_instructions tasks; returns the summary (also
-    written to `<output stem>.summary.json`)."""
+    """Generate until the output holds cfg.num_instructions tasks, then label them; returns the
+    summary (also written to `<output stem>.summary.json`). Ctrl-C raises GenerationInterrupted."""
     from tqdm import tqdm
 
     r = _Run(cfg, client)
-    complete = False
     bar = tqdm(total=cfg.num_instructions, initial=min(r.written, cfg.num_instructions), unit="task",
                disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True)
     pool = cf.ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="generate")
-    pending: dict[cf.Future, int] = {}
+    inflight: dict[cf.Future, int] = {}
+    ready: dict[int, cf.Future] = {}  # finished, waiting for the requests before them
+    next_submit = r.state["next_request"]
     submitted = 0
+    interrupted = False
     try:
-        while r.accepted < cfg.num_instructions:
-            while len(pending) < cfg.concurrency and (cfg.max_requests is None or submitted < cfg.max_requests):
-                index = r.state["requests"] + r.state["failed_requests"] + len(pending)
-                pending[pool.submit(r.request, index)] = index
-                submitted += 1
-            if not pending:
-                break  # max_requests reached
-            done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-            for fut in sorted(done, key=pending.__getitem__):
-                del pending[fut]
-                try:
-                    result = fut.result()
-                except LLMError as exc:
-                    if not exc.retryable:
-                        raise GenerationError(str(exc)) from None
-                    r.state["failed_requests"] += 1
-                    r.unproductive += 1
-                    print(f"request failed: {exc}", file=sys.stderr)
-                else:
-                    r.state["requests"] += 1
-                    r.state["prompt_tokens"] += result.prompt_tokens
-                    r.state["completion_tokens"] += result.completion_tokens
-                    if r.accepted < cfg.num_instructions:
-                        r.absorb(result)
-                r.save_state()
-                bar.n = min(r.written, cfg.num_instructions)
-                bar.set_postfix_str(r.postfix(), refresh=True)
-            if r.unproductive >= cfg.max_unproductive_requests:
-                raise GenerationError(
-                    f"{r.unproductive} requests in a row gave no accepted task; stopping "
-                    f"(see {r.summary_path} for rejection reasons)")
-        r.flush()
-        complete = r.written >= cfg.num_instructions
+        try:
+            while r.written < cfg.num_instructions:
+                while (len(inflight) < cfg.concurrency and len(ready) < 4 * cfg.concurrency
+                       and (cfg.max_requests is None or submitted < cfg.max_requests)):
+                    inflight[pool.submit(r.request, next_submit)] = next_submit
+                    next_submit += 1
+                    submitted += 1
+                if not inflight and not ready:
+                    break  # max_requests reached
+                if r.state["next_request"] not in ready:
+                    done, _ = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
+                    for fut in done:
+                        ready[inflight.pop(fut)] = fut
+                while r.state["next_request"] in ready and r.written < cfg.num_instructions:
+                    index = r.state["next_request"]
+                    r.absorb(index, ready.pop(index))
+                    bar.n = min(r.written, cfg.num_instructions)
+                    bar.set_postfix_str(r.postfix(), refresh=True)
+                    if r.state["unproductive"] >= cfg.max_unproductive_requests:
+                        raise GenerationError(
+                            f"{r.state['unproductive']} requests in a row gave no accepted task; stopping "
+                            f"(see {r.summary_path} for rejection reasons)")
+            r.add_unused(list(ready.values()) + list(inflight))
+        finally:
+            for fut in inflight:
+                fut.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            bar.n = min(r.written, cfg.num_instructions)
+            bar.close()
+        if cfg.label_with_model:
+            r.label()
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
-        for fut in pending:
-            fut.cancel()
-        pool.shutdown(wait=False, cancel_futures=True)
-        bar.n = min(r.written, cfg.num_instructions)
+        summary = r.summary(interrupted=interrupted)
+        write_json_atomic(r.summary_path, summary)
+    if interrupted:
+        raise GenerationInterrupted(summary)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Label-only mode
+# --------------------------------------------------------------------------------------------
+def label_only(cfg: GenerateConfig, client: LLMClient | None = None) -> dict[str, Any]:
+    """Label the tasks of `cfg.input` (JSON array or JSON lines) into the labels file `cfg.output`;
+    returns the summary (also in `<output stem>.summary.json`). Ctrl-C raises GenerationInterrupted."""
+    from tqdm import tqdm
+
+    cfg.validate()
+    if not cfg.input:
+        raise ValueError("--label-only needs --input FILE (the instruction file to label)")
+    src = pathlib.Path(cfg.input)
+    if not src.is_file():
+        raise FileNotFoundError(f"instruction file {src} does not exist")
+    out = pathlib.Path(cfg.output)
+    if out.resolve() == src.resolve():
+        raise ValueError(f"--output {out} is the --input file; the labels go to a file of their own")
+    records, _ = read_instruction_file(src)
+    client = client or LLMClient(cfg.client_config())
+    summary_path = sidecar_paths(out)[1]
+    start = time.monotonic()
+    bar = tqdm(total=len(records), unit="label", desc="labels", disable=not cfg.progress, file=sys.stderr,
+               dynamic_ncols=True)
+    summary: dict[str, Any] = {"input": str(src), "output": str(out), "records": len(records),
+                               "model": cfg.model, "base_url": cfg.base_url}
+    try:
+        _, stats = run_label_pass(records, out, client, cfg.label_settings(), progress=bar.update)
+    except KeyboardInterrupt:
         bar.close()
-        r.save_state()
-        summary = r.summary(complete)
-        _write_json(r.summary_path, summary)
+        from bioinstruct_jax.data.labels import read_label_file
+
+        summary.update(interrupted=True, complete=False, labelled_so_far=len(read_label_file(out)))
+        write_json_atomic(summary_path, summary)
+        raise GenerationInterrupted(summary) from None
+    bar.close()
+    summary.update(stats.as_dict(), interrupted=False, complete=stats.unlabelled == 0,
+                   elapsed_s=round(time.monotonic() - start, 3))
+    write_json_atomic(summary_path, summary)
     return summary
 
 
@@ -467,46 +551,85 @@ def run(cfg: GenerateConfig, client: LLMClient | None = None) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> GenerateConfig:
     d = GenerateConfig()
     p = argparse.ArgumentParser(prog="python -m bioinstruct_jax.data.generate",
-                                description="Generate BioInstruct-style tasks from seeds with an OpenAI-compatible model.")
-    p.add_argument("--output", default=d.output, help="JSONL to append to (resumed if it exists)")
+                                description="Generate BioInstruct-style tasks from seeds with an OpenAI-compatible "
+                                            "model and label them; or (--label-only) label an existing file.")
+    p.add_argument("--output", default=None,
+                   help=f"JSONL to append to, resumed if it exists (default {d.output}); with --label-only the "
+                        "labels file (default: <input stem>.labels.jsonl beside the input)")
+    p.add_argument("--label-only", action="store_true",
+                   help="only label the tasks of --input (no generation); resumable like generation")
+    p.add_argument("--input", help="with --label-only: the instruction file (JSON array or JSON lines)")
     p.add_argument("--seeds", dest="seeds_path", default=d.seeds_path)
-    p.add_argument("--num-instructions", type=int, default=d.num_instructions)
+    p.add_argument("--num-instructions", type=positive_int, default=d.num_instructions,
+                   help=f"tasks to generate (default {d.num_instructions:,}, the paper's count)")
     p.add_argument("--model", default=d.model)
     p.add_argument("--base-url", default=d.base_url, help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
     p.add_argument("--api-key-env", default=d.api_key_env, help="environment variable holding the API key")
-    p.add_argument("--concurrency", type=int, default=d.concurrency)
-    p.add_argument("--temperature", type=float, default=d.temperature)
-    p.add_argument("--top-p", type=float, default=d.top_p)
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens)
-    p.add_argument("--num-prompt-seeds", type=int, default=d.num_prompt_seeds)
+    p.add_argument("--concurrency", type=positive_int, default=d.concurrency)
+    p.add_argument("--temperature", type=non_negative_float, default=d.temperature)
+    p.add_argument("--top-p", type=unit_interval, default=d.top_p)
+    p.add_argument("--max-tokens", type=positive_int, default=d.max_tokens)
+    p.add_argument("--num-prompt-seeds", type=positive_int, default=d.num_prompt_seeds)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--rouge-threshold", type=float, default=d.rouge_threshold)
-    p.add_argument("--min-words", type=int, default=d.min_words)
-    p.add_argument("--max-words", type=int, default=d.max_words)
+    p.add_argument("--rouge-threshold", type=unit_interval, default=d.rouge_threshold)
+    p.add_argument("--min-words", type=positive_int, default=d.min_words)
+    p.add_argument("--max-words", type=positive_int, default=d.max_words)
     p.add_argument("--label-with-model", dest="label_with_model", action="store_true", default=d.label_with_model)
     p.add_argument("--no-label", dest="label_with_model", action="store_false",
-                   help="keep labels the model gave (if any) instead of a labelling request")
-    p.add_argument("--label-batch-size", type=int, default=d.label_batch_size)
-    p.add_argument("--timeout", dest="timeout_s", type=float, default=d.timeout_s)
-    p.add_argument("--max-retries", type=int, default=d.max_retries)
-    p.add_argument("--backoff", dest="backoff_s", type=float, default=d.backoff_s)
-    p.add_argument("--backoff-max", dest="backoff_max_s", type=float, default=d.backoff_max_s)
-    p.add_argument("--max-requests", type=int, default=d.max_requests)
-    p.add_argument("--max-unproductive-requests", type=int, default=d.max_unproductive_requests)
+                   help="keep labels the model gave (if any) instead of a labelling pass")
+    p.add_argument("--label-batch-size", type=positive_int, default=d.label_batch_size)
+    p.add_argument("--label-attempts", type=positive_int, default=d.label_attempts,
+                   help="rounds of the labelling pass: a task left unlabelled is asked again in a smaller batch")
+    p.add_argument("--timeout", dest="timeout_s", type=positive_float, default=d.timeout_s)
+    p.add_argument("--max-retries", type=non_negative_int, default=d.max_retries)
+    p.add_argument("--backoff", dest="backoff_s", type=non_negative_float, default=d.backoff_s)
+    p.add_argument("--backoff-max", dest="backoff_max_s", type=non_negative_float, default=d.backoff_max_s)
+    p.add_argument("--max-requests", type=positive_int, default=d.max_requests)
+    p.add_argument("--max-unproductive-requests", type=positive_int, default=d.max_unproductive_requests)
     p.add_argument("--no-progress", dest="progress", action="store_false", default=d.progress)
-    return GenerateConfig(**vars(p.parse_args(argv)))
+    args = p.parse_args(argv)
+    if args.input and not args.label_only:
+        p.error("--input is only used with --label-only")
+    if args.label_only and not args.input:
+        p.error("--label-only needs --input FILE")
+    if args.output is None:
+        args.output = str(pathlib.Path(args.input).with_suffix(".labels.jsonl")) if args.label_only else d.output
+    return GenerateConfig(**vars(args))
+
+
+def _interrupted_line(cfg: GenerateConfig, s: dict[str, Any]) -> str:
+    if cfg.label_only:
+        return (f"interrupted: {s.get('labelled_so_far', 0)} of {s.get('records', 0)} tasks labelled in {cfg.output}; "
+                "run the same command again to resume")
+    return (f"interrupted: {s['accepted']} of {s['target']} tasks saved in {s['output']}; "
+            "run the same command again to resume")
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
-        summary = run(cfg)
+        summary = label_only(cfg) if cfg.label_only else run(cfg)
+    except GenerationInterrupted as exc:
+        print(_interrupted_line(cfg, exc.summary), file=sys.stderr)
+        return 130
     except (GenerationError, LLMError, RecordError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
+    unlabelled = summary.get("unlabelled", 0)
+    if unlabelled:
+        what = summary["output"] if cfg.label_only else summary["labels_file"]
+        print(f"{unlabelled} tasks could not be labelled (unreadable or failed label replies) and are left out "
+              f"of {what}; run the same command again to ask for them again", file=sys.stderr)
     return 0 if summary["complete"] else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == 130:  # Ctrl-C: do not wait for requests still in flight in worker threads
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -32,6 +32,7 @@ import grain
 import numpy as np
 
 from bioinstruct_jax.data import templates
+from bioinstruct_jax.data.records import read_instruction_file
 
 BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
 _PACK_KEYS = ("input_ids", "targets", "loss_mask")
@@ -150,8 +151,6 @@ def count_examples(records: Sequence[Mapping[str, Any]], encoder: ExampleEncoder
 
 def read_records(path: str | pathlib.Path, *, skip_malformed: bool = False) -> list[dict[str, str]]:
     """Records of a JSON array / JSON lines file as dicts (errors name file and line)."""
-    from bioinstruct_jax.data.tfds.bioinstruct import read_instruction_file
-
     recs, _ = read_instruction_file(path, skip_malformed=skip_malformed)
     return [r.to_dict() for r in recs]
 

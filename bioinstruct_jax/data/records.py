@@ -1,7 +1,9 @@
-"""The instruction record shared by seeds, generation and training data, and its JSONL reader.
+"""The instruction record shared by seeds, generation and training data, and its file readers.
 
 A record is an (instruction, input, output) triple with a category (qa, ie, gen, other, or empty
-when unlabelled) and an id. `read_jsonl_records` reports a bad line as `file:line: reason`.
+when unlabelled) and an id; `instruction` and `output` are required. `read_jsonl_records` (JSON
+lines) and `read_instruction_file` (a JSON array or JSON lines) report a bad record, bad JSON or
+bytes that are not UTF-8 as `file:line: reason`.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
+from collections.abc import Iterator
 from typing import Any
 
 CATEGORIES = ("qa", "ie", "gen", "other")
@@ -17,6 +21,23 @@ FIELDS = ("id", "instruction", "input", "output", "category")
 
 class RecordError(ValueError):
     """A record that cannot be read; the message names file and line."""
+
+
+def decode_utf8(data: bytes, path: str | pathlib.Path) -> str:
+    """`data` decoded as UTF-8 (a leading BOM dropped); bytes that are not UTF-8 raise RecordError
+    naming the file, line and column."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise RecordError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {col}); "
+                          "save the file as UTF-8") from None
+
+
+def read_utf8(path: str | pathlib.Path) -> str:
+    """The text of a UTF-8 file; see `decode_utf8`."""
+    return decode_utf8(pathlib.Path(path).read_bytes(), path)
 
 
 @dataclasses.dataclass
@@ -38,8 +59,9 @@ class InstructionRecord:
         """Build from a JSON object; `where` (e.g. "file:12") prefixes every error."""
         if not isinstance(obj, dict):
             raise RecordError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        if "instruction" not in obj:
-            raise RecordError(f"{where}: missing key 'instruction' (keys: {sorted(obj)})")
+        for key in ("instruction", "output"):
+            if obj.get(key) is None:
+                raise RecordError(f"{where}: missing key {key!r} (keys: {sorted(obj)})")
         values: dict[str, str] = {}
         for key in FIELDS:
             value = obj.get(key, "")
@@ -56,26 +78,82 @@ class InstructionRecord:
 def read_jsonl_records(path: str | pathlib.Path, skip_malformed: bool = False) -> list[InstructionRecord]:
     """All records of a JSONL file (blank lines ignored). A malformed line raises RecordError
     naming file and line, or is skipped when skip_malformed is set."""
-    path = pathlib.Path(path)
+    return _jsonl_records(pathlib.Path(path), read_utf8(path), skip_malformed)
+
+
+def _jsonl_records(path: pathlib.Path, text: str, skip_malformed: bool) -> list[InstructionRecord]:
     records: list[InstructionRecord] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if skip_malformed:
                 continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                if skip_malformed:
-                    continue
-                raise RecordError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            try:
-                records.append(InstructionRecord.from_dict(obj, where))
-            except RecordError:
-                if skip_malformed:
-                    continue
-                raise
+            raise RecordError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        try:
+            records.append(InstructionRecord.from_dict(obj, where))
+        except RecordError:
+            if skip_malformed:
+                continue
+            raise
     return records
+
+
+def read_instruction_file(path: str | pathlib.Path, *, skip_malformed: bool = False
+                          ) -> tuple[list[InstructionRecord], int]:
+    """(records, number skipped) of a JSON array or JSON lines file; errors name file and line."""
+    path = pathlib.Path(path)
+    text = read_utf8(path)
+    if text.lstrip()[:1] != "[":
+        records = _jsonl_records(path, text, skip_malformed)
+        n_lines = sum(1 for line in text.splitlines() if line.strip())
+        return records, n_lines - len(records)
+    records, skipped = [], 0
+    for index, line, obj in _iter_json_array(text, path):
+        try:
+            records.append(InstructionRecord.from_dict(obj, f"{path}:{line} (record {index})"))
+        except RecordError:
+            if not skip_malformed:
+                raise
+            skipped += 1
+    return records, skipped
+
+
+def _iter_json_array(text: str, path: pathlib.Path) -> Iterator[tuple[int, int, Any]]:
+    """(index, line, value) of each element of a top-level JSON array, parsed one at a time."""
+    decoder = json.JSONDecoder()
+    ws = re.compile(r"\s*")
+    pos = ws.match(text, 0).end() + 1  # past "["
+    index = 0
+
+    def fail(msg: str, at: int) -> RecordError:
+        line = text.count("\n", 0, at) + 1
+        col = at - (text.rfind("\n", 0, at) + 1) + 1
+        return RecordError(f"{path}:{line}: {msg} (record {index}, column {col})")
+
+    pos = ws.match(text, pos).end()
+    if text.startswith("]", pos):
+        return
+    while True:
+        try:
+            obj, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise fail(f"not valid JSON ({exc.msg})", exc.pos) from None
+        yield index, text.count("\n", 0, pos) + 1, obj
+        index += 1
+        pos = ws.match(text, end).end()
+        if text.startswith(",", pos):
+            pos = ws.match(text, pos + 1).end()
+        elif text.startswith("]", pos):
+            rest = text[pos + 1:].strip()
+            if rest:
+                raise fail("text after the closing ]", pos + 1)
+            return
+        else:
+            raise fail("expected , or ] between records", pos)
 
 
 def write_jsonl_records(path: str | pathlib.Path, records: list[InstructionRecord]) -> None:

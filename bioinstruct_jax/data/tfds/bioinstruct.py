@@ -31,7 +31,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from bioinstruct_jax.data.records import CATEGORIES, InstructionRecord, RecordError, read_jsonl_records
+from bioinstruct_jax.data.records import CATEGORIES, InstructionRecord, RecordError, read_instruction_file, read_utf8
 from bioinstruct_jax.data.tfds import common
 
 HUB_URL = "https://huggingface.co/datasets/bio-nlp-umass/bioinstruct/resolve/main/biomed_instruct_25k.json"
@@ -41,84 +41,29 @@ PAPER_SIZES = (5_000, 10_000, 15_000, 20_000, 25_000)
 
 
 # ------------------------------------------------------------------------------------------------
-# Reading JSON arrays and JSON lines
-
-
-def read_instruction_file(path: str | pathlib.Path, *, skip_malformed: bool = False
-                          ) -> tuple[list[InstructionRecord], int]:
-    """(records, number skipped) of a JSON array or JSON lines file; errors name file and line."""
-    path = pathlib.Path(path)
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip()[:1] != "[":
-        records = read_jsonl_records(path, skip_malformed=skip_malformed)
-        n_lines = sum(1 for line in text.splitlines() if line.strip())
-        return records, n_lines - len(records)
-    records, skipped = [], 0
-    for index, line, obj in _iter_json_array(text, path):
-        try:
-            records.append(InstructionRecord.from_dict(obj, f"{path}:{line} (record {index})"))
-        except RecordError:
-            if not skip_malformed:
-                raise
-            skipped += 1
-    return records, skipped
-
-
-def _iter_json_array(text: str, path: pathlib.Path) -> Iterator[tuple[int, int, Any]]:
-    """(index, line, value) of each element of a top-level JSON array, parsed one at a time."""
-    decoder = json.JSONDecoder()
-    ws = re.compile(r"\s*")
-    pos = ws.match(text, 0).end() + 1  # past "["
-    index = 0
-
-    def fail(msg: str, at: int) -> RecordError:
-        line = text.count("\n", 0, at) + 1
-        col = at - (text.rfind("\n", 0, at) + 1) + 1
-        return RecordError(f"{path}:{line}: {msg} (record {index}, column {col})")
-
-    pos = ws.match(text, pos).end()
-    if text.startswith("]", pos):
-        return
-    while True:
-        try:
-            obj, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise fail(f"not valid JSON ({exc.msg})", exc.pos) from None
-        yield index, text.count("\n", 0, pos) + 1, obj
-        index += 1
-        pos = ws.match(text, end).end()
-        if text.startswith(",", pos):
-            pos = ws.match(text, pos + 1).end()
-        elif text.startswith("]", pos):
-            rest = text[pos + 1:].strip()
-            if rest:
-                raise fail("text after the closing ]", pos + 1)
-            return
-        else:
-            raise fail("expected , or ] between records", pos)
+# Labels (records are read by `records.read_instruction_file`)
 
 
 def read_labels(path: str | pathlib.Path) -> dict[str, str]:
     """A labels file (JSON lines of {"id" or "instruction", "category"}) as {"id:..." / "ins:...": category}."""
     path = pathlib.Path(path)
     labels: dict[str, str] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RecordError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            cat = obj.get("category") if isinstance(obj, dict) else None
-            if cat not in CATEGORIES:
-                raise RecordError(f"{path}:{lineno}: category {cat!r} is not one of {CATEGORIES}")
-            if obj.get("id"):
-                labels[f"id:{obj['id']}"] = cat
-            if obj.get("instruction"):
-                labels[f"ins:{obj['instruction'].strip()}"] = cat
-            if not obj.get("id") and not obj.get("instruction"):
-                raise RecordError(f"{path}:{lineno}: a label needs an 'id' or an 'instruction'")
+    for lineno, line in enumerate(read_utf8(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RecordError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        cat = obj.get("category") if isinstance(obj, dict) else None
+        if cat not in CATEGORIES:
+            raise RecordError(f"{path}:{lineno}: category {cat!r} is not one of {CATEGORIES}")
+        if obj.get("id"):
+            labels[f"id:{obj['id']}"] = cat
+        if obj.get("instruction"):
+            labels[f"ins:{obj['instruction'].strip()}"] = cat
+        if not obj.get("id") and not obj.get("instruction"):
+            raise RecordError(f"{path}:{lineno}: a label needs an 'id' or an 'instruction'")
     return labels
 
 
