@@ -68,6 +68,16 @@ def _count_tokens(text: str) -> int:
     return len(text.split())
 
 
+class _QuietHTTPServer(http.server.ThreadingHTTPServer):
+    """Says nothing when a client drops its connection (a killed or timed-out client)."""
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 class ScriptedOpenAIServer:
     """The server; start/stop it with `with` or `start()`/`stop()`."""
 
@@ -83,7 +93,7 @@ class ScriptedOpenAIServer:
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "ScriptedOpenAIServer":
         handler = self._make_handler()
-        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        httpd = _QuietHTTPServer(("127.0.0.1", 0), handler)
         httpd.daemon_threads = True
         httpd.block_on_close = False
         self._httpd = httpd

@@ -609,13 +609,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
         summary = label_only(cfg) if cfg.label_only else run(cfg)
+        print(json.dumps(summary, indent=2))
     except GenerationInterrupted as exc:
         print(_interrupted_line(cfg, exc.summary), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # after the work was saved (while printing)
+        print(f"interrupted; everything done is saved in {cfg.output}", file=sys.stderr)
         return 130
     except (GenerationError, LLMError, RecordError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2))
     unlabelled = summary.get("unlabelled", 0)
     if unlabelled:
         what = summary["output"] if cfg.label_only else summary["labels_file"]

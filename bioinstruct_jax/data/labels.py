@@ -139,6 +139,7 @@ def run_label_pass(records: Sequence[InstructionRecord], labels_path: pathlib.Pa
     if settings.batch_size < 1 or settings.concurrency < 1 or settings.attempts < 1:
         raise ValueError("label batch_size, concurrency and attempts must be >= 1")
     labels_path.parent.mkdir(parents=True, exist_ok=True)
+    labels_path.touch()  # exists even when no label could be read
     labels = read_label_file(labels_path)
     unique: dict[str, InstructionRecord] = {}
     for rec in records:
