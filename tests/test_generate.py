@@ -279,12 +279,12 @@ def test_non_retryable_error_stops_the_run(tmp_path, seeds_file):
 # ---------------------------------------------------------------------------------------------
 # subprocess: the CLI, killed with SIGKILL midway and resumed
 # ---------------------------------------------------------------------------------------------
-def cli(server, out, seeds_file, n, env_extra=None):
+def cli(server, out, seeds_file, n, env_extra=None, extra_args=()):
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     env.update(env_extra or {})
     cmd = [sys.executable, "-m", "bioinstruct_jax.data.generate", "--base-url", server.base_url,
            "--model", "scripted", "--output", str(out), "--seeds", str(seeds_file), "--num-instructions", str(n),
-           "--concurrency", "1", "--no-label", "--backoff", "0.01", "--timeout", "20", "--seed", "3"]
+           "--concurrency", "1", "--no-label", "--backoff", "0.01", "--timeout", "20", "--seed", "3", *extra_args]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -328,12 +328,35 @@ def test_cli_killed_midway_resumes_with_same_result(tmp_path, seeds_file):
 
 
 def test_cli_error_never_shows_the_key(tmp_path, seeds_file):
-    with ScriptedOpenAIServer(lambda r: Reply.error(401, "invalid api key")) as server:
-        proc = cli(server, tmp_path / "x.jsonl", seeds_file, 3, {"OPENAI_API_KEY": "sk-very-secret-987"})
+    secret = "sk-very-secret-987"
+    with ScriptedOpenAIServer(lambda r: Reply.error(401, f"Incorrect API key provided: {secret}.")) as server:
+        proc = cli(server, tmp_path / "x.jsonl", seeds_file, 3, {"OPENAI_API_KEY": secret})
         out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 2 and "401" in err and "scripted" in err
+    assert proc.returncode == 2 and "401" in err and "scripted" in err and "[REDACTED]" in err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: HTTP 401")
     assert "sk-very-secret" not in out + err
-    assert "sk-very-secret" not in (tmp_path / "x.summary.json").read_text()
+    for f in tmp_path.iterdir():
+        assert "sk-very-secret" not in f.read_text(), f
+
+
+def test_key_in_retried_errors_and_replies_reaches_no_file_or_message(tmp_path, seeds_file):
+    """A 500 echoing the key until the retries run out (the request is skipped and reported), then
+    a reply that repeats the key inside a task: neither the messages nor any file written hold it."""
+    secret = "sk-echo-in-500-and-reply"
+    task = InstructionRecord(f"Explain why the key {secret} must stay private.", "", "Because it grants access.")
+    script = replies_in_order([Reply.error(500, f"upstream rejected {secret}")] * 2
+                              + [Reply.text(reply_text([task, synthetic_task(1)]))])
+    with ScriptedOpenAIServer(script) as server:
+        proc = cli(server, tmp_path / "x.jsonl", seeds_file, 2, {"OPENAI_API_KEY": secret},
+                   extra_args=["--max-retries", "1"])
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "request 0 failed" in err and "[REDACTED]" in err
+    assert secret not in out + err
+    written = [f for f in tmp_path.iterdir() if f.is_file()]
+    assert any("[REDACTED]" in f.read_text() for f in written)
+    for f in written:
+        assert secret not in f.read_text(), f
 
 
 def test_parse_helpers():

@@ -108,3 +108,26 @@ def test_api_key_resolution(monkeypatch):
         LLMClient(LLMClientConfig(api_key_env="SOME_KEY_VAR"))
     monkeypatch.setenv("SOME_KEY_VAR", "k-123")
     assert resolve_api_key(remote) == "k-123"
+
+
+def test_key_echoed_by_the_server_is_redacted_everywhere(monkeypatch):
+    """A server that puts the key in its error messages and its reply text: no message, traceback
+    or reply text that leaves the client holds it."""
+    import traceback
+
+    secret = "sk-live-echoed-4242"
+    monkeypatch.setenv("BIOINSTRUCT_TEST_NO_KEY", secret)
+    script = replies_in_order([Reply.error(401, f"Incorrect API key provided: {secret}"),
+                               Reply.error(500, f"backend saw key {secret}"),
+                               Reply.text(f"your key is {secret}")])
+    with ScriptedOpenAIServer(script) as server:
+        client = make_client(server, [], max_retries=0)
+        texts = []
+        for _ in range(2):
+            with pytest.raises(LLMError) as info:
+                client.chat(MSG)
+            texts += [str(info.value), "".join(traceback.format_exception(info.value))]
+        reply = client.chat(MSG).text
+    assert "401" in texts[0] and "[REDACTED]" in texts[0] and "500" in texts[2]
+    assert reply == "your key is [REDACTED]"
+    assert all(secret not in t for t in texts + [reply]), texts
