@@ -77,10 +77,15 @@ def test_heuristics():
     assert heuristic_reject("Classify it.", **ok) == "too_short"
     assert heuristic_reject(" ".join(["word"] * 151), **ok) == "too_long"
     assert heuristic_reject(" ".join(["word"] * 150), **ok) is None
-    for media in ("Describe the chest X-ray image below.", "Draw a diagram of the heart chambers.",
+    for media in ("Describe the chest X-ray image below.", "Make a diagram of the heart chambers.",
                   "Summarize the audio of this consultation.", "Interpret this Graph of glucose values."):
         assert heuristic_reject(media, **ok) == "banned_word", media
     assert heuristic_reject("Describe imaging findings typical of appendicitis.", **ok) is None
+    # ordinary clinical words the paper's list does not ban
+    for clinical in ("Summarize the chart review findings for this admission.",
+                     "Explain why the blood draw was repeated.", "Interpret the ECG recording described below.",
+                     "Describe the plot of the story the patient told."):
+        assert heuristic_reject(clinical, **ok) is None, clinical
     assert heuristic_reject("Repeat the note back.", input_text="Pt stable.", output="  pt STABLE ") == "output_repeats_input"
     assert heuristic_reject("Answer the question briefly.", input_text="", output=" ") == "empty_output"
     assert heuristic_reject("Answer the question briefly.", input_text="", output="Yes.") is None
