@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import sys
 import warnings
@@ -42,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bioinstruct_jax.cli_types import non_negative_float, non_negative_int, positive_int, unit_interval
 from bioinstruct_jax.model.llama import KVCache, Llama, init_cache, padded_positions
 from bioinstruct_jax.sampling import SamplingConfig, sample_next
 
@@ -541,14 +543,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="tokenizer path (default: the model / run's own)")
     p.add_argument("--prompt", action="append", default=[], help="prompt text (repeatable)")
     p.add_argument("--prompt-file", help="one prompt per line, or a .jsonl file with a 'prompt' field")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=positive_int, default=128)
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=non_negative_int, default=0)
+    p.add_argument("--top-p", type=unit_interval, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--dtype", help="float32 / bfloat16 (default: float32 on CPU, bfloat16 elsewhere)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--mesh", help="data,fsdp,tensor sizes, e.g. 1,4,2 (default: one device)")
     p.add_argument("--no-merge-lora", action="store_true", help="keep LoRA adapters unmerged")
     p.add_argument("--jsonl", action="store_true", help="print one JSON object per prompt")
@@ -593,4 +595,10 @@ __all__ = ["Generator", "GenerationResult", "SamplingConfig", "JaxPredictor", "l
            "load_model_for_inference", "stop_token_sequences", "trim_at_stop", "batch_bucket", "next_power_of_two"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, ValueError) as exc:  # bad input: one line (BIOINSTRUCT_DEBUG=1: traceback)
+        if os.environ.get("BIOINSTRUCT_DEBUG") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

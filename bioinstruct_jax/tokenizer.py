@@ -61,6 +61,10 @@ def _write_json(path: pathlib.Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+class TokenizerFileError(ValueError):
+    """A tokenizer file that cannot be read; the message names the file."""
+
+
 class SentencePieceTokenizer:
     """A SentencePiece model (LLaMA 1/2 style: `<unk>`, `<s>`, `</s>`, no pad)."""
 
@@ -68,7 +72,11 @@ class SentencePieceTokenizer:
         self.model_file = pathlib.Path(model_file)
         if not self.model_file.is_file():
             raise FileNotFoundError(f"SentencePiece model {self.model_file} does not exist")
-        self.sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
+        except (RuntimeError, OSError) as exc:  # sentencepiece's own text names no file
+            raise TokenizerFileError(f"{self.model_file}: not a SentencePiece model "
+                                     f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
         self.vocab_size = int(self.sp.get_piece_size())
         self.bos_id = int(self.sp.bos_id())
         self.eos_id = int(self.sp.eos_id())
@@ -132,7 +140,11 @@ class HFTokenizer:
         self.json_file = pathlib.Path(json_file)
         if not self.json_file.is_file():
             raise FileNotFoundError(f"tokenizer.json {self.json_file} does not exist")
-        self.tok = _Tok.from_file(str(self.json_file))
+        try:
+            self.tok = _Tok.from_file(str(self.json_file))
+        except Exception as exc:  # tokenizers raises a bare Exception naming no file
+            raise TokenizerFileError(f"{self.json_file}: not a tokenizer.json the tokenizers library can read "
+                                     f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
         self.vocab_size = int(self.tok.get_vocab_size(with_added_tokens=True))
         cfg = _special_tokens_beside(self.json_file.parent)
         bos_token = bos_token or cfg.get("bos_token") or _first_present(self.tok, ("<s>", "<|begin_of_text|>", "<bos>", "[CLS]"))

@@ -9,9 +9,11 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Sequence
 
+from bioinstruct_jax.cli_types import positive_int
 from bioinstruct_jax.eval import paper_results, report, runner, tasks as tasks_mod
 from bioinstruct_jax.eval.predictor import Predictor, load_predictor
 
@@ -44,13 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder laid out like ../shared/data")
     p.add_argument("--path", action="append", default=[], metavar="TASK[.train]=FILE",
                    help="file for one task's test split (or .train: its one-shot pool); repeatable")
-    p.add_argument("--limit", type=int, help="first N examples of each task")
+    p.add_argument("--limit", type=positive_int, help="first N examples of each task")
     p.add_argument("--shots", type=int, choices=(0, 1),
                    help="override the paper setting (QA zero-shot, IE and GEN one-shot)")
     p.add_argument("--qa-mode", choices=runner.QA_MODES, default="generate",
                    help="choice tasks: answer by generation, by option log-likelihood, or both")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, help="override every task's generation budget")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--max-new-tokens", type=positive_int, help="override every task's generation budget")
     p.add_argument("--seed", type=int, default=0, help="seed of the one-shot example choice")
     p.add_argument("--paper-model", help='row of the paper\'s tables, e.g. "LLaMA 2 7B + BioInstruct" '
                    "(default: inferred from the checkpoint's config.json when possible)")
@@ -80,6 +82,7 @@ def main(argv: Sequence[str] | None = None, predictor: Predictor | None = None) 
 
         client = LLMClient(LLMClientConfig(model=args.judge_model, base_url=args.judge_base_url))
         judge = Judge(client, args.judge_model, pathlib.Path(args.output) / "judge_cache.jsonl")
+    runner.check_data(task_list, data, cfg)  # data errors before the (slow) model load
     paper_model = args.paper_model or paper_results.infer_paper_model(args.model, args.lora)
     if args.paper_model and paper_results.find_model(args.paper_model) is None:
         print(f"note: --paper-model {args.paper_model!r} is not in the paper's tables; known: "
@@ -96,4 +99,10 @@ def main(argv: Sequence[str] | None = None, predictor: Predictor | None = None) 
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as exc:  # bad input: one line (BIOINSTRUCT_DEBUG=1: traceback)
+        if os.environ.get("BIOINSTRUCT_DEBUG") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

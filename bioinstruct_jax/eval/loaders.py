@@ -18,6 +18,8 @@ import pathlib
 import random
 from typing import Any, Iterable, Iterator
 
+from bioinstruct_jax.data.records import RecordError, decode_utf8
+
 PathLike = str | os.PathLike[str]
 
 MCQA_LETTERS = "ABCDE"
@@ -55,17 +57,34 @@ def _path(path: PathLike) -> pathlib.Path:
     return p
 
 
+def _read_text(path: PathLike) -> str:
+    """A UTF-8 file's text; other bytes are a FormatError naming file, line and column."""
+    p = _path(path)
+    try:
+        return decode_utf8(p.read_bytes(), p)
+    except RecordError as e:
+        raise FormatError(str(e)) from None
+
+
+def _load_json(path: PathLike) -> Any:
+    """A JSON file; bad JSON is a FormatError naming file, line and column."""
+    p = _path(path)
+    try:
+        return json.loads(_read_text(p))
+    except json.JSONDecodeError as e:
+        raise FormatError(f"{p}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
 def _iter_jsonl(path: PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     p = _path(path)
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise FormatError(f"{p}:{lineno}: not a JSON line ({e.msg})") from e
+    for lineno, line in enumerate(_read_text(p).split("\n"), 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise FormatError(f"{p}:{lineno}: not a JSON line ({e.msg} at column {e.colno})") from None
 
 
 def _require(record: dict[str, Any], keys: Iterable[str], where: str) -> None:
@@ -143,11 +162,11 @@ def load_pubmedqa(path: PathLike, ground_truth: PathLike | None = None,
     `exclude` (a ground-truth file) those PMIDs are dropped (the other 500 = our shot pool).
     """
     p = _path(path)
-    data = json.loads(p.read_text(encoding="utf-8"))
+    data = _load_json(p)
     if not isinstance(data, dict):
         raise FormatError(f"{p}: expected a JSON object keyed by PMID, got {type(data).__name__}")
-    gt = json.loads(_path(ground_truth).read_text(encoding="utf-8")) if ground_truth else None
-    ex = set(json.loads(_path(exclude).read_text(encoding="utf-8"))) if exclude else set()
+    gt = _load_json(ground_truth) if ground_truth else None
+    ex = set(_load_json(exclude)) if exclude else set()
     out = []
     if gt is not None:
         missing = [k for k in gt if k not in data]
@@ -178,7 +197,7 @@ def load_bioasq_yesno(path_or_dir: PathLike, pattern: str = "*golden*.json") -> 
     seen: set[str] = set()
     out = []
     for f in files:
-        data = json.loads(pathlib.Path(f).read_text(encoding="utf-8"))
+        data = _load_json(f)
         if not isinstance(data, dict) or "questions" not in data:
             raise FormatError(f"{f}: expected an object with a 'questions' list")
         for i, q in enumerate(data["questions"]):
@@ -278,16 +297,22 @@ MED_STATUSES = ("active", "discontinued", "neither")
 
 
 def _load_json_records(path: PathLike) -> list[dict[str, Any]]:
+    return [r for _, r in _located_json_records(path)]
+
+
+def _located_json_records(path: PathLike) -> list[tuple[str, Any]]:
+    """(where, record) of a JSON list or JSON lines file; where is `file:line` for JSON lines and
+    `file[index]` for a list."""
     p = _path(path)
-    raw = p.read_text(encoding="utf-8").strip()
+    raw = _read_text(p).strip()
     if p.suffix == ".jsonl" or (raw.startswith("{") and "\n{" in raw):
-        return [r for _, r in _iter_jsonl(p)]
-    data = json.loads(raw)
+        return [(f"{p}:{lineno}", r) for lineno, r in _iter_jsonl(p)]
+    data = _load_json(p)
     if isinstance(data, dict) and "data" in data:
         data = data["data"]
     if not isinstance(data, list):
         raise FormatError(f"{p}: expected a JSON list of records (or JSON lines)")
-    return data
+    return [(f"{p}[{i}]", r) for i, r in enumerate(data)]
 
 
 def _as_list(value: Any) -> list[str]:
@@ -350,8 +375,9 @@ def load_instruction_jsonl(path: PathLike, prefix: str = "") -> list[Example]:
 
     The record's own instruction (when non-empty) is kept in meta["instruction"]."""
     out = []
-    for i, r in enumerate(_load_json_records(path)):
-        where = f"{path}[{i}]"
+    for i, (where, r) in enumerate(_located_json_records(path)):
+        if not isinstance(r, dict):
+            raise FormatError(f"{where}: expected a JSON object with input and output, got {type(r).__name__}")
         _require(r, ("input", "output"), where)
         out.append(Example(id=str(r.get("id", f"{prefix}{i}")), text=str(r["input"]),
                            answer=str(r["output"]),

@@ -42,6 +42,10 @@ class EvalConfig:
             raise ValueError(f"shots must be 0 or 1, got {self.shots}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 (or unset for every example), got {self.limit}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1 (or unset for each task's own), got {self.max_new_tokens}")
 
 
 def stop_strings() -> list[str]:
@@ -135,6 +139,8 @@ def run_task(task: Task, predictor: Predictor, data: DataSource, cfg: EvalConfig
     out_dir = pathlib.Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     examples = task.load(data)
+    if not examples:
+        raise ValueError(f"task {task.name}: its data has no examples ({task.description})")
     shots = task.default_shots if cfg.shots is None else cfg.shots
     shot = task.shot(data, cfg.seed) if shots else None  # from the training split: never a test item
     if cfg.limit is not None:
@@ -187,6 +193,16 @@ def run_task(task: Task, predictor: Predictor, data: DataSource, cfg: EvalConfig
         entry["metrics"].update(aggregate(res))
     entry["headline"] = _headline(task, entry["metrics"])
     return entry
+
+
+def check_data(tasks: Sequence[Task], data: DataSource, cfg: EvalConfig) -> None:
+    """Load every task's examples (and its one-shot pool when it needs one) once, so a missing,
+    broken or empty file is reported before the model is loaded."""
+    for task in tasks:
+        if not task.load(data):
+            raise ValueError(f"task {task.name}: its data has no examples ({task.description})")
+        if (task.default_shots if cfg.shots is None else cfg.shots):
+            task.shot(data, cfg.seed)
 
 
 def _headline(task: Task, m: dict[str, float]) -> str:

@@ -477,6 +477,9 @@ def user_task(spec: str) -> TextTask:
     def split(part: int) -> Callable[[DataSource], list[Example]]:
         def f(d: DataSource) -> list[Example]:
             exs = loaders.load_instruction_jsonl(path)
+            if not exs:
+                raise loaders.FormatError(f"{path}: no records (expected JSON lines or a JSON list of "
+                                          "objects with input and output)")
             if len(exs) < 2:
                 return exs if part == 0 else []
             held = random.Random(SPLIT_SEED).randrange(len(exs))
