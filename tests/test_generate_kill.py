@@ -170,3 +170,18 @@ def test_kill_between_commit_record_and_append_loses_nothing(tmp_path, keep_line
         out.write_text(cut)
         assert generate_main(_args(server, out, 25, 1)) == 0
     assert out.read_bytes() == reference.read_bytes()
+
+
+def test_output_changed_outside_is_refused_not_guessed(tmp_path, capsys):
+    """Fewer tasks in the output than its progress file's last commit accounts for (lines deleted
+    by hand): a one-line error naming both files, not a silent resume."""
+    with ScriptedOpenAIServer(ContentServer(garbage_labels=False)) as server:
+        out = tmp_path / "gen.jsonl"
+        assert generate_main(_args(server, out, 12, 1) + ["--no-label"]) == 0
+        lines = out.read_text().splitlines(keepends=True)
+        out.write_text("".join(lines[:3]))
+        capsys.readouterr()
+        assert generate_main(_args(server, out, 12, 1) + ["--no-label"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {out} holds 3 tasks but {out.with_suffix('.progress.json')} records 12")
+    assert len(err.splitlines()) == 1
