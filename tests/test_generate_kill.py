@@ -185,3 +185,17 @@ def test_output_changed_outside_is_refused_not_guessed(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {out} holds 3 tasks but {out.with_suffix('.progress.json')} records 12")
     assert len(err.splitlines()) == 1
+
+
+def test_output_without_progress_file_resumes_from_the_output(tmp_path):
+    """The way out the error above offers: with the progress file gone, the output is trusted and
+    generation goes on from it (counters restart), with no task written twice."""
+    with ScriptedOpenAIServer(ContentServer(garbage_labels=False)) as server:
+        out = tmp_path / "gen.jsonl"
+        assert generate_main(_args(server, out, 8, 1) + ["--no-label"]) == 0
+        first = out.read_text().splitlines()
+        out.with_suffix(".progress.json").unlink()
+        assert generate_main(_args(server, out, 16, 1) + ["--no-label"]) == 0
+    recs = read_jsonl_records(out)
+    assert out.read_text().splitlines()[:8] == first and len(recs) == 16
+    assert len({r.id for r in recs}) == len({r.instruction for r in recs}) == 16

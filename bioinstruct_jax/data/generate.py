@@ -279,6 +279,7 @@ class _Run:
         self.state_path, self.summary_path = sidecar_paths(self.out)
         self.labels_path = labels_path_for(self.out)
         self.state = _fresh_state()
+        self.state["written"] = None  # no commit record: the output is trusted as it is
         if self.state_path.exists() and self.out.exists():
             try:
                 saved = json.loads(self.state_path.read_text(encoding="utf-8"))

@@ -6,7 +6,8 @@ a download of the published file (`SOURCE_URL`, for users who can reach it; neve
 file is a JSON array or JSON lines of objects with instruction, input, output, and optional
 category (qa / ie / gen / other) and id. Categories may instead come from `labels_path`: JSON lines
 of {"id" or "instruction", "category"} (the published file carries no labels; the paper's GPT-4
-labels are not published, so a user labels it, e.g. with `data.generate`'s labeller).
+labels are not published, so a user labels it, e.g. with
+`python -m bioinstruct_jax.data.generate --label-only --input FILE`).
 
 Configs: `all`, `qa`, `ie`, `gen`, `other`; `all_5k` ... `all_25k` (and any `<category>_<n>[k]`
 through `config_from_name`). Choices where the paper is silent:
