@@ -48,8 +48,9 @@ def task_text(k: int, n: int) -> str:
 class ContentServer:
     """Replies as a pure function of the request; can SIGKILL/SIGINT a process after K requests."""
 
-    def __init__(self, garbage_labels: bool):
+    def __init__(self, garbage_labels: bool, space: int = 700):
         self.garbage_labels = garbage_labels
+        self.space = space  # distinct tasks the server can give
         self.lock = threading.Lock()
         self.count = 0
         self.plan: tuple[int, int, float, int] | None = None  # (pid, at request K, delay s, signal)
@@ -76,7 +77,7 @@ class ContentServer:
             lines = text[len(LABEL_PROMPT_HEADER):].splitlines()
             labels = [f"{i}. {CATS[_h(line.split('. ', 1)[1]) % 4]}" for i, line in enumerate(lines, 1)]
             return Reply.text("\n".join(labels), delay_s=(h % 20) / 1000)
-        ks = [_h(f"{text}#{j}") % 700 for j in range(2 + h % 5)]  # repeats across replies -> ROUGE rejections
+        ks = [_h(f"{text}#{j}") % self.space for j in range(2 + h % 5)]  # repeats across replies -> ROUGE rejections
         body = "\n\n".join(task_text(k, n) for n, k in enumerate(ks, 4))
         return Reply.text(body.split("Instruction:", 1)[1].lstrip(), delay_s=(h % 30) / 1000)
 
