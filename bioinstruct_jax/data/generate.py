@@ -46,10 +46,12 @@ import sys
 import time
 from typing import Any
 
+from tqdm import tqdm
+
 from bioinstruct_jax.cli_types import non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
 from bioinstruct_jax.data.filters import REJECT_REASONS, RougePool, heuristic_reject
 from bioinstruct_jax.data.journal import append_lines, read_jsonl_tail_safe, write_json_atomic, write_text_atomic
-from bioinstruct_jax.data.labels import LabelSettings, label_key, run_label_pass
+from bioinstruct_jax.data.labels import LabelSettings, label_key, read_label_file, run_label_pass
 from bioinstruct_jax.data.records import CATEGORIES, InstructionRecord, RecordError, read_instruction_file
 from bioinstruct_jax.data.seeds import DEFAULT_SEEDS_PATH, load_seeds
 from bioinstruct_jax.llm_client import ChatResult, LLMClient, LLMClientConfig, LLMError
@@ -396,8 +398,6 @@ class _Run:
 
     def label(self) -> None:
         """The labelling pass over the output, then the output rewritten with the categories."""
-        from tqdm import tqdm
-
         todo_bar = tqdm(total=self.written, unit="label", desc="labels", disable=not self.cfg.progress,
                         file=sys.stderr, dynamic_ncols=True)
         try:
@@ -452,8 +452,6 @@ class _Run:
 def run(cfg: GenerateConfig, client: LLMClient | None = None) -> dict[str, Any]:
     """Generate until the output holds cfg.num_instructions tasks, then label them; returns the
     summary (also written to `<output stem>.summary.json`). Ctrl-C raises GenerationInterrupted."""
-    from tqdm import tqdm
-
     r = _Run(cfg, client)
     bar = tqdm(total=cfg.num_instructions, initial=min(r.written, cfg.num_instructions), unit="task",
                disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True)
@@ -511,8 +509,6 @@ def run(cfg: GenerateConfig, client: LLMClient | None = None) -> dict[str, Any]:
 def label_only(cfg: GenerateConfig, client: LLMClient | None = None) -> dict[str, Any]:
     """Label the tasks of `cfg.input` (JSON array or JSON lines) into the labels file `cfg.output`;
     returns the summary (also in `<output stem>.summary.json`). Ctrl-C raises GenerationInterrupted."""
-    from tqdm import tqdm
-
     cfg.validate()
     if not cfg.input:
         raise ValueError("--label-only needs --input FILE (the instruction file to label)")
@@ -534,8 +530,6 @@ def label_only(cfg: GenerateConfig, client: LLMClient | None = None) -> dict[str
         _, stats = run_label_pass(records, out, client, cfg.label_settings(), progress=bar.update)
     except KeyboardInterrupt:
         bar.close()
-        from bioinstruct_jax.data.labels import read_label_file
-
         summary.update(interrupted=True, complete=False, labelled_so_far=len(read_label_file(out)))
         write_json_atomic(summary_path, summary)
         raise GenerationInterrupted(summary) from None
