@@ -1,11 +1,21 @@
-"""argparse `type=` functions for numeric flags with a range, so a bad value (`--max-new-tokens -1`)
-is refused by argparse itself: one usage line, one `error: argument --flag: ...` line, exit code 2.
+"""Command-line parsing shared by the CLIs: `ArgumentParser`, whose usage errors are one line, and
+`type=` functions for numeric flags with a range, so a bad value (`--max-new-tokens -1`) is refused
+by argparse itself: `PROG: error: argument --max-new-tokens: must be an integer >= 1, got -1`,
+exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but a usage error is one line (argparse prints the whole usage first,
+    dozens of lines for our CLIs, which buries the error)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _number(text: str, kind: type) -> float | int:

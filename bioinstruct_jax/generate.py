@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bioinstruct_jax import cli_types
 from bioinstruct_jax.cli_types import non_negative_float, non_negative_int, positive_int, unit_interval
 from bioinstruct_jax.model.llama import KVCache, Llama, init_cache, padded_positions
 from bioinstruct_jax.sampling import SamplingConfig, sample_next
@@ -536,7 +537,7 @@ def _check_same_base(model: str, run_dir: pathlib.Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bioinstruct_jax.generate",
+    p = cli_types.ArgumentParser(prog="python -m bioinstruct_jax.generate",
                                 description="Generate text from an HF LLaMA directory or a training run.")
     p.add_argument("--model", required=True, help="HF checkpoint directory or training run directory")
     p.add_argument("--lora", help="PEFT adapter directory or training run directory with LoRA weights for --model")

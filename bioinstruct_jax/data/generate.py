@@ -33,7 +33,6 @@ Ctrl-C). The API key comes only from the environment and never reaches a message
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures as cf
 import copy
@@ -48,6 +47,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from bioinstruct_jax import cli_types
 from bioinstruct_jax.cli_types import non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
 from bioinstruct_jax.data.filters import REJECT_REASONS, RougePool, heuristic_reject
 from bioinstruct_jax.data.journal import append_lines, read_jsonl_tail_safe, write_json_atomic, write_text_atomic
@@ -545,7 +545,7 @@ def label_only(cfg: GenerateConfig, client: LLMClient | None = None) -> dict[str
 # --------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> GenerateConfig:
     d = GenerateConfig()
-    p = argparse.ArgumentParser(prog="python -m bioinstruct_jax.data.generate",
+    p = cli_types.ArgumentParser(prog="python -m bioinstruct_jax.data.generate",
                                 description="Generate BioInstruct-style tasks from seeds with an OpenAI-compatible "
                                             "model and label them; or (--label-only) label an existing file.")
     p.add_argument("--output", default=None,

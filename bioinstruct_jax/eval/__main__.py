@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any, Sequence
 
+from bioinstruct_jax import cli_types
 from bioinstruct_jax.cli_types import positive_int
 from bioinstruct_jax.eval import paper_results, report, runner, tasks as tasks_mod
 from bioinstruct_jax.eval.predictor import Predictor, load_predictor
@@ -35,7 +36,7 @@ def _scalar(v: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bioinstruct_jax.eval", description=__doc__,
+    p = cli_types.ArgumentParser(prog="python -m bioinstruct_jax.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="HF checkpoint folder or our checkpoint")
     p.add_argument("--lora", help="LoRA checkpoint (adapter) to apply on --model")
