@@ -38,6 +38,7 @@ import concurrent.futures as cf
 import copy
 import dataclasses
 import json
+import os
 import pathlib
 import random
 import re
@@ -612,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted; everything done is saved in {cfg.output}", file=sys.stderr)
         return 130
     except (GenerationError, LLMError, RecordError, FileNotFoundError, ValueError) as exc:
+        if os.environ.get("BIOINSTRUCT_DEBUG") == "1":
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     unlabelled = summary.get("unlabelled", 0)
@@ -625,8 +628,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     code = main()
     if code == 130:  # Ctrl-C: do not wait for requests still in flight in worker threads
-        import os
-
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
