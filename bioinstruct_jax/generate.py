@@ -45,6 +45,7 @@ from flax import nnx
 
 from bioinstruct_jax import cli_types
 from bioinstruct_jax.cli_types import non_negative_float, non_negative_int, positive_int, unit_interval
+from bioinstruct_jax.data.records import read_utf8
 from bioinstruct_jax.model.llama import KVCache, Llama, init_cache, padded_positions
 from bioinstruct_jax.sampling import SamplingConfig, sample_next
 
@@ -562,7 +563,7 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt)
     if args.prompt_file:
         f = pathlib.Path(args.prompt_file)
-        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(read_utf8(f).splitlines(), 1):
             if not line.strip():
                 continue
             if f.suffix == ".jsonl":

@@ -156,3 +156,13 @@ def test_eval_cli_data_errors_are_one_line_before_the_model_loads(tmp_path):
         assert proc.returncode == 2, (args, err)
         assert "Traceback" not in err and expected in err.splitlines()[-1], (args, err)
         assert len(err.splitlines()) == 1, err
+
+
+def test_non_utf8_prompt_file_names_file_and_line(tmp_path):
+    from bioinstruct_jax.generate import _read_prompts, build_parser
+
+    f = tmp_path / "prompts.txt"
+    f.write_bytes(b"What is metformin?\nWhat is caf\xe9ine?\n")
+    args = build_parser().parse_args(["--model", "m", "--prompt-file", str(f)])
+    with pytest.raises(RecordError, match=r"prompts\.txt:2: not UTF-8 text \(byte 0xe9 at column 12\)"):
+        _read_prompts(args)
