@@ -523,8 +523,8 @@ def label_only(cfg: GenerateConfig, client: LLMClient | None = None) -> dict[str
     client = client or LLMClient(cfg.client_config())
     summary_path = sidecar_paths(out)[1]
     start = time.monotonic()
-    bar = tqdm(total=len(records), unit="label", desc="labels", disable=not cfg.progress, file=sys.stderr,
-               dynamic_ncols=True)
+    bar = tqdm(total=len({label_key(r) for r in records}), unit="label", desc="labels", disable=not cfg.progress,
+               file=sys.stderr, dynamic_ncols=True)
     summary: dict[str, Any] = {"input": str(src), "output": str(out), "records": len(records),
                                "model": cfg.model, "base_url": cfg.base_url}
     try:

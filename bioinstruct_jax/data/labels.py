@@ -133,7 +133,8 @@ def run_label_pass(records: Sequence[InstructionRecord], labels_path: pathlib.Pa
                    settings: LabelSettings, progress: Any = None) -> tuple[dict[str, str], LabelStats]:
     """Label every task of `records` not yet in `labels_path`; returns ({label_key: category}, stats).
 
-    `progress` (optional) is called with the number of tasks labelled by each batch. A
+    `progress` (optional) is called with the number of tasks labelled before this run, then with
+    the number each batch labels (a tqdm bar's `update`). A
     non-retryable server error (bad key, unknown model) raises LLMError; labels written before it
     stay in the file."""
     if settings.batch_size < 1 or settings.concurrency < 1 or settings.attempts < 1:
@@ -147,6 +148,8 @@ def run_label_pass(records: Sequence[InstructionRecord], labels_path: pathlib.Pa
     stats = LabelStats(tasks=len(unique))
     todo = [k for k in unique if k not in labels]
     stats.already_labelled = stats.tasks - len(todo)
+    if progress is not None:
+        progress(stats.already_labelled)
 
     def ask(batch: list[str]) -> tuple[list[str], list[str | None], Any]:
         recs = [unique[k] for k in batch]
