@@ -8,8 +8,9 @@
 - `write_json_atomic`: write a JSON file through a temporary file, fsync and `os.replace`, so a
   reader sees the old or the new content, never half of it.
 
-A kill (SIGKILL, Ctrl-C, power loss after fsync) at any moment leaves every file either as it was
-or with whole new lines, plus at most one torn last line that the next reader drops.
+A kill (SIGKILL, Ctrl-C; a power loss too, as far as fsync is honoured) at any moment leaves
+every file either as it was or with whole new lines, plus at most one torn last line that the
+next reader drops.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def write_text_atomic(path: pathlib.Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)  # the rename itself survives a power loss
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_jsonl_tail_safe(path: pathlib.Path) -> tuple[list[tuple[int, Any]], int]:
