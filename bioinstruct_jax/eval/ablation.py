@@ -87,7 +87,7 @@ def category_report(runs: pathlib.Path, categories: Sequence[str]) -> tuple[str,
     title = (f"Category ablation: each group's average (QA accuracy %, IE F1 %, GEN GPT-4 coherence 1-5) "
              f"beside the paper's ({paper_results.ABLATION_MODEL}); a metric in brackets is ours only "
              "(not the paper's)")
-    return title + "\n" + report._grid([tuple(r) for r in rows]), data
+    return title + "\n" + report.grid([tuple(r) for r in rows]), data
 
 
 def _size_value(name: str) -> int:
@@ -117,7 +117,7 @@ def data_size_report(runs: pathlib.Path, sizes: Sequence[str], png: pathlib.Path
         next((_fmt(v) for m, v in data["paper_points"][g] if m == n), "-") for g in paper_results.GROUPS)
         for n in (0, 25_005)]
     text = "Data-size curve (group averages; the paper's tables give only 0 and 25,005 instructions)\n"
-    text += report._grid(rows + paper_rows)
+    text += report.grid(rows + paper_rows)
     if png is not None:
         plot_data_size(points, data["paper_points"], png)
         data["png"] = str(png)
@@ -179,6 +179,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     lab.add_argument("--default", required=True, help="path to print when data.labels_file is unset")
     lab.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
+    try:
+        return _run(args)
+    except (FileNotFoundError, ValueError) as err:  # a missing run / bad record: one line, not a traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.cmd == "labels-needed":
         need = labels_needed(args.config, args.overrides, args.default)
         if need:

@@ -33,10 +33,10 @@ def format_table(results: dict[str, Any]) -> str:
         for extra in EXTRA_METRICS:  # the paper reports these without numbers in its tables
             if extra in m and extra != key:
                 rows.append(("", extra, _fmt(m[extra]), "-", "", ""))
-    text = _grid(rows)
+    text = grid(rows)
     groups = group_rows(results.get("tasks", {}), model)
     if groups:
-        text += "\n\n" + _grid([("group", "metric", "ours", paper_col, "tasks")]
+        text += "\n\n" + grid([("group", "metric", "ours", paper_col, "tasks")]
                                 + [(g, metric, _fmt(ours), _fmt(paper), tasks)
                                    for g, metric, ours, paper, tasks in groups])
     return text
@@ -45,7 +45,7 @@ def format_table(results: dict[str, Any]) -> str:
 EXTRA_METRICS = ("bertscore_f1", "concept_f1", "concept_f1_macro")
 
 
-def _grid(rows: list[tuple[str, ...]]) -> str:
+def grid(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
