@@ -59,9 +59,34 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: inferred from the checkpoint's config.json when possible)")
     p.add_argument("--judge-model", help="chat model for the GPT-4 judge of generation tasks (off if unset)")
     p.add_argument("--judge-base-url", help="OpenAI-compatible base URL for the judge")
+    p.add_argument("--bertscore-model", metavar="DIR",
+                   help="local encoder folder for BERTScore on free-text tasks, e.g. roberta-large (bert-score's "
+                   "English default; the paper does not name its model); needs the 'metrics' extra (torch)")
+    p.add_argument("--bertscore-layer", type=int,
+                   help="hidden layer for BERTScore (default: bert-score's tuned layer for the encoder, "
+                   "17 for roberta-large, else the last)")
+    p.add_argument("--concept-extractor", metavar="dict:FILE|spacy:PATH",
+                   help="medical-concept F1 on free-text tasks: a term dictionary file (term[TAB]concept id per "
+                   "line) or a spaCy / scispaCy / QuickUMLS pipeline you have")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="skip (one line each) tasks whose data files are missing instead of stopping")
     p.add_argument("--predictor-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra keyword for bioinstruct_jax.generate.load_predictor (YAML scalar); repeatable")
     return p
+
+
+def build_text_scorers(args: argparse.Namespace) -> dict[str, Any]:
+    """The optional free-text metrics the flags ask for, loaded before any model (fail early)."""
+    scorers: dict[str, Any] = {}
+    if args.bertscore_model:
+        from bioinstruct_jax.eval.bertscore import BERTScorer  # optional: torch
+
+        scorers["bertscore"] = BERTScorer(args.bertscore_model, layer=args.bertscore_layer)
+    if args.concept_extractor:
+        from bioinstruct_jax.eval.concepts import ConceptScorer, load_extractor
+
+        scorers["concept_f1"] = ConceptScorer(load_extractor(args.concept_extractor))
+    return scorers
 
 
 def main(argv: Sequence[str] | None = None, predictor: Predictor | None = None) -> dict[str, Any]:
@@ -83,7 +108,8 @@ def main(argv: Sequence[str] | None = None, predictor: Predictor | None = None) 
 
         client = LLMClient(LLMClientConfig(model=args.judge_model, base_url=args.judge_base_url))
         judge = Judge(client, args.judge_model, pathlib.Path(args.output) / "judge_cache.jsonl")
-    runner.check_data(task_list, data, cfg)  # data errors before the (slow) model load
+    runner.check_data(task_list, data, cfg, skip_missing=args.skip_missing)  # data errors before the (slow) model load
+    text_scorers = build_text_scorers(args)
     paper_model = args.paper_model or paper_results.infer_paper_model(args.model, args.lora)
     if args.paper_model and paper_results.find_model(args.paper_model) is None:
         print(f"note: --paper-model {args.paper_model!r} is not in the paper's tables; known: "
@@ -93,7 +119,8 @@ def main(argv: Sequence[str] | None = None, predictor: Predictor | None = None) 
         predictor = load_predictor(args.model, args.lora, **extra)
     meta = {"model": args.model, "lora": args.lora, "judge_model": args.judge_model}
     results = runner.run_eval(task_list, predictor, data, cfg, judge=judge, meta=meta,
-                              paper_model=paper_model)
+                              paper_model=paper_model, text_scorers=text_scorers,
+                              skip_missing=args.skip_missing)
     print(report.format_table(results))
     print(f"\nresults: {args.output}/results.json", file=sys.stderr)
     return results

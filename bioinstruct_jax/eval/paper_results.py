@@ -2,6 +2,9 @@
 
 QA: zero-shot accuracy (%). IE: one-shot F1 (%). GEN: one-shot GPT-4 coherence (1-5).
 Each entry says which of our metrics it corresponds to, so the report can put them side by side.
+Also: the task groups (QA / IE / GEN) and the category ablation (LLaMA 2 7B trained on one
+category, each group's average). The paper reports no BERTScore, BLEURT or concept-F1 numbers in
+the tables PAPER.md restates, and its data-size curve only as a figure (no values).
 """
 
 from __future__ import annotations
@@ -26,6 +29,22 @@ PAPER_METRIC = {
 
 _QA = ("medqa", "medmcqa", "pubmedqa", "bioasq", "mednli")
 
+# The paper's evaluation groups and the tasks in each (PAPER.md §3).
+GROUPS: dict[str, tuple[str, ...]] = {"qa": _QA, "ie": ("medication_status", "coreference"),
+                                      "gen": ("mts_dialog", "icliniq")}
+GROUP_METRIC = {"qa": "accuracy", "ie": "f1", "gen": "judge_coherence"}
+# Used for a group when no task has the paper's metric (no judge run): ours only, never beside the paper's.
+GROUP_FALLBACK = {"qa": ("loglik_accuracy",), "ie": (), "gen": ("bertscore_f1", "rougeL")}
+
+# Category ablation (PAPER.md §4): LLaMA 2 7B LoRA-tuned on one category's instructions, then each
+# group's average: QA accuracy %, IE F1 %, GEN GPT-4 score (1-5).
+ABLATION_MODEL = "LLaMA 2 7B"
+PAPER_ABLATION: dict[str, dict[str, float]] = {
+    "qa": {"qa": 53.46, "ie": 69.07, "gen": 4.36},
+    "ie": {"qa": 52.80, "ie": 72.43, "gen": 4.39},
+    "gen": {"qa": 52.27, "ie": 65.17, "gen": 4.42},
+}
+
 
 def _qa(*vals: float) -> dict[str, float]:
     return dict(zip(_QA, vals))
@@ -46,6 +65,24 @@ PAPER_RESULTS: dict[str, dict[str, float]] = {
     "LLaMA 2 13B + BioInstruct": _qa(39.32, 36.54, 71.73, 87.38, 41.70),
     "MedAlpaca 7B": _qa(37.61, 34.37, 48.82, 61.57, 36.60),
 }
+
+
+def group_average(model: str | None, group: str) -> float | None:
+    """The mean of the paper's numbers for a model over a group's tasks (None if any is missing)."""
+    vals = [paper_value(model, t) for t in GROUPS[group]]
+    return sum(vals) / len(vals) if vals and all(v is not None for v in vals) else None  # type: ignore[arg-type]
+
+
+def data_size_points(group: str) -> list[tuple[int, float]]:
+    """The paper's points of a group on the data-size curve that its tables give: LLaMA 2 7B with
+    0 instructions (the base model) and with all 25,005 (+ BioInstruct). The curve between them is a
+    figure in the paper, without values."""
+    pts = []
+    for n, model in ((0, "LLaMA 2 7B"), (25_005, "LLaMA 2 7B + BioInstruct")):
+        v = group_average(model, group)
+        if v is not None:
+            pts.append((n, v))
+    return pts
 
 
 def _norm(name: str) -> str:

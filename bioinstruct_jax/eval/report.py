@@ -1,4 +1,6 @@
-"""The printed results table: our headline number per task beside the paper's."""
+"""The printed results tables: our headline number per task beside the paper's, the optional
+free-text metrics (BERTScore, concept F1) under their task, and the per-group (QA / IE / GEN)
+averages beside the paper's."""
 
 from __future__ import annotations
 
@@ -28,7 +30,51 @@ def format_table(results: dict[str, Any]) -> str:
                      _fmt(e.get("parse_failure_rate"))))
         if "loglik_accuracy" in m and key != "loglik_accuracy":
             rows.append(("", "loglik_accuracy", _fmt(m["loglik_accuracy"]), "", "", ""))
+        for extra in EXTRA_METRICS:  # the paper reports these without numbers in its tables
+            if extra in m and extra != key:
+                rows.append(("", extra, _fmt(m[extra]), "-", "", ""))
+    text = grid(rows)
+    groups = group_rows(results.get("tasks", {}), model)
+    if groups:
+        text += "\n\n" + grid([("group", "metric", "ours", paper_col, "tasks")]
+                                + [(g, metric, _fmt(ours), _fmt(paper), tasks)
+                                   for g, metric, ours, paper, tasks in groups])
+    return text
+
+
+EXTRA_METRICS = ("bertscore_f1", "concept_f1", "concept_f1_macro")
+
+
+def grid(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def group_average(tasks: dict[str, Any], group: str) -> tuple[str, float, list[str]] | None:
+    """(metric, mean, tasks averaged) of one group over the tasks present: the paper's metric for
+    the group when any task has it, else the first fallback metric present; None when no task."""
+    names = [t for t in paper_results.GROUPS[group] if t in tasks]
+    for metric in (paper_results.GROUP_METRIC[group],) + paper_results.GROUP_FALLBACK[group]:
+        vals = [(t, tasks[t].get("metrics", {}).get(metric)) for t in names]
+        vals = [(t, v) for t, v in vals if isinstance(v, (int, float)) and not math.isnan(v)]
+        if vals:
+            return metric, sum(v for _, v in vals) / len(vals), [t for t, _ in vals]
+    return None
+
+
+def group_rows(tasks: dict[str, Any], model: str | None) -> list[tuple[str, str, float, float | None, str]]:
+    """(group, metric, ours, the paper's mean over the same tasks or None, "k/n") per group present."""
+    out = []
+    for g, members in paper_results.GROUPS.items():
+        got = group_average(tasks, g)
+        if got is None:
+            continue
+        metric, ours, used = got
+        paper = None
+        if metric == paper_results.GROUP_METRIC[g]:
+            vals = [paper_results.paper_value(model, t) for t in used]
+            paper = sum(vals) / len(vals) if vals and all(v is not None for v in vals) else None
+        out.append((g, metric, ours, paper, f"{len(used)}/{len(members)}"))
+    return out

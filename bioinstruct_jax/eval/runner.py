@@ -1,6 +1,8 @@
 """Runs evaluation tasks against a `Predictor`: prompts in batches, predictions appended to
 `DIR/<task>.predictions.jsonl` as each batch finishes (a rerun skips ids already there),
-metrics, optional GPT-4 judge for generation tasks, `DIR/results.json`.
+metrics, optional GPT-4 judge and optional text scorers (BERTScore, concept F1) for free-text
+tasks, `DIR/results.json`. With `skip_missing`, a task whose data files are absent is skipped with
+one line instead of stopping the run.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 import math
 import pathlib
 import sys
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 from tqdm.auto import tqdm
 
@@ -21,6 +23,15 @@ from bioinstruct_jax.eval.predictor import Predictor
 from bioinstruct_jax.eval.tasks import GEN, DataSource, Task, format_prompt
 
 QA_MODES = ("generate", "loglik", "both")
+
+
+class TextScorer(Protocol):
+    """An optional metric of free text against references (`bertscore.BERTScorer`,
+    `concepts.ConceptScorer`): `score` returns named percentages, `describe` its settings."""
+
+    def score(self, preds: Sequence[str | None], refs: Sequence[str]) -> dict[str, float]: ...
+
+    def describe(self) -> dict[str, Any]: ...
 
 
 @dataclasses.dataclass
@@ -134,7 +145,8 @@ def _predict_batch(task: Task, predictor: Predictor, batch: Sequence[Example], p
 
 
 def run_task(task: Task, predictor: Predictor, data: DataSource, cfg: EvalConfig,
-             judge: Judge | None = None, model_id: str = "") -> dict[str, Any]:
+             judge: Judge | None = None, model_id: str = "",
+             text_scorers: dict[str, TextScorer] | None = None) -> dict[str, Any]:
     """Evaluate one task; returns its results entry (also usable alone)."""
     out_dir = pathlib.Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -191,14 +203,22 @@ def run_task(task: Task, predictor: Predictor, data: DataSource, cfg: EvalConfig
             res.append(judge.judge(instruction=task.instruction_for(ex), input_text=task.format_input(ex),
                                    reference=str(r["gold"]), prediction=r.get("generation") or ""))
         entry["metrics"].update(aggregate(res))
+    if text_scorers and task.kind == "text" and gen and records:
+        preds = [r.get("pred") for r in records]
+        refs = [str(r["gold"]) for r in records]
+        for scorer in text_scorers.values():
+            entry["metrics"].update(scorer.score(preds, refs))
     entry["headline"] = _headline(task, entry["metrics"])
     return entry
 
 
-def check_data(tasks: Sequence[Task], data: DataSource, cfg: EvalConfig) -> None:
+def check_data(tasks: Sequence[Task], data: DataSource, cfg: EvalConfig, *, skip_missing: bool = False) -> None:
     """Load every task's examples (and its one-shot pool when it needs one) once, so a missing,
-    broken or empty file is reported before the model is loaded."""
+    broken or empty file is reported before the model is loaded. With `skip_missing`, a task whose
+    files are absent is left for `run_eval` to skip with its one line."""
     for task in tasks:
+        if skip_missing and missing_data(task, data, cfg.shots) is not None:
+            continue
         if not task.load(data):
             raise ValueError(f"task {task.name}: its data has no examples ({task.description})")
         if (task.default_shots if cfg.shots is None else cfg.shots):
@@ -214,15 +234,33 @@ def _headline(task: Task, m: dict[str, float]) -> str:
     return task.headline
 
 
+def missing_data(task: Task, data: DataSource, shots: int | None) -> str | None:
+    """Why `task` cannot run on `data` (a missing file), or None when its files are there."""
+    try:
+        task.load(data)
+        if (task.default_shots if shots is None else shots):
+            task.shot(data)
+    except FileNotFoundError as err:
+        return str(err)
+    return None
+
+
 def run_eval(tasks: Sequence[Task], predictor: Predictor, data: DataSource, cfg: EvalConfig, *,
              judge: Judge | None = None, meta: dict[str, Any] | None = None,
-             paper_model: str | None = None) -> dict[str, Any]:
-    """Run `tasks` in order, rewriting DIR/results.json after each; returns the results."""
+             paper_model: str | None = None, text_scorers: dict[str, TextScorer] | None = None,
+             skip_missing: bool = False) -> dict[str, Any]:
+    """Run `tasks` in order, rewriting DIR/results.json after each; returns the results.
+
+    text_scorers: name -> scorer added to every free-text task (named in results' meta).
+    skip_missing: a task whose data files are missing is skipped with one line on stderr (and
+    listed in meta["skipped"]) instead of raising."""
     out_dir = pathlib.Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "results.json"
     results: dict[str, Any] = {"meta": {**(meta or {}), "paper_model": paper_results.find_model(paper_model),
-                                        "qa_mode": cfg.qa_mode, "shots": cfg.shots, "limit": cfg.limit},
+                                        "qa_mode": cfg.qa_mode, "shots": cfg.shots, "limit": cfg.limit,
+                                        "text_metrics": {k: s.describe() for k, s in (text_scorers or {}).items()},
+                                        "skipped": {}},
                                "tasks": {}}
     if results_path.exists():  # keep entries of tasks run before and not rerun now
         try:
@@ -230,12 +268,23 @@ def run_eval(tasks: Sequence[Task], predictor: Predictor, data: DataSource, cfg:
         except json.JSONDecodeError:
             pass
     model_id = str((meta or {}).get("model", ""))
-    for task in tasks:
-        entry = run_task(task, predictor, data, cfg, judge=judge, model_id=model_id)
-        entry["paper"] = paper_results.paper_value(paper_model, task.name)
-        results["tasks"][task.name] = entry
+
+    def write() -> None:
         tmp = results_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False, allow_nan=True) + "\n",
                        encoding="utf-8")
         tmp.replace(results_path)
+
+    for task in tasks:
+        if skip_missing:
+            why = missing_data(task, data, cfg.shots)
+            if why is not None:
+                print(f"skip {task.name}: {why}", file=sys.stderr)
+                results["meta"]["skipped"][task.name] = why
+                continue
+        entry = run_task(task, predictor, data, cfg, judge=judge, model_id=model_id, text_scorers=text_scorers)
+        entry["paper"] = paper_results.paper_value(paper_model, task.name)
+        results["tasks"][task.name] = entry
+        write()
+    write()
     return results

@@ -285,6 +285,29 @@ class TextTask(Task):
                                   [parsing.parse_list(g) or [] for g in golds])
 
 
+# MTS-Dialog's section codes (`section_header`) and the note sections they stand for (the dataset's
+# documentation, Ben Abacha et al. 2023). Each reference is one section, so the prompt names it.
+MTS_SECTIONS = {
+    "GENHX": "history of present illness", "CC": "chief complaint", "FAM/SOCHX": "family and social history",
+    "PASTMEDICALHX": "past medical history", "PASTSURGICAL": "past surgical history", "ALLERGY": "allergies",
+    "ROS": "review of systems", "MEDICATIONS": "medications", "ASSESSMENT": "assessment",
+    "EXAM": "physical examination", "DIAGNOSIS": "diagnosis", "DISPOSITION": "disposition", "PLAN": "plan",
+    "EDCOURSE": "emergency department course", "IMMUNIZATIONS": "immunizations", "IMAGING": "imaging",
+    "GYNHX": "gynecologic history", "PROCEDURES": "procedures", "OTHER_HISTORY": "other history",
+    "LABS": "laboratory results",
+}
+
+
+class SectionNoteTask(TextTask):
+    """Conversation to one note section: the instruction names the section (`{section}`) the
+    reference is, from the example's `section_header` (an unknown code is used as written)."""
+
+    def instruction_for(self, ex: Example) -> str:
+        code = str(ex.meta.get("section_header", "")).strip()
+        name = MTS_SECTIONS.get(code.upper(), code.lower().replace("_", " ") or "requested")
+        return self.instruction.format(section=name)
+
+
 # ----------------------------------------------------------------------------- data wiring
 
 
@@ -422,8 +445,8 @@ def _builtin_tasks() -> dict[str, Callable[[], Task]]:
                         description="Agrawal et al. 2022 coreference (local file)")
 
     def mts_dialog() -> Task:
-        return TextTask("mts_dialog", GEN,
-                        "Write the section of the clinical note that summarizes the following "
+        return SectionNoteTask("mts_dialog", GEN,
+                        "Write the {section} section of the clinical note for the following "
                         "doctor-patient conversation.",
                         test=_file("mts_dialog", "mts_dialog/MTS-Dialog-TestSet-1-MEDIQA-Chat-2023.csv",
                                    loaders.load_mts_dialog),
