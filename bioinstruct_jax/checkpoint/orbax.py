@@ -29,6 +29,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
+from bioinstruct_jax.checkpoint.paths import check_tree
+
 CHECKPOINT_SUBDIR = "checkpoints"
 ITEMS = ("lora", "opt", "rng", "meta")
 
@@ -76,6 +78,8 @@ class RunCheckpointer:
     def __init__(self, output_dir: str, *, keep_last: int = 2, keep_best: int = 1,
                  async_save: bool = True, read_only: bool = False):
         self.directory = checkpoint_dir(output_dir)
+        if "://" not in str(self.directory):
+            check_tree(self.directory, "training checkpoint folder")  # before Orbax reads anything
         keep: list[Any] = [policies.LatestN(n=keep_last)]
         if keep_best:
             keep.append(policies.BestN(get_metric_fn=lambda m: -float(m["val_loss"]), n=keep_best,
