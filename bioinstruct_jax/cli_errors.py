@@ -9,7 +9,9 @@ user error into `error: <message>` on stderr and exit code 2:
     no space left on device), printed with the path it concerns;
   - an exception whose cause chain holds one of these (for example a write that failed inside an
     asynchronous checkpoint thread and came back wrapped).
-Anything else is a bug, and keeps its traceback. `--debug` anywhere on the command line, or
+A failed write that TensorStore reports as a ValueError with an OS error code (a full disk while
+Orbax saves) is shown as that OSError. Log records in which Orbax's save threads report the same
+error before the main thread raises it are dropped. Anything else is a bug, and keeps its traceback. `--debug` anywhere on the command line, or
 `BIOINSTRUCT_DEBUG=1` in the environment, re-raises user errors too, with the full traceback.
 Ctrl-C prints `interrupted` and exits 130, as shells expect.
 """
@@ -17,7 +19,9 @@ Ctrl-C prints `interrupted` and exits 130, as shells expect.
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import re
 import sys
 from typing import Any, Callable, Iterator, Sequence
 
@@ -54,7 +58,57 @@ def _chain(err: BaseException) -> Iterator[BaseException]:
 
 def user_error(err: BaseException) -> BaseException | None:
     """The user error behind `err` (itself or one in its cause chain), or None for a bug."""
-    return next((e for e in _chain(err) if isinstance(e, USER_ERRORS)), None)
+    found = next((e for e in _chain(err) if isinstance(e, USER_ERRORS)), None)
+    return _storage_os_error(found) if found is not None else None
+
+
+def _storage_os_error(err: BaseException) -> BaseException:
+    """TensorStore (Orbax's storage) reports a failed write as a ValueError whose text holds the OS
+    error code and the file: turn that into the OSError it stands for."""
+    if isinstance(err, OSError):
+        return err
+    text = str(err)
+    code = re.search(r"os_error_code='?(\d+)", text)
+    if not code:
+        return err
+    path = re.search(r'(?:Failed writing|Error writing|Error reading|file): "([^"]+)"', text)
+    errnum = int(code.group(1))
+    return OSError(errnum, os.strerror(errnum), path.group(1) if path else None)
+
+
+class _BackgroundErrorFilter(logging.Filter):
+    """Drops the log records in which Orbax's save threads and asyncio report an error that the
+    main thread raises again (and `run` then reports once)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        message = str(record.msg)
+        return not ("raised an exception" in message or "exception was never retrieved" in message)
+
+
+def _late_callback(exc_type: type, value: BaseException) -> bool:
+    """TensorStore's callbacks that complete after a failed save's event loop closed print
+    `RuntimeError: Event loop is closed` through sys.excepthook, once per pending write."""
+    return issubclass(exc_type, RuntimeError) and str(value) == "Event loop is closed"
+
+
+def quiet_background_errors() -> None:
+    """Silence the echoes of an error that `run` reports once (see the module docstring)."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _BackgroundErrorFilter) for f in logger.filters):
+            logger.addFilter(_BackgroundErrorFilter())
+    if getattr(sys.excepthook, "_bioinstruct_quiet", False):
+        return
+    previous = sys.excepthook
+
+    def hook(exc_type, value, tb):
+        if not _late_callback(exc_type, value):
+            previous(exc_type, value, tb)
+
+    hook._bioinstruct_quiet = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def describe(err: BaseException) -> str:
@@ -75,7 +129,7 @@ def describe(err: BaseException) -> str:
 
 def report(err: BaseException, file: Any = None) -> int:
     """Print `error: ...` for a user error; returns the exit code (2)."""
-    print(f"error: {describe(err)}", file=file or sys.stderr)
+    print(f"error: {describe(_storage_os_error(err))}", file=file or sys.stderr)
     return EXIT_USER_ERROR
 
 
@@ -93,6 +147,8 @@ def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> 
     if DEBUG_FLAG in argv:
         os.environ[DEBUG_ENV] = "1"  # also for a CLI that re-executes itself or starts subprocesses
     argv = [a for a in argv if a != DEBUG_FLAG]
+    if not debug:
+        quiet_background_errors()
     try:
         code = main(argv)
     except KeyboardInterrupt:

@@ -33,6 +33,7 @@ import sys
 import time
 from typing import Any
 
+from bioinstruct_jax import cli_errors
 from bioinstruct_jax.data.filters import REJECT_REASONS, RougePool, heuristic_reject
 from bioinstruct_jax.data.records import CATEGORIES, InstructionRecord, RecordError
 from bioinstruct_jax.data.seeds import DEFAULT_SEEDS_PATH, load_seeds
@@ -509,4 +510,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_errors.run(main))

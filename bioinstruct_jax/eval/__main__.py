@@ -12,6 +12,7 @@ import argparse
 import sys
 from typing import Any, Sequence
 
+from bioinstruct_jax import cli_errors
 from bioinstruct_jax.eval import paper_results, report, runner, tasks as tasks_mod
 from bioinstruct_jax.eval.predictor import Predictor, load_predictor
 
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-base-url", help="OpenAI-compatible base URL for the judge")
     p.add_argument("--predictor-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra keyword for bioinstruct_jax.generate.load_predictor (YAML scalar); repeatable")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step of a training run (default: the latest)")
+    cli_errors.add_debug_argument(p)
     return p
 
 
@@ -86,6 +89,8 @@ def main(argv: Sequence[str] | None = None, predictor: Predictor | None = None) 
               + "; ".join(paper_results.PAPER_RESULTS), file=sys.stderr)
     if predictor is None:
         extra = {k: _scalar(v) for k, v in _kv(args.predictor_arg, "--predictor-arg").items()}
+        if args.step is not None:
+            extra.setdefault("step", args.step)
         predictor = load_predictor(args.model, args.lora, **extra)
     meta = {"model": args.model, "lora": args.lora, "judge_model": args.judge_model}
     results = runner.run_eval(task_list, predictor, data, cfg, judge=judge, meta=meta,
@@ -96,4 +101,4 @@ def main(argv: Sequence[str] | None = None, predictor: Predictor | None = None) 
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli_errors.run(main))
