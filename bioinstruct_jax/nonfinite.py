@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class NonFiniteError(ValueError):
@@ -43,10 +44,12 @@ class NonFiniteGuard:
     def __init__(self, skip_budget: int = 0):
         self.skip_budget = skip_budget
         self.reported = 0
-        self._state = jnp.zeros((3,), jnp.int32)
+        # numpy in, so the first fold places the state where the metrics live (one device, a mesh,
+        # or replicated across processes); from then on it stays there.
+        self._state = np.zeros((3,), np.int32)
 
     def update(self, step: int, metrics: dict[str, Any]) -> None:
-        self._state = _fold(self._state, jnp.int32(step), metrics["loss"], metrics["grad_norm"])
+        self._state = _fold(self._state, np.int32(step), metrics["loss"], metrics["grad_norm"])
 
     def fetch(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """`jax.device_get(metrics)` with the guard state in the same transfer; checks it."""

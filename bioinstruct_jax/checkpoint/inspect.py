@@ -23,13 +23,13 @@ from bioinstruct_jax import cli_errors
 from bioinstruct_jax.checkpoint.hf import _TensorSource
 from bioinstruct_jax.checkpoint.integrity import DamagedCheckpointError, step_dirs, verify_step
 from bioinstruct_jax.checkpoint.orbax import CHECKPOINT_SUBDIR, checkpoint_dir
-from bioinstruct_jax.checkpoint.paths import check_tree
+from bioinstruct_jax.checkpoint.paths import check_tree, inside
 from bioinstruct_jax.model.llama import LlamaConfig
 
 
 def describe(path: str) -> str:
     directory = pathlib.Path(path)
-    config = LlamaConfig.from_hf(directory)
+    config = LlamaConfig.from_hf(inside(directory, "config.json", "the checkpoint"))
     source = _TensorSource(directory)
     count, dtypes = 0, collections.Counter()
     for name in source.weight_map:
