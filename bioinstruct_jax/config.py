@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import pathlib
 import types
 import typing
@@ -178,11 +179,13 @@ def _convert(annotation: Any, value: Any, origin: str, key: str) -> Any:
     if annotation is float:
         if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{origin}: {key} = {value!r}; expected a number")
+        if not math.isfinite(value):  # YAML reads .nan / .inf as floats
+            raise ConfigError(f"{origin}: {key} = {value!r}; expected a finite number")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):

@@ -18,7 +18,10 @@
   applies LoRA with the adapter's settings and fills A and B.
 
 Outputs are written to a temporary sibling directory and renamed into place when complete; an
-existing non-empty output directory is refused unless `overwrite=True`.
+existing non-empty output directory is refused unless `overwrite=True`, and even then when it holds
+anything an export does not write (`--overwrite` replaces a previous export, never a user's folder).
+An output that is, contains or lies inside the run / base / adapter being read is always refused.
+`--format both` writes OUT/merged and OUT/peft; other entries of OUT are left alone (and named).
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bioinstruct_jax import cli_errors
 from bioinstruct_jax.checkpoint.hf import CheckpointError, hf_name, is_transposed, named_params
+from bioinstruct_jax.checkpoint.paths import inside
 from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsError, SafetensorsFile, write_streamed
 from bioinstruct_jax.model.llama import Linear, Llama, dtype_from_name
 from bioinstruct_jax.model.lora import ALL_TARGETS, LoraConfig, apply_lora, lora_modules
@@ -84,13 +89,67 @@ def _hf_order(name: str) -> tuple[int, int, str]:
 # Output directories
 
 
+def _export_file(name: str) -> bool:
+    """A file name an export writes (what --overwrite may replace)."""
+    return (name in TOKENIZER_FILES or name in ("config.json", "generation_config.json", ADAPTER_CONFIG,
+                                                "model.safetensors.index.json", "adapter_model.bin")
+            or name.endswith(".safetensors") or name.endswith(".gguf"))
+
+
 def _check_out_dir(out_dir: pathlib.Path, overwrite: bool) -> None:
+    """Refuse an output that exists and is not an empty folder; with overwrite, one that holds
+    anything an export does not write (replacing it could delete the user's files)."""
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ExportError(f"output path {out_dir} exists and is not a directory")
-        if any(out_dir.iterdir()) and not overwrite:
+        entries = sorted(out_dir.iterdir())
+        if entries and not overwrite:
             raise ExportError(f"output directory {out_dir} already exists and is not empty; "
                               f"choose another --out or pass --overwrite (overwrite=True) to replace it")
+        foreign = [e.name for e in entries if not (e.is_file() and _export_file(e.name))]
+        if entries and foreign:
+            raise ExportError(f"output directory {out_dir} holds {foreign[0]!r}"
+                              f"{f' and {len(foreign) - 1} more entries' if len(foreign) > 1 else ''}, "
+                              f"which an export does not write; --overwrite replaces only a previous export, "
+                              f"so choose another --out (or remove the folder yourself)")
+    else:
+        _check_writable_parent(out_dir)
+
+
+def _check_writable_parent(out_dir: pathlib.Path) -> None:
+    """The nearest existing ancestor of a new output folder must be a writable directory."""
+    parent = out_dir.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ExportError(f"--out {out_dir}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK):
+        raise ExportError(f"--out {out_dir}: {parent} is not writable (read-only file system or no permission)")
+
+
+def check_not_overlapping(out_dir: str | pathlib.Path, sources: dict[str, Any]) -> None:
+    """Refuse an output folder that is, contains, or lies inside a folder the export reads.
+
+    sources: what -> path (e.g. {"training run": RUN}). Paths are compared after resolving
+    symlinks, so a link to the run is caught too."""
+    out = pathlib.Path(out_dir).resolve()
+    for what, src in sources.items():
+        if not src:
+            continue
+        source = pathlib.Path(src).resolve()
+        relation = ("is" if out == source else "lies inside" if out.is_relative_to(source)
+                    else "contains" if source.is_relative_to(out) else None)
+        if relation:
+            raise ExportError(f"--out {out_dir} {relation} the {what} {src} that is being exported; "
+                              f"an export never writes over its input: choose an --out outside it")
+
+
+def _run_root(checkpoint_dir: str) -> pathlib.Path:
+    """A training run's output_dir, from the run folder or its checkpoints/ folder."""
+    from bioinstruct_jax.checkpoint.orbax import CHECKPOINT_SUBDIR
+
+    path = pathlib.Path(checkpoint_dir)
+    return path.parent if path.name == CHECKPOINT_SUBDIR else path
 
 
 class _StagedDir:
@@ -357,6 +416,7 @@ def _read_adapter_tensors(adapter_dir: pathlib.Path) -> tuple[pathlib.Path, dict
     """name -> lazily readable tensor of adapter_model.safetensors (or .bin)."""
     st = adapter_dir / ADAPTER_WEIGHTS
     if st.is_file():
+        inside(adapter_dir, ADAPTER_WEIGHTS, "the PEFT adapter")
         try:
             f = SafetensorsFile(st)
         except SafetensorsError as err:
@@ -364,6 +424,7 @@ def _read_adapter_tensors(adapter_dir: pathlib.Path) -> tuple[pathlib.Path, dict
         return st, {k: (lambda k=k: f.get(k), f.shape(k)) for k in f.keys()}
     binf = adapter_dir / "adapter_model.bin"
     if binf.is_file():
+        inside(adapter_dir, binf.name, "the PEFT adapter")
         import torch
 
         tensors = torch.load(binf, map_location="cpu", weights_only=True)
@@ -376,6 +437,7 @@ def read_peft_config(adapter_dir: str | pathlib.Path) -> dict[str, Any]:
     path = pathlib.Path(adapter_dir) / ADAPTER_CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (expected a PEFT adapter directory)")
+    inside(adapter_dir, ADAPTER_CONFIG, "the PEFT adapter")
     try:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -529,6 +591,7 @@ def export_checkpoint(checkpoint_dir: str, out_dir: str, *, step: int | None = N
 
     tokenizer: default the run's (model.tokenizer or model.hf_path); dtype: default the run's
     model.param_dtype."""
+    check_not_overlapping(out_dir, {"training run": _run_root(checkpoint_dir)})
     for path in _format_dirs(pathlib.Path(out_dir), fmt).values():
         _check_out_dir(path, overwrite)  # before the restore
     model, run_config, run_tokenizer = restore_checkpoint(checkpoint_dir, step)
@@ -571,6 +634,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="largest safetensors shard, e.g. 5GB (default), 2GiB, 500MB")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder/file to ship (default: the run's or the base's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    cli_errors.add_debug_argument(p)
     args = p.parse_args(argv)
     if args.adapter and not args.base:
         p.error("--adapter needs --base (the HF model the adapter was trained on)")
@@ -590,6 +654,7 @@ def export_base_adapter(base_dir: str | pathlib.Path, out_dir: str | pathlib.Pat
     from bioinstruct_jax.checkpoint.hf import load_pretrained
 
     base = pathlib.Path(base_dir)
+    check_not_overlapping(out_dir, {"base model": base, "PEFT adapter": adapter_dir})
     for path in _format_dirs(pathlib.Path(out_dir), fmt).values():
         _check_out_dir(path, overwrite)  # before the (possibly long) load
     hf_cfg = json.loads((base / "config.json").read_text()) if (base / "config.json").is_file() else {}
@@ -607,19 +672,32 @@ def export_base_adapter(base_dir: str | pathlib.Path, out_dir: str | pathlib.Pat
                         overwrite=overwrite)
 
 
+def _both_note(out: pathlib.Path) -> str | None:
+    """What `--format both` does in a folder that already holds other entries (they are kept)."""
+    others = sorted(p.name for p in out.iterdir() if p.name not in ("merged", "peft")) if out.is_dir() else []
+    if not others:
+        return None
+    return (f"note: {out} is not empty; --format both wrote only {out / 'merged'} and {out / 'peft'} "
+            f"and left its {len(others)} other entries ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) "
+            f"as they are")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     common = dict(fmt=args.format, tokenizer=args.tokenizer, dtype=args.dtype, max_shard_bytes=args.max_shard_size,
                   overwrite=args.overwrite)
+    note = _both_note(pathlib.Path(args.out)) if args.format == "both" else None
     try:
         if args.checkpoint:
             out = export_checkpoint(args.checkpoint, args.out, step=args.step, **common)
         else:
             out = export_base_adapter(args.base, args.out, adapter_dir=args.adapter, **common)
-    except (ExportError, CheckpointError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    except (ValueError, OSError) as err:  # ExportError, CheckpointError, a damaged checkpoint, a full disk
+        return cli_errors.report_or_raise(err)
+    if note:
+        print(note, file=sys.stderr)
+    written = sorted(str(p.relative_to(out)) for d in _format_dirs(out, args.format).values()
+                     for p in d.rglob("*") if p.is_file())
     print(json.dumps({"out": str(out), "format": args.format, "files": written}))
     return 0
 
@@ -630,4 +708,4 @@ __all__ = [
 ]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_errors.run(main))

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bioinstruct_jax import cli_types
+from bioinstruct_jax import cli_errors, cli_types
 from bioinstruct_jax.cli_types import non_negative_float, non_negative_int, positive_int, unit_interval
 from bioinstruct_jax.data.records import read_utf8
 from bioinstruct_jax.model.llama import KVCache, Llama, init_cache, padded_positions
@@ -506,7 +506,7 @@ def load_predictor(model: str, lora: str | None = None, *, dtype: str | None = N
         if not _is_orbax_run(lora_path):
             raise FileNotFoundError(f"--lora {lora_path}: neither a PEFT adapter (adapter_config.json) nor a "
                                     f"training run directory with Orbax checkpoints")
-        _check_same_base(model, lora_path)
+        _check_same_base(model, lora_path, step)
         net, tok_path = load_model_for_inference(lora_path, dtype=dtype, mesh=mesh, step=step)
     else:
         net, tok_path = load_model_for_inference(model, dtype=dtype, mesh=mesh, step=step)
@@ -558,13 +558,14 @@ def _add_peft_adapter(model: Llama, adapter_dir: pathlib.Path, mesh: jax.shardin
     model.eval()
 
 
-def _check_same_base(model: str, run_dir: pathlib.Path) -> None:
+def _check_same_base(model: str, run_dir: pathlib.Path, step: int | None = None) -> None:
     """A LoRA run's saved base must be the `model` directory (compared by resolved path)."""
+    from bioinstruct_jax.checkpoint.integrity import pick_restore_step
     from bioinstruct_jax.checkpoint.orbax import RunCheckpointer
 
     ckpt = RunCheckpointer(str(run_dir), read_only=True)
     try:
-        base = ckpt.read_meta()["config"]["model"].get("hf_path") or ""
+        base = ckpt.read_meta(pick_restore_step(ckpt.directory, step))["config"]["model"].get("hf_path") or ""
     finally:
         ckpt.close()
     m = pathlib.Path(model)
@@ -606,6 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mesh", help="data,fsdp,tensor sizes, e.g. 1,4,2 (default: one device)")
     p.add_argument("--no-merge-lora", action="store_true", help="keep LoRA adapters unmerged")
     p.add_argument("--jsonl", action="store_true", help="print one JSON object per prompt")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step of a training run (default: the latest)")
+    cli_errors.add_debug_argument(p)
     return p
 
 
@@ -655,7 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     predictor = load_predictor(args.model, args.lora, dtype=args.dtype, mesh=args.mesh, batch_size=args.batch_size,
                                tokenizer=args.tokenizer, temperature=args.temperature, top_k=args.top_k,
                                top_p=args.top_p, seed=args.seed, merge_lora=not args.no_merge_lora,
-                               template=args.template)
+                               template=args.template, step=args.step)
     texts = [templates.render_prompt(predictor.template, p, tokenizer=predictor.tokenizer)
              if predictor.template != "raw" else p for p in prompts]
     texts += [templates.render_prompt("chat", q, tokenizer=predictor.tokenizer) for q in args.chat]
@@ -673,10 +676,4 @@ __all__ = ["Generator", "GenerationResult", "SamplingConfig", "JaxPredictor", "l
            "load_model_for_inference", "run_template", "stop_token_sequences", "trim_at_stop", "batch_bucket", "next_power_of_two"]
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, ValueError) as exc:  # bad input: one line (BIOINSTRUCT_DEBUG=1: traceback)
-        if os.environ.get("BIOINSTRUCT_DEBUG") == "1":
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli_errors.run(main))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import time
 from typing import Any
@@ -110,7 +111,10 @@ def matmul_param_counts(model: Any) -> tuple[int, int]:
 class MetricsLogger:
     """Writes every record to `<dir>/metrics.jsonl` and (optionally) TensorBoard; plots at close."""
 
-    def __init__(self, output_dir: str, *, tensorboard: bool = True, enabled: bool = True):
+    def __init__(self, output_dir: str, *, tensorboard: bool = True, enabled: bool = True,
+                 resume_step: int | None = None):
+        """resume_step: the checkpoint step a run resumes from; the records of later steps (logged
+        before the restart, and about to be logged again) are dropped from metrics.jsonl first."""
         self.dir = output_dir
         self.enabled = enabled
         self.local = "://" not in output_dir
@@ -120,6 +124,8 @@ class MetricsLogger:
             return
         if self.local:
             pathlib.Path(output_dir).mkdir(parents=True, exist_ok=True)
+            if resume_step is not None:
+                drop_records_after(pathlib.Path(output_dir) / "metrics.jsonl", resume_step)
             self._jsonl = open(pathlib.Path(output_dir) / "metrics.jsonl", "a")
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -148,6 +154,29 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def drop_records_after(path: pathlib.Path, step: int) -> int:
+    """Rewrite a metrics.jsonl without records of steps after `step` (and without a line cut short
+    by a kill); returns how many lines were dropped. The file is replaced atomically."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            keep = int(rec["step"]) <= step
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            keep = False
+        if keep:
+            kept.append(line + "\n")
+        elif line.strip():
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+    return dropped
 
 
 def read_metrics(path: str | pathlib.Path) -> list[dict[str, Any]]:
@@ -189,4 +218,4 @@ def plot_loss_curve(metrics_path: str | pathlib.Path, png_path: str | pathlib.Pa
 
 
 __all__ = ["PEAK_FLOPS", "measure_cpu_peak", "peak_flops_per_device", "flops_per_token", "matmul_param_counts",
-           "MetricsLogger", "read_metrics", "plot_loss_curve"]
+           "MetricsLogger", "drop_records_after", "read_metrics", "plot_loss_curve"]

@@ -43,6 +43,8 @@ import sys
 import time
 from typing import Any, Sequence
 
+from bioinstruct_jax import cli_errors
+
 GiB = 1024**3
 
 # Per-device memory (one TPU core for v2/v3, one chip for v4 and later, one GPU).
@@ -393,6 +395,7 @@ def parse_args(argv: Sequence[str]) -> tuple[PlanSettings, argparse.Namespace]:
                    help="for a TPU target: compile for that TPU slice ahead of time with libtpu (the TPU "
                         "compiler's own figures; several times slower than the default XLA:CPU estimate)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    cli_errors.add_debug_argument(p)
     args = p.parse_args(argv)
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
@@ -467,4 +470,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_errors.run(main))

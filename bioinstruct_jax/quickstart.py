@@ -21,6 +21,8 @@ import sys
 import time
 from typing import Sequence
 
+from bioinstruct_jax import cli_errors
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "tiny.yaml"
 SEEDS = REPO / "seeds" / "bioinstruct_seeds.jsonl"
@@ -52,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="runs/quickstart", help="output directory (default runs/quickstart)")
     p.add_argument("--eval-limit", type=int, default=8, help="held-out seeds to generate for (default 8)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of configs/tiny.yaml")
+    cli_errors.add_debug_argument(p)
     args = p.parse_args(argv)
     start = time.perf_counter()
     out = pathlib.Path(args.out).resolve()
@@ -88,4 +91,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_errors.run(main))

@@ -17,6 +17,7 @@ Logs: a tqdm bar (step, loss, lr, tokens/s, ETA), `metrics.jsonl`, TensorBoard e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -28,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import jax
 
+from bioinstruct_jax import cli_errors
 from bioinstruct_jax.config import ConfigError, RunConfig, dump_yaml, from_dict, load_run_config, to_dict
 
 DataFactory = Callable[[str], Any]  # split ("train" | "val") -> iterator of numpy batches
@@ -220,6 +222,21 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+@contextlib.contextmanager
+def _finish_saves_on_error(ckpt: Any, logger: Any):
+    """When the loop fails (NaN/Inf, bad data, a full disk), still commit the checkpoints already
+    being saved and close the logs, then re-raise the original error."""
+    try:
+        yield
+    except BaseException:
+        for close in (ckpt.close, logger.close):
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - the loop's own error is the one to report
+                pass
+        raise
+
+
 @dataclasses.dataclass
 class RunResult:
     """What a finished (or preempted) run produced."""
@@ -247,15 +264,19 @@ def total_steps_of(cfg: RunConfig, factory: DataFactory) -> int:
 
 
 def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | None = None,
-        stop_after: int | None = None, verbose: bool = True) -> RunResult:
+        stop_after: int | None = None, verbose: bool = True, resume_step: int | None = None) -> RunResult:
     """Train (or resume) the run described by `cfg`; returns at the last step or on SIGTERM.
 
     tokenizer / data_factory: injected in tests; default from the config. stop_after: end this
-    process after that many steps (without the final save), for tests of resumption.
+    process after that many steps (without the final save), for tests of resumption. resume_step:
+    resume from that checkpoint step (default: the newest intact one; see
+    `checkpoint.integrity.pick_resume_step` for damaged steps).
     """
     from bioinstruct_jax import metrics_log, train_step as ts
-    from bioinstruct_jax.checkpoint.orbax import RunCheckpointer, check_compatible, from_jsonable
+    from bioinstruct_jax.checkpoint.integrity import pick_resume_step
+    from bioinstruct_jax.checkpoint.orbax import RunCheckpointer, check_compatible, checkpoint_dir, from_jsonable
     from bioinstruct_jax.model.lora import parameter_summary
+    from bioinstruct_jax.nonfinite import NonFiniteGuard
 
     out = cfg.train.output_dir
     say = print if verbose else (lambda *a, **k: None)
@@ -266,9 +287,12 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
     llama_config = resolve_llama_config(cfg, tokenizer)
     signature = model_signature(cfg, llama_config)
     mesh = make_run_mesh(cfg)
+    requested_step = resume_step
+    resume_step = pick_resume_step(checkpoint_dir(out), requested_step)  # skips damaged steps
     ckpt = RunCheckpointer(out, keep_last=cfg.train.keep_last, keep_best=cfg.train.keep_best,
                            async_save=cfg.train.async_checkpointing)
-    resume_step = ckpt.latest_step()
+    if resume_step is None and requested_step is None:
+        resume_step = ckpt.latest_step()  # remote runs (not checked locally)
     meta = None
     if resume_step is not None:
         meta = ckpt.read_meta(resume_step)
@@ -300,7 +324,9 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
     lora_sh = state_shardings(lora, mesh)
     opt_state = ts.init_optimizer(tx, lora, lora_sh)
     shardings = ts.step_shardings(mesh, lora, opt_state, base, rng)
-    train_step = ts.build_train_step(train_graphdef, tx, shardings=shardings)
+    train_step = ts.build_train_step(train_graphdef, tx, shardings=shardings,
+                                     skip_nonfinite=cfg.train.skip_nonfinite_batches > 0)
+    guard = NonFiniteGuard(cfg.train.skip_nonfinite_batches)
     eval_step = ts.build_eval_step(eval_graphdef, shardings=shardings)
     say(f"model: {signature['base']}  {n_all:,} parameters, {trainable:,} trainable LoRA "
         f"({100 * trainable / max(n_all, 1):.3f}%)  mesh {dict(mesh.shape)}  steps {total}")
@@ -314,7 +340,8 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
         start = int(restored["meta"]["step"])
         say(f"resumed from {ckpt.directory}/{resume_step} (step {start} of {total})")
 
-    logger = metrics_log.MetricsLogger(out, tensorboard=cfg.train.tensorboard)
+    logger = metrics_log.MetricsLogger(out, tensorboard=cfg.train.tensorboard,
+                                       resume_step=start)  # drops records of steps about to be replayed
     peak_name, peak = metrics_log.peak_flops_per_device(cfg.train.accelerator)
     flops_tok = metrics_log.flops_per_token(llama_config, n_frozen_mm, n_lora, cfg.data.max_length)
     n_devices = mesh.devices.size
@@ -334,6 +361,7 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
         return total_loss / total_tokens if total_tokens else None
 
     def save(step: int, val_loss: float | None) -> None:
+        guard.check()  # never save a NaN/Inf state
         meta = {"data_state": train_iter.get_state(), "config": config_dict, "model_signature": signature,
                 "total_steps": total}
         ckpt.save(step, lora=lora, opt_state=opt_state, rng=rng, meta=meta, val_loss=val_loss)
@@ -345,7 +373,7 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
         bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
     step, last_loss, val_loss, preempted = start, None, None, False
     window_tokens, window_start = 0, time.perf_counter()
-    with _Preemption() as preemption:
+    with _Preemption() as preemption, _finish_saves_on_error(ckpt, logger):
         while step < total:
             try:
                 batch = next(train_iter)
@@ -353,10 +381,11 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
                 raise ConfigError(str(err)) from None
             lora, opt_state, rng, metrics = train_step(lora, opt_state, base, rng, put(batch, shardings.batch, True))
             step += 1
+            guard.update(step, metrics)
             window_tokens += batch["input_ids"].size
             val_loss = None
             if cfg.train.log_every and (step % cfg.train.log_every == 0 or step == total):
-                m = jax.device_get(metrics)
+                m = guard.fetch(metrics)  # the same device_get, and the NaN/Inf check
                 elapsed = time.perf_counter() - window_start
                 tok_s = window_tokens / max(elapsed, 1e-9)
                 mfu = flops_tok * tok_s / (peak * n_devices)
@@ -414,9 +443,11 @@ def restore_model(checkpoint_dir: str, step: int | None = None, mesh: jax.shardi
     from flax import nnx
 
     from bioinstruct_jax import train_step as ts
+    from bioinstruct_jax.checkpoint.integrity import pick_restore_step
     from bioinstruct_jax.checkpoint.orbax import RunCheckpointer
 
     ckpt = RunCheckpointer(checkpoint_dir, read_only=True)
+    step = pick_restore_step(ckpt.directory, step)  # a damaged step is an error naming step and file
     step = ckpt.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{ckpt.directory}: no checkpoint to restore")
@@ -446,6 +477,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--config", help="run config YAML (default: configs/tiny.yaml values built in)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1.0e-4 train.steps=500")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--step", type=int, default=None,
+                   help="resume from this checkpoint step (default: the newest intact one); newer steps are "
+                        "moved aside, not deleted")
+    cli_errors.add_debug_argument(p)
     return p.parse_args(argv)
 
 
@@ -459,17 +494,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(dump_yaml(cfg))
             return 0
         maybe_initialize_distributed()
-        result = run(cfg)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:
-        from bioinstruct_jax.checkpoint.orbax import CheckpointMismatchError
-
-        if isinstance(err, CheckpointMismatchError):
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        raise
+        result = run(cfg, resume_step=args.step)
+    except (ValueError, OSError) as err:  # config, checkpoint, data and file-system errors
+        return cli_errors.report_or_raise(err)
     print(json.dumps({"step": result.step, "preempted": result.preempted, "final_loss": result.final_loss,
                       "val_loss": result.val_loss, "checkpoints": result.checkpoint_dir,
                       "metrics": result.metrics_path, "loss_curve": result.loss_curve}))
@@ -477,4 +504,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_errors.run(main))

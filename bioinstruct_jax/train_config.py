@@ -86,7 +86,9 @@ class TrainConfig:
     (needs a pipeline that knows its size). output_dir: local path or gs://; a second run with the
     same directory resumes from its latest checkpoint. keep_last / keep_best: checkpoints kept
     (the newest N, plus the N best by validation loss). accelerator: for the MFU peak
-    (`auto` = from the device kind; `cpu` = measured once with a matmul).
+    (`auto` = from the device kind; `cpu` = measured once with a matmul). skip_nonfinite_batches:
+    how many batches with a NaN/Inf loss or gradient may be skipped (their update is not applied)
+    before the run stops; 0 = stop at the first one. Either way a non-finite state is never saved.
     """
 
     output_dir: str = "runs/tiny"
@@ -104,8 +106,11 @@ class TrainConfig:
     plot: bool = True
     progress_bar: bool = True
     accelerator: str = "auto"
+    skip_nonfinite_batches: int = 0
 
     def __post_init__(self) -> None:
+        if self.skip_nonfinite_batches < 0:
+            raise ValueError(f"train.skip_nonfinite_batches={self.skip_nonfinite_batches} must be >= 0")
         if not self.output_dir:
             raise ValueError("train.output_dir must be set")
         if self.steps < 0 or self.epochs < 0:

@@ -150,11 +150,13 @@ def _micro_batches(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
 
 def build_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
                      shardings: StepShardings | None = None, donate: bool = True,
-                     loss: Callable = loss_fn) -> Callable:
+                     loss: Callable = loss_fn, skip_nonfinite: bool = False) -> Callable:
     """The jitted step `(lora, opt_state, base, rng, batch[k,b,T]) -> (lora, opt_state, rng, metrics)`.
 
     metrics: {"loss": mean token CE (f32), "tokens": target tokens, "grad_norm": before clipping}.
-    Donates lora, opt_state and rng (arguments 0, 1, 3) when `donate`.
+    Donates lora, opt_state and rng (arguments 0, 1, 3) when `donate`. skip_nonfinite: a step
+    whose loss or gradient norm is NaN/Inf keeps the previous LoRA weights and optimizer state
+    (the update is dropped on the device, no host round trip; `nonfinite.NonFiniteGuard` counts it).
     """
 
     def step(lora, opt_state, base, rng, batch):
@@ -180,10 +182,15 @@ def build_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *
         (grads, loss_sum, tokens, rng), _ = jax.lax.scan(micro, init, _micro_batches(batch))
         denom = jnp.maximum(tokens, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
-        updates, opt_state = tx.update(grads, opt_state, lora)
-        lora = optax.apply_updates(lora, updates)
+        updates, new_opt_state = tx.update(grads, opt_state, lora)
+        new_lora = optax.apply_updates(lora, updates)
         metrics = {"loss": loss_sum / denom, "tokens": tokens, "grad_norm": optax.tree.norm(grads)}
-        return lora, opt_state, rng, metrics
+        if skip_nonfinite:
+            finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+            keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+            new_lora = jax.tree.map(keep, new_lora, lora)
+            new_opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+        return new_lora, new_opt_state, rng, metrics
 
     donate_argnums = (0, 1, 3) if donate else ()
     if shardings is None:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bioinstruct_jax.checkpoint.paths import inside
 from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsError, SafetensorsFile
 from bioinstruct_jax.model.llama import Llama, LlamaConfig, dtype_from_name
 
@@ -82,12 +83,17 @@ class _TensorSource:
                     weight_map = json.loads(index.read_text())["weight_map"]
                 except (json.JSONDecodeError, KeyError) as err:
                     raise CheckpointError(f"{index}: not a valid weight index ({err})") from None
+                if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+                    raise CheckpointError(f"{index}: weight_map must map tensor names to file names")
+                for f in sorted(set(weight_map.values())):  # before any of them is opened
+                    inside(d, f, f"{index_name} weight_map")
                 missing = sorted({f for f in weight_map.values() if not (d / f).is_file()})
                 if missing:
                     raise CheckpointError(f"{index}: names shard file(s) that do not exist: {', '.join(missing)}")
                 return dict(weight_map)
         for single in ("model.safetensors", "pytorch_model.bin"):
             if (d / single).is_file():
+                inside(d, single, "the weights file")
                 return {name: single for name in self._open(single).keys()}
         raise FileNotFoundError(
             f"{d}: no weights found (expected model.safetensors, model.safetensors.index.json, "
@@ -219,7 +225,7 @@ def _open_checkpoint(path: pathlib.Path) -> tuple[LlamaConfig, Any]:
         return source.config, source
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: not a directory (expected an HF checkpoint folder or a .gguf file)")
-    return LlamaConfig.from_hf(path), _TensorSource(path)
+    return LlamaConfig.from_hf(inside(path, "config.json", "the checkpoint")), _TensorSource(path)
 
 
 def load_pretrained(path: str | pathlib.Path, *, dtype: Any = jnp.bfloat16, compute_dtype: Any = None,

@@ -20,7 +20,10 @@ the current run before anything is compiled, so a directory from a different mod
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
 from typing import Any
 
 import jax
@@ -28,6 +31,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
+
+from bioinstruct_jax.checkpoint.paths import check_tree
 
 CHECKPOINT_SUBDIR = "checkpoints"
 ITEMS = ("lora", "opt", "rng", "meta")
@@ -76,6 +81,8 @@ class RunCheckpointer:
     def __init__(self, output_dir: str, *, keep_last: int = 2, keep_best: int = 1,
                  async_save: bool = True, read_only: bool = False):
         self.directory = checkpoint_dir(output_dir)
+        if "://" not in str(self.directory):
+            check_tree(self.directory, "training checkpoint folder")  # before Orbax reads anything
         keep: list[Any] = [policies.LatestN(n=keep_last)]
         if keep_best:
             keep.append(policies.BestN(get_metric_fn=lambda m: -float(m["val_loss"]), n=keep_best,
@@ -112,6 +119,7 @@ class RunCheckpointer:
              val_loss: float | None = None) -> bool:
         """Start an (async) save of `step`; `val_loss` makes it a candidate for keep_best."""
         meta = dict(meta, step=int(step))
+        self._check_free_space(step, (lora, opt_state, rng))
         items = dict(lora=ocp.args.StandardSave(lora), opt=ocp.args.StandardSave(opt_state),
                      meta=ocp.args.JsonSave(_jsonable(meta)))
         if jax.tree.leaves(rng):  # no RNG state at all when LoRA dropout is 0
@@ -119,6 +127,18 @@ class RunCheckpointer:
         args = ocp.args.Composite(**items)
         metrics = {"val_loss": float(val_loss)} if val_loss is not None else None
         return self.manager.save(int(step), args=args, metrics=metrics, force=True)
+
+    def _check_free_space(self, step: int, trees: Any) -> None:
+        """Refuse to start a save that cannot fit on a local disk (a half-written save fails deep in
+        Orbax's writer threads); the step's arrays plus 10% and 1 MiB of metadata must be free."""
+        if "://" in str(self.directory):
+            return
+        need = int(1.1 * sum(int(x.nbytes) for x in jax.tree.leaves(trees) if hasattr(x, "nbytes"))) + 2**20
+        free = shutil.disk_usage(str(self.directory)).free
+        if free < need:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC),
+                          f"{self.directory} (saving step {step} needs about {need / 2**20:.1f} MiB, "
+                          f"{free / 2**20:.1f} MiB free; the checkpoints already there are intact)")
 
     def restore(self, step: int | None, *, lora: Any, opt_state: Any | None, rng: Any) -> dict[str, Any]:
         """Restore into the shapes/shardings of the given (live or abstract) trees.

@@ -113,15 +113,22 @@ def write_streamed(path: str | pathlib.Path, specs: Iterable[tuple[str, tuple[in
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for name, shape, dtype in specs:
-            arr = np.asarray(fetch(name))
-            if arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
-                raise SafetensorsError(
-                    f"tensor {name!r}: expected {tuple(shape)} {np.dtype(dtype)}, got {arr.shape} {arr.dtype}"
-                )
-            f.write(_raw_bytes(arr))
-            del arr
+    name = None
+    try:
+        with open(path, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)))
+            f.write(blob)
+            for name, shape, dtype in specs:
+                arr = np.asarray(fetch(name))
+                if arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
+                    raise SafetensorsError(
+                        f"tensor {name!r}: expected {tuple(shape)} {np.dtype(dtype)}, got {arr.shape} {arr.dtype}"
+                    )
+                f.write(_raw_bytes(arr))
+                del arr
+    except OSError as err:  # a full disk or a vanished mount: say which file (and tensor) it hit
+        if err.filename is not None:
+            raise
+        where = f"{path} (writing tensor {name!r})" if name is not None else str(path)
+        raise OSError(err.errno, err.strerror, where) from err
     return offset

@@ -48,7 +48,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from bioinstruct_jax import cli_types
+from bioinstruct_jax import cli_errors, cli_types
 from bioinstruct_jax.cli_types import non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
 from bioinstruct_jax.data.filters import REJECT_REASONS, RougePool, heuristic_reject
 from bioinstruct_jax.data.journal import append_lines, read_jsonl_tail_safe, write_json_atomic, write_text_atomic
@@ -626,8 +626,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    if code == 130:  # Ctrl-C: do not wait for requests still in flight in worker threads
+    code = cli_errors.run(main)
+    if code == cli_errors.EXIT_INTERRUPTED:  # Ctrl-C: do not wait for requests still in flight in worker threads
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from bioinstruct_jax import cli_types
+from bioinstruct_jax import cli_errors, cli_types
 from bioinstruct_jax.cli_types import positive_int
 from bioinstruct_jax.data import templates
 from bioinstruct_jax.eval import paper_results, report, runner, tasks as tasks_mod
@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "training run (--model or --lora) was trained with, else alpaca")
     p.add_argument("--predictor-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra keyword for bioinstruct_jax.generate.load_predictor (YAML scalar); repeatable")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step of a training run (default: the latest)")
+    cli_errors.add_debug_argument(p)
     return p
 
 
@@ -126,6 +128,8 @@ def main(argv: Sequence[str] | None = None, predictor: Predictor | None = None) 
               + "; ".join(paper_results.PAPER_RESULTS), file=sys.stderr)
     if predictor is None:
         extra = {k: _scalar(v) for k, v in _kv(args.predictor_arg, "--predictor-arg").items()}
+        if args.step is not None:
+            extra.setdefault("step", args.step)
         predictor = load_predictor(args.model, args.lora, **extra)
     template = args.template or _run_template(predictor)
     if template not in templates.TEMPLATE_NAMES:
@@ -141,10 +145,4 @@ def main(argv: Sequence[str] | None = None, predictor: Predictor | None = None) 
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as exc:  # bad input: one line (BIOINSTRUCT_DEBUG=1: traceback)
-        if os.environ.get("BIOINSTRUCT_DEBUG") == "1":
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli_errors.run(main))
