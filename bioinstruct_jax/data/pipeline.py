@@ -226,6 +226,11 @@ def _pad_rows(rows: Sequence[Mapping[str, np.ndarray]], n_rows: int, length: int
     return out
 
 
+def padding_batch(rows: int, length: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """A batch of `rows` padding rows (nothing to learn or score: the loss mask is zero)."""
+    return _pad_rows([], rows, length, pad_id)
+
+
 def _packed_row(x: Mapping[str, np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
     seg = np.asarray(x["input_ids_segment_ids"], np.int32)
     ids = np.where(seg > 0, x["input_ids"], pad_id).astype(np.int32)
@@ -391,4 +396,4 @@ def make_data_factory(cfg: DataConfig, tokenizer: Any, *, host_rows: Sequence[in
 
 
 __all__ = ["BATCH_KEYS", "DataConfig", "EncodedExample", "ExampleEncoder", "count_examples", "read_records",
-           "load_split", "build_dataset", "BatchIterator", "make_batch_iterator", "make_data_factory"]
+           "load_split", "padding_batch", "build_dataset", "BatchIterator", "make_batch_iterator", "make_data_factory"]
