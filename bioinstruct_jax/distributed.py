@@ -104,6 +104,20 @@ def maybe_initialize_distributed(env: Mapping[str, str] | None = None, **overrid
     return True
 
 
+def refuse_multi_process(program: str, env: Mapping[str, str] | None = None) -> None:
+    """SystemExit with a one-line reason when `program` (eval, generate, export: one-process
+    tools) is started as one of several processes; they run once, on one host."""
+    env = os.environ if env is None else env
+    kind, kwargs = detect_environment(env, tpu_chips=0)  # a single TPU VM is fine; a slice's variables are not
+    if kind is None:
+        return
+    where = (f"process {kwargs['process_id']} of {kwargs['num_processes']} (JAX_NUM_PROCESSES / JAX_PROCESS_ID)"
+             if kind == "coordinator" else f"one process of a multi-host {kind} launch")
+    raise SystemExit(f"error: python -m {program} runs as a single process, but this is {where}; run it once, "
+                     f"on one host (unset those variables): it uses that host's devices, and checkpoints "
+                     f"written by several processes load there")
+
+
 def is_primary() -> bool:
     """Whether this process writes the run's logs (process 0, as in MaxText and Levanter)."""
     return jax.process_index() == 0
@@ -192,5 +206,5 @@ def global_batch_from_host(local_arrays: Any, mesh: jax.sharding.Mesh, rules=Non
 
 
 __all__ = ["detect_environment", "maybe_initialize_distributed", "tpu_chips_on_host", "is_primary", "any_process",
-           "in_lockstep",
+           "in_lockstep", "refuse_multi_process",
            "host_batch_slice", "host_batch_rows", "global_batch", "global_batch_from_host"]

@@ -40,6 +40,7 @@ from flax import nnx
 
 from bioinstruct_jax.checkpoint.hf import CheckpointError, hf_name, is_transposed, named_params
 from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsError, SafetensorsFile, write_streamed
+from bioinstruct_jax.distributed import refuse_multi_process
 from bioinstruct_jax.model.llama import Linear, Llama, dtype_from_name
 from bioinstruct_jax.model.lora import ALL_TARGETS, LoraConfig, apply_lora, lora_modules
 
@@ -605,6 +606,7 @@ def export_base_adapter(base_dir: str | pathlib.Path, out_dir: str | pathlib.Pat
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    refuse_multi_process("bioinstruct_jax.export")  # one process; see distributed.py
     common = dict(fmt=args.format, tokenizer=args.tokenizer, dtype=args.dtype, max_shard_bytes=args.max_shard_size,
                   overwrite=args.overwrite)
     try:

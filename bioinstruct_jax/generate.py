@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bioinstruct_jax.distributed import refuse_multi_process
 from bioinstruct_jax.model.llama import KVCache, Llama, init_cache, padded_positions
 from bioinstruct_jax.sampling import SamplingConfig, sample_next
 
@@ -574,6 +575,7 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    refuse_multi_process("bioinstruct_jax.generate")  # one process; see distributed.py
     prompts = _read_prompts(args)
     if not prompts:
         raise SystemExit("no prompts: pass --prompt TEXT or --prompt-file FILE")
