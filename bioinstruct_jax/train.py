@@ -9,9 +9,12 @@ Order of work, so that every user error surfaces before anything is compiled:
      weights), add LoRA, split it into LoRA / RNG / frozen-base state (see `train_step`);
   4. run the jitted step over batches from the data pipeline; validation loss every
      `train.eval_every` steps; async Orbax checkpoints every `train.save_every` steps and at the
-     end; SIGTERM (TPU preemption) saves at the next step boundary and exits 0.
+     end; SIGTERM (TPU preemption) saves at the next step boundary and exits 0 (several processes:
+     at a step they all agree on, `preemption.py`).
 Logs: a tqdm bar (step, loss, lr, tokens/s, ETA), `metrics.jsonl`, TensorBoard events, MFU, and a
-`loss_curve.png` at the end, all under `train.output_dir`.
+`loss_curve.png` at the end, all under `train.output_dir`, written by process 0 only.
+Several processes (one per host): each loads its rows of every global batch and `distributed`
+assembles the global arrays; checkpoints hold each process's data-iterator state.
 """
 
 from __future__ import annotations
