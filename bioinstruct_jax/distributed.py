@@ -34,7 +34,11 @@ from bioinstruct_jax.parallel import batch_sharding
 
 log = logging.getLogger(__name__)
 
-_GOOGLE_PCI_VENDOR = "0x1ae0"  # TPU chips show up on the PCI bus with Google's vendor id
+# TPU chips on the PCI bus: Google's vendor id and a TPU device id (v2/v3, v4, v5p, v5e, v6e, 7x;
+# the table of jax/_src/hardware_utils.py). Other Google devices (the gVNIC network card of
+# GPU VMs) share the vendor id, so both must match.
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+_TPU_PCI_DEVICES = frozenset({"0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076"})
 
 
 def _count_hosts(value: str | None) -> int:
@@ -43,15 +47,16 @@ def _count_hosts(value: str | None) -> int:
 
 def tpu_chips_on_host(pci_root: str = "/sys/bus/pci/devices") -> int:
     """How many TPU chips this machine has, read from the PCI bus (no JAX device is touched)."""
-    n = 0
-    for vendor in glob.glob(os.path.join(pci_root, "*", "vendor")):
+    def read(path: str) -> str:
         try:
-            with open(vendor) as f:
-                if f.read().strip() == _GOOGLE_PCI_VENDOR:
-                    n += 1
+            with open(path) as f:
+                return f.read().strip()
         except OSError:
-            continue
-    return n
+            return ""
+
+    return sum(1 for device in glob.glob(os.path.join(pci_root, "*"))
+               if read(os.path.join(device, "vendor")) == _GOOGLE_PCI_VENDOR
+               and read(os.path.join(device, "device")) in _TPU_PCI_DEVICES)
 
 
 def detect_environment(env: Mapping[str, str] | None = None, *, tpu_chips: int | None = None

@@ -233,7 +233,7 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
     from bioinstruct_jax import metrics_log, train_step as ts
     from bioinstruct_jax.checkpoint.orbax import RunCheckpointer, check_compatible
     from bioinstruct_jax.data.pipeline import padding_batch
-    from bioinstruct_jax.distributed import global_batch, in_lockstep, is_primary
+    from bioinstruct_jax.distributed import global_batch, host_batch_rows, in_lockstep, is_primary
     from bioinstruct_jax.model.lora import parameter_summary
     from bioinstruct_jax.preemption import PreemptionWatch
 
@@ -311,8 +311,8 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
 
     def validate() -> float | None:
         total_loss, total_tokens = 0.0, 0.0
-        host_rows = cfg.data.batch_size * jax.local_device_count() // jax.device_count()
-        padding = lambda: padding_batch(host_rows, cfg.data.max_length)  # noqa: E731  (a host that ran out)
+        n_rows = len(host_batch_rows(mesh, cfg.data.batch_size, k))
+        padding = lambda: padding_batch(n_rows, cfg.data.max_length)  # noqa: E731  (a host that ran out)
         for i, batch in enumerate(in_lockstep(data_factory("val"), padding)):
             if cfg.train.eval_batches and i >= cfg.train.eval_batches:
                 break

@@ -91,9 +91,12 @@ def test_environment_detection_and_host_slices():
 
 
 def test_tpu_chips_are_read_from_the_pci_bus(tmp_path):
-    for name, vendor in (("0000:00:04.0", "0x1ae0"), ("0000:00:05.0", "0x1ae0"), ("0000:00:06.0", "0x8086")):
+    # two v4 chips, a gVNIC network card (Google's vendor id, not a TPU) and an Intel device
+    for name, vendor, device in (("0000:00:04.0", "0x1ae0", "0x005e"), ("0000:00:05.0", "0x1ae0", "0x005e"),
+                                 ("0000:00:06.0", "0x1ae0", "0x0042"), ("0000:00:07.0", "0x8086", "0x005e")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "vendor").write_text(vendor + "\n")
+        (tmp_path / name / "device").write_text(device + "\n")
     assert tpu_chips_on_host(str(tmp_path)) == 2
     assert tpu_chips_on_host(str(tmp_path / "absent")) == 0
 
