@@ -45,6 +45,7 @@ from bioinstruct_jax import cli_errors
 from bioinstruct_jax.checkpoint.hf import CheckpointError, hf_name, is_transposed, named_params
 from bioinstruct_jax.checkpoint.paths import inside
 from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsError, SafetensorsFile, write_streamed
+from bioinstruct_jax.distributed import refuse_multi_process
 from bioinstruct_jax.model.llama import Linear, Llama, dtype_from_name
 from bioinstruct_jax.model.lora import ALL_TARGETS, LoraConfig, apply_lora, lora_modules
 
@@ -684,6 +685,7 @@ def _both_note(out: pathlib.Path) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    refuse_multi_process("bioinstruct_jax.export")  # one process; see distributed.py
     common = dict(fmt=args.format, tokenizer=args.tokenizer, dtype=args.dtype, max_shard_bytes=args.max_shard_size,
                   overwrite=args.overwrite)
     note = _both_note(pathlib.Path(args.out)) if args.format == "both" else None

@@ -52,6 +52,7 @@ from flax import nnx
 from bioinstruct_jax import cli_errors, cli_types
 from bioinstruct_jax.cli_types import non_negative_float, non_negative_int, positive_int, unit_interval
 from bioinstruct_jax.data.records import read_utf8
+from bioinstruct_jax.distributed import refuse_multi_process
 from bioinstruct_jax.model.llama import KVCache, Llama, init_cache, padded_positions
 from bioinstruct_jax.sampling import SamplingConfig, sample_next
 
@@ -647,6 +648,7 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    refuse_multi_process("bioinstruct_jax.generate")  # one process; see distributed.py
     prompts = _read_prompts(args)
     if not prompts and not args.chat:
         raise SystemExit("no prompts: pass --prompt TEXT, --chat QUESTION or --prompt-file FILE")

@@ -9,9 +9,12 @@ Order of work, so that every user error surfaces before anything is compiled:
      weights), add LoRA, split it into LoRA / RNG / frozen-base state (see `train_step`);
   4. run the jitted step over batches from the data pipeline; validation loss every
      `train.eval_every` steps; async Orbax checkpoints every `train.save_every` steps and at the
-     end; SIGTERM (TPU preemption) saves at the next step boundary and exits 0.
+     end; SIGTERM (TPU preemption) saves at the next step boundary and exits 0 (several processes:
+     at a step they all agree on, `preemption.py`).
 Logs: a tqdm bar (step, loss, lr, tokens/s, ETA), `metrics.jsonl`, TensorBoard events, MFU, and a
-`loss_curve.png` at the end, all under `train.output_dir`.
+`loss_curve.png` at the end, all under `train.output_dir`, written by process 0 only.
+Several processes (one per host): each loads its rows of every global batch and `distributed`
+assembles the global arrays; checkpoints hold each process's data-iterator state.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import dataclasses
 import json
 import math
 import pathlib
-import signal
 import sys
 import time
 from typing import Any, Callable, Iterator, Sequence
@@ -174,15 +176,18 @@ def check_data_files(cfg: RunConfig) -> None:
             raise ConfigError(f"data.{name}: {value} does not exist")
 
 
-def make_data_factory(cfg: RunConfig, tokenizer: Any) -> DataFactory:
+def make_data_factory(cfg: RunConfig, tokenizer: Any, mesh: jax.sharding.Mesh | None = None) -> DataFactory:
     """split -> this host's batch iterator (the grain pipeline of `data/pipeline.py`), with
-    `num_examples` for epoch-based step counts; data errors become `ConfigError`s."""
+    `num_examples` for epoch-based step counts; data errors become `ConfigError`s. With `mesh`,
+    each process loads the rows of the global batch its devices hold (`distributed.host_batch_rows`)."""
     from bioinstruct_jax.data import pipeline
+    from bioinstruct_jax.distributed import host_batch_rows
 
     if tokenizer is None:
         raise ConfigError("model.tokenizer is not set and model.hf_path has no tokenizer: the data needs one")
     try:
-        inner = pipeline.make_data_factory(cfg.data, tokenizer)
+        rows = None if mesh is None else host_batch_rows(mesh, cfg.data.batch_size, cfg.optim.grad_accum)
+        inner = pipeline.make_data_factory(cfg.data, tokenizer, host_rows=rows)
     except ValueError as err:  # malformed record (file:line), empty split, bad batch split
         raise ConfigError(f"data: {err}") from None
 
@@ -198,28 +203,6 @@ def make_data_factory(cfg: RunConfig, tokenizer: Any) -> DataFactory:
 
 # ----------------------------------------------------------------------------------------------
 # The loop
-
-
-class _Preemption:
-    """SIGTERM sets a flag; the loop checkpoints at the next step boundary and exits cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 @contextlib.contextmanager
@@ -274,12 +257,16 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
     """
     from bioinstruct_jax import metrics_log, train_step as ts
     from bioinstruct_jax.checkpoint.integrity import pick_resume_step
-    from bioinstruct_jax.checkpoint.orbax import RunCheckpointer, check_compatible, checkpoint_dir, from_jsonable
+    from bioinstruct_jax.checkpoint.orbax import RunCheckpointer, check_compatible, checkpoint_dir
+    from bioinstruct_jax.data.pipeline import padding_batch
+    from bioinstruct_jax.distributed import global_batch, host_batch_rows, in_lockstep, is_primary
     from bioinstruct_jax.model.lora import parameter_summary
     from bioinstruct_jax.nonfinite import NonFiniteGuard
+    from bioinstruct_jax.preemption import PreemptionWatch
 
     out = cfg.train.output_dir
-    say = print if verbose else (lambda *a, **k: None)
+    primary = is_primary()  # process 0 alone writes logs (bar, metrics, TensorBoard, PNG, summary)
+    say = print if verbose and primary else (lambda *a, **k: None)
     # 1. cheap checks, no compilation
     check_data_files(cfg)
     if tokenizer is None:
@@ -298,7 +285,7 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
         meta = ckpt.read_meta(resume_step)
         check_compatible(meta.get("model_signature", {}), signature, str(ckpt.directory))
     if data_factory is None:
-        data_factory = make_data_factory(cfg, tokenizer)
+        data_factory = make_data_factory(cfg, tokenizer, mesh)
     total = total_steps_of(cfg, data_factory)
     k = cfg.optim.grad_accum
     if cfg.data.batch_size % k:
@@ -311,8 +298,9 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
         raise ConfigError(str(err)) from None
     from etils import epath
 
-    epath.Path(out).mkdir(parents=True, exist_ok=True)
-    (epath.Path(out) / "run_config.yaml").write_text(dump_yaml(cfg))  # local or gs://
+    if primary:
+        epath.Path(out).mkdir(parents=True, exist_ok=True)
+        (epath.Path(out) / "run_config.yaml").write_text(dump_yaml(cfg))  # local or gs://
 
     # 2. model, optimizer, steps
     model = build_model(cfg, llama_config, mesh)
@@ -336,24 +324,29 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
     if resume_step is not None:
         restored = ckpt.restore(resume_step, lora=lora, opt_state=opt_state, rng=rng)
         lora, opt_state, rng = restored["lora"], restored["opt"], restored["rng"]
-        train_iter.set_state(from_jsonable(restored["meta"]["data_state"]))
+        data_state = ckpt.restore_data_state(resume_step, restored["meta"])  # this process's own
+        if data_state is not None:
+            train_iter.set_state(data_state)
         start = int(restored["meta"]["step"])
         say(f"resumed from {ckpt.directory}/{resume_step} (step {start} of {total})")
 
-    logger = metrics_log.MetricsLogger(out, tensorboard=cfg.train.tensorboard,
+    logger = metrics_log.MetricsLogger(out, tensorboard=cfg.train.tensorboard, enabled=primary,
                                        resume_step=start)  # drops records of steps about to be replayed
     peak_name, peak = metrics_log.peak_flops_per_device(cfg.train.accelerator)
     flops_tok = metrics_log.flops_per_token(llama_config, n_frozen_mm, n_lora, cfg.data.max_length)
     n_devices = mesh.devices.size
     config_dict = to_dict(cfg)
 
-    def put(batch, sharding, stacked):
+    def put(batch, sharding, stacked):  # this host's rows -> the global batch
         arrays = ts.stack_micro_batches(batch, k) if stacked else {key: batch[key] for key in ts.BATCH_KEYS}
-        return jax.device_put(arrays, sharding)
+        rows = cfg.data.batch_size // k if stacked else cfg.data.batch_size
+        return global_batch(arrays, sharding, rows_axis=1 if stacked else 0, global_rows=rows)
 
     def validate() -> float | None:
         total_loss, total_tokens = 0.0, 0.0
-        for i, batch in enumerate(data_factory("val")):
+        n_rows = len(host_batch_rows(mesh, cfg.data.batch_size, k))
+        padding = lambda: padding_batch(n_rows, cfg.data.max_length)  # noqa: E731  (a host that ran out)
+        for i, batch in enumerate(in_lockstep(data_factory("val"), padding)):
             if cfg.train.eval_batches and i >= cfg.train.eval_batches:
                 break
             s, n = eval_step(lora, base, rng, put(batch, shardings.eval_batch, False))
@@ -362,18 +355,18 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
 
     def save(step: int, val_loss: float | None) -> None:
         guard.check()  # never save a NaN/Inf state
-        meta = {"data_state": train_iter.get_state(), "config": config_dict, "model_signature": signature,
-                "total_steps": total}
-        ckpt.save(step, lora=lora, opt_state=opt_state, rng=rng, meta=meta, val_loss=val_loss)
+        meta = {"config": config_dict, "model_signature": signature, "total_steps": total}
+        ckpt.save(step, lora=lora, opt_state=opt_state, rng=rng, meta=meta, val_loss=val_loss,
+                  data_state=train_iter.get_state())
 
     bar = None
-    if cfg.train.progress_bar and verbose:
+    if cfg.train.progress_bar and verbose and primary:
         from tqdm import tqdm
 
         bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
     step, last_loss, val_loss, preempted = start, None, None, False
     window_tokens, window_start = 0, time.perf_counter()
-    with _Preemption() as preemption, _finish_saves_on_error(ckpt, logger):
+    with PreemptionWatch(ckpt.reached_preemption) as preemption, _finish_saves_on_error(ckpt, logger):
         while step < total:
             try:
                 batch = next(train_iter)
@@ -382,7 +375,7 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
             lora, opt_state, rng, metrics = train_step(lora, opt_state, base, rng, put(batch, shardings.batch, True))
             step += 1
             guard.update(step, metrics)
-            window_tokens += batch["input_ids"].size
+            window_tokens += cfg.data.batch_size * cfg.data.max_length  # the global batch, all hosts
             val_loss = None
             if cfg.train.log_every and (step % cfg.train.log_every == 0 or step == total):
                 m = guard.fetch(metrics)  # the same device_get, and the NaN/Inf check
@@ -405,7 +398,7 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
                         bar.write(f"step {step}: validation loss {val_loss:.4f}")
             if bar is not None:
                 bar.update(1)
-            if preemption.requested:
+            if preemption.reached(step):
                 save(step, val_loss)
                 preempted = True
                 say(f"\nSIGTERM: saved step {step} to {ckpt.directory}; exiting")
@@ -419,7 +412,7 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
     ckpt.close()
     logger.close()
     curve = None
-    if cfg.train.plot and "://" not in out and pathlib.Path(logger.jsonl_path).exists():
+    if primary and cfg.train.plot and "://" not in out and pathlib.Path(logger.jsonl_path).exists():
         png = metrics_log.plot_loss_curve(logger.jsonl_path, pathlib.Path(out) / "loss_curve.png")
         curve = str(png) if png else None
     nnx_update(model, lora, rng)
@@ -497,9 +490,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run(cfg, resume_step=args.step)
     except (ValueError, OSError) as err:  # config, checkpoint, data and file-system errors
         return cli_errors.report_or_raise(err)
-    print(json.dumps({"step": result.step, "preempted": result.preempted, "final_loss": result.final_loss,
-                      "val_loss": result.val_loss, "checkpoints": result.checkpoint_dir,
-                      "metrics": result.metrics_path, "loss_curve": result.loss_curve}))
+    if jax.process_index() == 0:
+        print(json.dumps({"step": result.step, "preempted": result.preempted, "final_loss": result.final_loss,
+                          "val_loss": result.val_loss, "checkpoints": result.checkpoint_dir,
+                          "metrics": result.metrics_path, "loss_curve": result.loss_curve}))
     return 0
 
 

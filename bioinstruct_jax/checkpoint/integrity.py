@@ -24,6 +24,7 @@ import sys
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -179,11 +180,19 @@ def pick_resume_step(checkpoints: str | pathlib.Path, requested: int | None = No
         print(f"warning: {err}", file=sys.stderr)
     if step is None:
         return None
-    for newer, path in step_dirs(checkpoints).items():
-        if newer > step:
-            moved = quarantine(path)
-            why = "damaged" if any(e.step == newer for e in skipped) else "newer than the requested step"
-            print(f"warning: moved checkpoint step {newer} ({why}) aside to {moved}", file=sys.stderr)
+    # Several processes share the run folder: each has chosen the step before process 0 alone moves
+    # steps aside, and none goes on before that is done.
+    several = jax.process_count() > 1
+    if several:
+        multihost_utils.sync_global_devices("bioinstruct_jax: resume step chosen")
+    if jax.process_index() == 0:
+        for newer, path in step_dirs(checkpoints).items():
+            if newer > step:
+                moved = quarantine(path)
+                why = "damaged" if any(e.step == newer for e in skipped) else "newer than the requested step"
+                print(f"warning: moved checkpoint step {newer} ({why}) aside to {moved}", file=sys.stderr)
+    if several:
+        multihost_utils.sync_global_devices("bioinstruct_jax: damaged steps moved aside")
     if skipped:
         print(f"warning: resuming from step {step}, the newest intact checkpoint", file=sys.stderr)
     return step

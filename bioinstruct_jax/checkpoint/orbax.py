@@ -1,10 +1,18 @@
 """Training checkpoints with Orbax's `CheckpointManager`: save, keep, resume, restore for inference.
 
-One checkpoint per saved step under `<output_dir>/checkpoints/<step>/`, with four items:
+One checkpoint per saved step under `<output_dir>/checkpoints/<step>/`, with five items:
   lora   the LoRA weights (`nnx.State` of `LoRAParam`s, f32)        StandardSave
   opt    the optimizer state (AdamW moments + counters)              StandardSave
   rng    the LoRA-dropout RNG state (keys stored as raw key data)    StandardSave
-  meta   JSON: step, data-iterator state, the resolved run config, the model signature
+  data   each process's data-iterator state, `process_<i>-of-<n>.json` (the hosts' states differ;
+         the file names are grain's own Orbax handler's)             ProcessLocalJsonSave
+  meta   JSON (written by the primary process): step, the resolved run config, the model signature
+Checkpoints written before the `data` item kept the (single) data state in `meta`; they resume.
+
+Several processes: every process calls `save` / `restore` (Orbax's multi-process protocol, with
+barriers); each writes the shards of the arrays it holds, process 0 writes `meta` and finalises
+the step directory. A checkpoint written by N processes restores its arrays on any number of
+processes (export on one host), but its data states only on N.
 Frozen base weights are not stored: they come back from `model.hf_path`, or from `model.seed` for
 presets with random weights (created by the same jitted initialiser, so bit-identical).
 
@@ -20,6 +28,7 @@ the current run before anything is compiled, so a directory from a different mod
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -35,7 +44,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 from bioinstruct_jax.checkpoint.paths import check_tree
 
 CHECKPOINT_SUBDIR = "checkpoints"
-ITEMS = ("lora", "opt", "rng", "meta")
+ITEMS = ("lora", "opt", "rng", "data", "meta")
 
 
 class CheckpointMismatchError(ValueError):
@@ -73,6 +82,47 @@ def data_to_keys(tree: Any, template: Any) -> Any:
 def abstract_like(tree: Any) -> Any:
     """ShapeDtypeStructs (with shardings) of a tree of arrays, the restore target."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+
+
+class ProcessLocalJsonHandler(ocp.CheckpointHandler):
+    """A JSON object per process: `process_<index>-of-<count>.json` in the item directory."""
+
+    @staticmethod
+    def _file(directory: epath.Path) -> epath.Path:
+        return epath.Path(directory) / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+    def save(self, directory: epath.Path, args: "ProcessLocalJsonSave") -> None:
+        self._file(directory).write_text(json.dumps(_jsonable(args.item)))
+
+    def restore(self, directory: epath.Path, args: "ProcessLocalJsonRestore | None" = None) -> Any:
+        path = self._file(directory)
+        if not path.exists():
+            found = sorted(p.name for p in epath.Path(directory).iterdir())
+            raise CheckpointMismatchError(
+                f"{directory}: no data-iterator state for process {jax.process_index()} of {jax.process_count()} "
+                f"(found {found}); resume with as many processes as wrote the checkpoint")
+        return json.loads(path.read_text())
+
+    def metadata(self, directory: epath.Path) -> None:
+        return None
+
+    def finalize(self, directory: epath.Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@ocp.args.register_with_handler(ProcessLocalJsonHandler, for_save=True)
+@dataclasses.dataclass
+class ProcessLocalJsonSave(ocp.args.CheckpointArgs):
+    item: Any
+
+
+@ocp.args.register_with_handler(ProcessLocalJsonHandler, for_restore=True)
+@dataclasses.dataclass
+class ProcessLocalJsonRestore(ocp.args.CheckpointArgs):
+    pass
 
 
 class RunCheckpointer:
@@ -116,12 +166,16 @@ class RunCheckpointer:
 
     # -- save / restore --------------------------------------------------------------------
     def save(self, step: int, *, lora: Any, opt_state: Any, rng: Any, meta: dict[str, Any],
-             val_loss: float | None = None) -> bool:
-        """Start an (async) save of `step`; `val_loss` makes it a candidate for keep_best."""
+             val_loss: float | None = None, data_state: Any = None) -> bool:
+        """Start an (async) save of `step`; `val_loss` makes it a candidate for keep_best.
+
+        data_state: this process's data-iterator state (every process passes its own)."""
         meta = dict(meta, step=int(step))
         self._check_free_space(step, (lora, opt_state, rng))
         items = dict(lora=ocp.args.StandardSave(lora), opt=ocp.args.StandardSave(opt_state),
                      meta=ocp.args.JsonSave(_jsonable(meta)))
+        if data_state is not None:
+            items["data"] = ProcessLocalJsonSave(data_state)
         if jax.tree.leaves(rng):  # no RNG state at all when LoRA dropout is 0
             items["rng"] = ocp.args.StandardSave(keys_to_data(rng))
         args = ocp.args.Composite(**items)
@@ -156,6 +210,20 @@ class RunCheckpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return {"lora": restored.lora, "opt": restored.opt if opt_state is not None else None,
                 "rng": data_to_keys(restored.rng, rng) if "rng" in items else rng, "meta": restored.meta}
+
+    def restore_data_state(self, step: int, meta: dict[str, Any] | None = None) -> Any:
+        """This process's data-iterator state at `step` (from `meta` for checkpoints that predate
+        the per-process item; None when the checkpoint has none)."""
+        if (self.directory / str(step) / "data").is_dir():
+            return from_jsonable(self.manager.restore(step, args=ocp.args.Composite(
+                data=ProcessLocalJsonRestore())).data)
+        meta = self.read_meta(step) if meta is None else meta
+        return from_jsonable(meta["data_state"]) if "data_state" in meta else None
+
+    def reached_preemption(self, step: int) -> bool:
+        """Whether every process has reached the step at which a SIGTERM received by any of them
+        is acted on (JAX's preemption sync point, through Orbax; all processes must ask, every step)."""
+        return bool(self.manager.reached_preemption(int(step)))
 
     def wait(self) -> None:
         """Block until every pending async save is committed."""
@@ -225,5 +293,5 @@ def load_model_for_inference(checkpoint_dir: str, step: int | None = None):
 __all__ = [
     "CHECKPOINT_SUBDIR", "CheckpointMismatchError", "RunCheckpointer", "checkpoint_dir", "check_compatible",
     "restore_for_export", "load_model_for_inference", "keys_to_data", "data_to_keys", "abstract_like",
-    "from_jsonable",
+    "from_jsonable", "ProcessLocalJsonSave", "ProcessLocalJsonRestore",
 ]

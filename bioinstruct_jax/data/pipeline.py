@@ -16,10 +16,14 @@ and counted (`count_examples`), never silently. Packing puts several examples in
 (grain's first-fit packing) with segment ids 1, 2, ... (0 = padding) and positions restarting at
 0 per segment; the model attends only within a segment.
 
-Per host: the record stream (after the seeded per-epoch shuffle) is dealt round-robin to
-`process_count` hosts; each host's batch has `batch_size / process_count` rows, and the global
-batch is the hosts' batches stacked in process order. Iterators are deterministic for a seed and
-have `get_state()` / `set_state()` (JSON-able) for resume.
+Per host: the record stream (after the seeded per-epoch shuffle) is cut into global batches of
+`batch_size` consecutive records, and each host loads its rows of every global batch (`host_rows`:
+the positions its devices hold, from `distributed.host_batch_rows`; by default an equal contiguous
+block per process). So the hosts' batches, placed at their rows, are exactly the batch one process
+would build, and the validation split gives every host the same number of batches (rows past the
+end, and validation examples that do not fit, are padding rows with a zero loss mask). Iterators
+are deterministic for a seed and have `get_state()` / `set_state()` (JSON-able) for resume; the
+hosts' states differ, and each host saves its own.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import pathlib
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -249,6 +254,8 @@ def _pad_rows(rows: Sequence[Mapping[str, np.ndarray]], n_rows: int, length: int
            "loss_mask": np.zeros((n_rows, length), np.float32), "segment_ids": np.zeros((n_rows, length), np.int32),
            "positions": np.zeros((n_rows, length), np.int32)}
     for i, r in enumerate(rows):
+        if not r:  # a padding row
+            continue
         n = len(r["input_ids"])
         out["input_ids"][i, :n] = r["input_ids"]
         out["targets"][i, :n] = r["targets"]
@@ -256,6 +263,11 @@ def _pad_rows(rows: Sequence[Mapping[str, np.ndarray]], n_rows: int, length: int
         out["segment_ids"][i, :n] = r.get("segment_ids", 1)
         out["positions"][i, :n] = r["positions"] if "positions" in r else np.arange(n)
     return out
+
+
+def padding_batch(rows: int, length: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """A batch of `rows` padding rows (nothing to learn or score: the loss mask is zero)."""
+    return _pad_rows([], rows, length, pad_id)
 
 
 def _packed_row(x: Mapping[str, np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
@@ -267,28 +279,48 @@ def _packed_row(x: Mapping[str, np.ndarray], pad_id: int) -> dict[str, np.ndarra
 
 
 def build_dataset(records: Sequence[Mapping[str, Any]], tokenizer: Any, cfg: DataConfig, *, train: bool,
-                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-    """The grain dataset of this host's fixed-shape batches (see the module docstring)."""
-    if cfg.batch_size % process_count:
-        raise ValueError(f"data.batch_size={cfg.batch_size} is not divisible by process_count={process_count}")
+                  process_index: int = 0, process_count: int = 1,
+                  host_rows: Sequence[int] | None = None) -> grain.IterDataset:
+    """The grain dataset of this host's fixed-shape batches (see the module docstring).
+
+    host_rows: the positions (0 .. batch_size-1) of each global batch this host loads, in the
+    order of its local batch; default: block `process_index` of `process_count` equal blocks.
+    """
+    if host_rows is None:
+        if cfg.batch_size % process_count:
+            raise ValueError(f"data.batch_size={cfg.batch_size} is not divisible by process_count={process_count}")
+        per = cfg.batch_size // process_count
+        host_rows = range(process_index * per, (process_index + 1) * per)
+    host_rows = [int(r) for r in host_rows]
+    if not host_rows or any(not 0 <= r < cfg.batch_size for r in host_rows):
+        raise ValueError(f"host rows {host_rows} are not positions of a batch of data.batch_size={cfg.batch_size}")
     if len(records) == 0:
         raise ValueError(f"data: the {'training' if train else 'validation'} split is empty")
-    rows = cfg.batch_size // process_count
+    rows = len(host_rows)
     length = cfg.max_length
     pad_id = int(cfg.pad_id if cfg.pad_id is not None else getattr(tokenizer, "pad_id", 0))
     encoder = ExampleEncoder(tokenizer, cfg.max_length, cfg.template)
     n = len(records)
     if train:  # epoch e is np.random.default_rng([seed, e]).permutation (a new order every epoch)
         order = _EpochOrder(n, cfg.seed, cfg.shuffle)
-        steps = grain.MapDataset.range(n).repeat(cfg.num_epochs)
-        ds = grain.MapDataset.range(len(steps)).map(lambda i: records[order(i)])
-    else:
-        ds = grain.MapDataset.source(records)
-    if process_count > 1:
-        ds = ds[process_index::process_count]
-    ds = ds.map(lambda r: encoder(r) or _DROPPED)  # not None: grain's prefetch would skip Nones unseen
-    fits = _FitsGuard(-(-n // process_count), cfg.max_length, "training" if train else "validation")
-    it = ds.to_iter_dataset().filter(fits).map(lambda ex: ex.as_dict())
+        stream_len = len(grain.MapDataset.range(n).repeat(cfg.num_epochs))
+    else:  # one pass, the last global batch padded
+        order, stream_len = (lambda i: i), n
+    n_batches = -(-stream_len // cfg.batch_size)  # training: rows past the end are skipped, as drops are
+    n_batches = min(n_batches, sys.maxsize // cfg.batch_size)  # a stream that repeats forever has length maxsize
+    batch_size = cfg.batch_size
+
+    def record_at(k: int):  # k-th row this host loads -> its record, or None past the end
+        g = (k // rows) * batch_size + host_rows[k % rows]
+        return records[order(g)] if g < stream_len else None
+
+    ds = grain.MapDataset.range(n_batches * rows).map(record_at)
+    ds = ds.map(lambda r: _PADDING if r is None else (encoder(r) or _DROPPED))  # not None: grain's prefetch would skip Nones
+    if train or cfg.packing:  # examples that do not fit are skipped (validation with packing: hosts differ anyway)
+        fits = _FitsGuard(-(-n // max(1, batch_size // rows)), cfg.max_length, "training" if train else "validation")
+        it = ds.to_iter_dataset().filter(lambda ex: ex is not _PADDING).filter(fits).map(lambda ex: ex.as_dict())
+    else:  # validation: a padding row in place of an example that does not fit, so hosts stay in step
+        it = ds.to_iter_dataset().map(lambda ex: {} if isinstance(ex, str) else ex.as_dict())
     if cfg.packing:
         it = grain.experimental.FirstFitPackIterDataset(
             it, length_struct={k: length for k in _PACK_KEYS}, num_packing_bins=rows, seed=cfg.seed,
@@ -297,6 +329,7 @@ def build_dataset(records: Sequence[Mapping[str, Any]], tokenizer: Any, cfg: Dat
     return it.batch(rows, drop_remainder=train, batch_fn=lambda b: _pad_rows(b, rows, length, pad_id))
 
 
+_PADDING = "past the end of the split"  # a validation row with nothing in it
 _DROPPED = "response does not fit"  # what the encoder's None becomes in the grain stream
 
 
@@ -344,11 +377,11 @@ class BatchIterator:
     """Batches of one split; `get_state()` / `set_state()` resume exactly; `stats` counts truncation."""
 
     def __init__(self, records: Sequence[Mapping[str, Any]], tokenizer: Any, cfg: DataConfig, *, train: bool,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1, host_rows: Sequence[int] | None = None):
         self.records, self.tokenizer, self.cfg, self.train = records, tokenizer, cfg, train
         self.num_examples = len(records)
         self.dataset = build_dataset(records, tokenizer, cfg, train=train, process_index=process_index,
-                                     process_count=process_count)
+                                     process_count=process_count, host_rows=host_rows)
         self._it = iter(self.dataset)
 
     def __iter__(self) -> "BatchIterator":
@@ -370,9 +403,10 @@ class BatchIterator:
 
 def make_batch_iterator(cfg: DataConfig, tokenizer: Any, split: str = "train", *,
                   records: Sequence[Mapping[str, Any]] | None = None, process_index: int | None = None,
-                  process_count: int | None = None) -> BatchIterator:
+                  process_count: int | None = None, host_rows: Sequence[int] | None = None) -> BatchIterator:
     """This host's batch iterator of `split` (train: shuffled, `num_epochs` or forever; val: one pass,
-    the last batch padded). `records` overrides the config's source (any random-access sequence)."""
+    the last batch padded). `records` overrides the config's source (any random-access sequence);
+    `host_rows` the rows of each global batch this host loads (see `build_dataset`)."""
     if process_index is None or process_count is None:
         import jax
 
@@ -381,22 +415,24 @@ def make_batch_iterator(cfg: DataConfig, tokenizer: Any, split: str = "train", *
     if records is None:
         records = load_split(cfg, split)
     return BatchIterator(records, tokenizer, cfg, train=train, process_index=process_index,
-                         process_count=process_count)
+                         process_count=process_count, host_rows=host_rows)
 
 
-def make_data_factory(cfg: DataConfig, tokenizer: Any) -> Callable[[str], BatchIterator]:
-    """split -> iterator, with `num_examples` (training records) for epoch-based step counts."""
+def make_data_factory(cfg: DataConfig, tokenizer: Any, *, host_rows: Sequence[int] | None = None
+                      ) -> Callable[[str], BatchIterator]:
+    """split -> this host's iterator, with `num_examples` (training records) for epoch-based step
+    counts; `host_rows` as in `build_dataset` (default: this process's equal block)."""
     records = {"train": load_split(cfg, "train")}
 
     def factory(split: str) -> BatchIterator:
         split = "train" if split == "train" else "validation"
         if split not in records:  # read once, not at every validation
             records[split] = load_split(cfg, split)
-        return make_batch_iterator(cfg, tokenizer, split, records=records[split])
+        return make_batch_iterator(cfg, tokenizer, split, records=records[split], host_rows=host_rows)
 
     factory.num_examples = len(records["train"])  # type: ignore[attr-defined]
     return factory
 
 
 __all__ = ["BATCH_KEYS", "DataConfig", "EncodedExample", "ExampleEncoder", "count_examples", "read_records",
-           "load_split", "build_dataset", "BatchIterator", "make_batch_iterator", "make_data_factory"]
+           "load_split", "padding_batch", "build_dataset", "BatchIterator", "make_batch_iterator", "make_data_factory"]

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from bioinstruct_jax import cli_errors, cli_types
 from bioinstruct_jax.cli_types import positive_int
 from bioinstruct_jax.data import templates
+from bioinstruct_jax.distributed import refuse_multi_process
 from bioinstruct_jax.eval import paper_results, report, runner, tasks as tasks_mod
 from bioinstruct_jax.eval.predictor import Predictor, load_predictor
 
@@ -104,6 +105,7 @@ def build_text_scorers(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None, predictor: Predictor | None = None) -> dict[str, Any]:
     """CLI entry; `predictor` lets callers (tests) supply the model instead of loading --model."""
     args = build_parser().parse_args(argv)
+    refuse_multi_process("bioinstruct_jax.eval")  # one process; see distributed.py
     task_list = [tasks_mod.get_task(t) for t in tasks_mod.parse_task_list(args.tasks)]
     if not task_list:
         raise SystemExit("--tasks selected no task")
