@@ -85,6 +85,24 @@ def test_grad_accum_plans_the_micro_batch_layout_training_compiles():
         planner.plan(planner.PlanSettings(**base, grad_accum=8))
 
 
+@pytest.mark.slow
+def test_micro_batch_barrier_keeps_gathered_weights_inside_the_scan(monkeypatch):
+    """The frozen weights pass `optimization_barrier` with each micro-batch so that their FSDP all-gathers
+    are not hoisted out of the accumulation scan. On the small preset, bf16, fsdp 8, batch 32 x 64 in 4
+    micro-batches (XLA:CPU, measured): temporaries 21.3 MiB with the barrier, 32.4 MiB without, and the
+    verdict against a 27 MiB device flips. Two compiles of ~50 s each on 2 cores."""
+    settings = planner.PlanSettings(preset="small", mesh=(1, 8, 1), batch=32, seq=64, grad_accum=4,
+                                    dtype="bfloat16", remat=False, accelerator="0.0263671875GiB")  # 27 MiB
+    kept = planner.plan(settings)
+    monkeypatch.setattr(jax.lax, "optimization_barrier", lambda x: x)
+    hoisted = planner.plan(settings)
+    assert kept.temp_bytes < 0.8 * hoisted.temp_bytes, (kept.temp_bytes, hoisted.temp_bytes)
+    assert kept.params_bytes == hoisted.params_bytes
+    assert kept.peak_bytes < 27 * 2**20 < hoisted.peak_bytes
+    assert kept.fits and "FITS" in kept.report() and "DOES NOT FIT" not in kept.report()
+    assert not hoisted.fits and "DOES NOT FIT" in hoisted.report()
+
+
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.stem)
 def test_paper_config_is_a_valid_run_and_plans_as_written(path):
     """Every paper config loads as a RunConfig, and the planner reads the same model, mesh, batch, length,
@@ -118,8 +136,10 @@ def test_llama2_plans_on_an_8_device_mesh(preset):
     # bf16 base weights split 8 ways (norms replicated), within a few MiB
     assert abs(result.params_bytes - 2 * cfg.num_params() / 8) < 8 * 2**20
     assert result.temp_bytes > 0 and result.peak_bytes > result.params_bytes
-    verdict = "FITS" if result.fits else "DOES NOT FIT"
-    assert verdict in result.report()
+    # the verdict is the peak against a v3 core's 16 GiB, and the report says it with the share used
+    assert result.fits == (result.peak_bytes <= 16 * 2**30)
+    share = f"({100 * result.peak_bytes / (16 * 2**30):.0f}% used)"
+    assert ("FITS " + share if result.fits else "DOES NOT FIT " + share) in result.report()
 
 
 def test_tpu_target_compiles_ahead_of_time_for_the_tpu_slice():
