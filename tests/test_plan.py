@@ -69,10 +69,16 @@ def test_settings_from_flags_and_run_config(tmp_path):
 def test_grad_accum_plans_the_micro_batch_layout_training_compiles():
     """batch 8 as 4 micro-batches of 2 rows ([4, 2, T] arrays scanned in the step) needs fewer temporaries
     than one micro-batch of 8 rows; the batch argument and the state are the same size either way."""
-    base = dict(preset="tiny", mesh=(1, 2, 1), batch=8, seq=64, lora_r=8, dtype="float32")
+    base = dict(preset="tiny", mesh=(1, 2, 1), batch=8, seq=64, lora_r=16, dtype="float32")
     one = planner.plan(planner.PlanSettings(**base, grad_accum=1))
     four = planner.plan(planner.PlanSettings(**base, grad_accum=4))
     assert one.step == four.step == "train_step.build_train_step"
+    # docs/PLANNER.md's two tiny rows (these settings): params 0.30 MiB, LoRA + opt 0.04 + 0.11 MiB,
+    # temporaries 5.82 / 1.93 MiB (XLA:CPU's buffer assignment; 10% leeway for other XLA versions)
+    mib = 2**20
+    assert (round(one.params_bytes / mib, 2), round(one.lora_bytes / mib, 2), round(one.optimizer_bytes / mib, 2)) == (
+        0.30, 0.04, 0.11)
+    assert one.temp_bytes == pytest.approx(5.82 * mib, rel=0.1) and four.temp_bytes == pytest.approx(1.93 * mib, rel=0.1)
     assert four.temp_bytes < one.temp_bytes, (four.temp_bytes, one.temp_bytes)
     assert four.peak_bytes < one.peak_bytes
     assert (four.batch_bytes, four.params_bytes, four.lora_bytes, four.optimizer_bytes) == (
