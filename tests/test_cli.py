@@ -54,7 +54,7 @@ def task(tmp_path_factory):
     template = get_template()
     texts = [template.format_prompt(r["instruction"], r["input"]) + " " + r["output"]
              for r in map(json.loads, train_file.read_text().splitlines())]
-    tok = train_sentencepiece(texts, 96, root / "sp")
+    tok = train_sentencepiece(texts, 360, root / "sp")
     return train_file, val_file, tok
 
 
@@ -147,7 +147,9 @@ def test_train_cli_sigkill_then_same_command_ends_with_the_same_weights(task, tr
 def test_generate_cli_prints_the_predictors_text(trained):
     from bioinstruct_jax.generate import load_predictor
 
-    prompts = [f"{INSTRUCTION} s1 s1 s5 s1 s1", "What is metformin?"]
+    from bioinstruct_jax.data.templates import get_template
+
+    prompts = [get_template().format_prompt(INSTRUCTION, "s1 s1 s5 s1 s1"), "What is metformin?"]
     proc = _run(_module("generate", "--model", trained, "--prompt", prompts[0], "--prompt", prompts[1],
                         "--max-new-tokens", "5", "--jsonl"))
     lines = [json.loads(x) for x in proc.stdout.strip().splitlines()]
@@ -156,27 +158,47 @@ def test_generate_cli_prints_the_predictors_text(trained):
     assert lines == [{"prompt": p, "generation": g} for p, g in zip(prompts, expected)]
 
 
-def test_eval_cli_results_equal_scoring_its_predictions_by_hand(task, trained, tmp_path):
+def _score_by_hand(preds: list[dict]) -> dict[str, float]:
     import sacrebleu
     from rouge_score import rouge_scorer
 
-    _, val_file, _ = task
-    out = tmp_path / "eval"
-    _run(_module("eval", "--model", trained, "--tasks", f"jsonl:{val_file}:rouge", "--output", out,
-                 "--limit", "8", "--max-new-tokens", "6"))
-    results = json.loads((out / "results.json").read_text())
-    (name, entry), = results["tasks"].items()
-    preds = [json.loads(x) for x in (out / f"{name}.predictions.jsonl").read_text().splitlines()]
-    assert entry["n"] == len(preds) == 8
-    val = [json.loads(x) for x in val_file.read_text().splitlines()]
-    assert [p["gold"] for p in preds] == [r["output"] for r in val[:8]]
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    hand = {k: 100 * np.mean([scorer.score(p["gold"], p["generation"])[k].fmeasure for p in preds])
+    hand = {k: 100 * float(np.mean([scorer.score(p["gold"], p["generation"])[k].fmeasure for p in preds]))
             for k in ("rouge1", "rouge2", "rougeL")}
     hand["bleu"] = sacrebleu.corpus_bleu([p["generation"] for p in preds], [[p["gold"] for p in preds]]).score
-    for key, value in hand.items():
-        assert entry["metrics"][key] == pytest.approx(value, abs=1e-9), key
-    assert hand["rougeL"] > 0  # the trained run answers some items: a zero could hide a wrong field
+    return hand
+
+
+def test_eval_cli_results_equal_scoring_its_predictions_by_hand(task, trained, tmp_path):
+    """results.json holds rouge-score's ROUGE-1/2/L (stemmed, mean F1 x 100) and sacrebleu's corpus BLEU
+    of the predictions file. The tiny run's answers miss the golds (all scores 0), so the file is then
+    edited (golds overlapping the generations) and the same command, which resumes from the file
+    without generating, must rescore it."""
+    _, val_file, _ = task
+    out = tmp_path / "eval"
+    cmd = _module("eval", "--model", trained, "--tasks", f"jsonl:{val_file}:rouge", "--output", out,
+                  "--limit", "8", "--max-new-tokens", "6")
+    _run(cmd)
+    val = [json.loads(x) for x in val_file.read_text().splitlines()]
+    for edit in (False, True):
+        results = json.loads((out / "results.json").read_text())
+        (name, entry), = results["tasks"].items()
+        pred_file = out / f"{name}.predictions.jsonl"
+        preds = [json.loads(x) for x in pred_file.read_text().splitlines()]
+        assert entry["n"] == len(preds) == 8
+        if not edit:
+            assert [p["gold"] for p in preds] == [r["output"] for r in val[:8]]
+            assert all(p["generation"].strip() for p in preds)
+        hand = _score_by_hand(preds)
+        for key, value in hand.items():
+            assert entry["metrics"][key] == pytest.approx(value, abs=1e-9), (key, edit)
+        if edit:
+            assert 0 < hand["rougeL"] < 100 and hand["rouge1"] != hand["rouge2"]
+        else:  # partial overlaps: half the golds start with the generation, a quarter equal it
+            for i, p in enumerate(preds):
+                p["gold"] = p["generation"] if i % 4 == 0 else f"{p['generation']} {p['gold']} x" if i % 2 else p["gold"]
+            pred_file.write_text("".join(json.dumps(p) + "\n" for p in preds))
+            _run(cmd)
 
 
 def test_export_cli_merged_model_loads_in_transformers_with_the_runs_logits(trained, tmp_path):

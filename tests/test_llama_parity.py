@@ -57,6 +57,15 @@ def test_right_padding_and_segments_match_unpadded(tmp_path):
     seg = np.concatenate([np.ones((1, 9), np.int32), np.zeros((1, 4), np.int32)], axis=1)
     right = np.asarray(model(jnp.asarray(padded), segment_ids=jnp.asarray(seg)))
     np.testing.assert_allclose(right[:, :9], alone, atol=1e-5)
+    # two sequences packed in one row (segments 1 and 2, positions restarting), then padding: each
+    # segment's logits are those of the sequence alone
+    other, _ = _left_padded_batch(128, lengths=(5,), seed=7)
+    packed = np.concatenate([ids, other, np.zeros((1, 2), np.int32)], axis=1)
+    seg = np.array([[1] * 9 + [2] * 5 + [0] * 2], np.int32)
+    pos = np.array([list(range(9)) + list(range(5)) + [0, 0]], np.int32)
+    both = np.asarray(model(jnp.asarray(packed), positions=jnp.asarray(pos), segment_ids=jnp.asarray(seg)))
+    np.testing.assert_allclose(both[:, :9], alone, atol=1e-5)
+    np.testing.assert_allclose(both[:, 9:14], np.asarray(model(jnp.asarray(other))), atol=1e-5)
 
 
 def test_bf16_logits_close_to_transformers_f32(tmp_path):
