@@ -60,10 +60,11 @@ MUTATIONS: tuple[Mutation, ...] = (
              "    same = segment_ids[:, :, None] >= 0",
              ("tests/test_llama_parity.py::test_right_padding_and_segments_match_unpadded",),
              "packed sequences attend across their boundary"),
-    Mutation("padding-keys-attended", "bioinstruct_jax/model/llama.py",
-             "    real = (segment_ids > 0)[:, None, :]", "    real = (segment_ids >= 0)[:, None, :]",
-             ("tests/test_llama_parity.py::test_f32_logits_match_transformers_on_left_padded_batch",),
-             "left padding attended as if it were text"),
+    Mutation("cache-padding-attended", "bioinstruct_jax/model/llama.py",
+             "    mask = (key_slot <= query_slot)[None] & valid[:, None, :]",
+             "    mask = (key_slot <= query_slot)[None] & (valid[:, None, :] | True)",
+             ("tests/test_generation.py::test_greedy_matches_transformers_generate_on_left_padded_batch",),
+             "decoding attends to the left padding held in the KV cache"),
     Mutation("lora-scale-swapped", "bioinstruct_jax/model/lora.py",
              "        return self.alpha / (math.sqrt(self.r) if self.rslora else self.r)",
              "        return self.alpha / (self.r if self.rslora else math.sqrt(self.r))",
@@ -129,6 +130,15 @@ MUTATIONS: tuple[Mutation, ...] = (
              "            out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)",
              ("tests/test_llama_parity.py::test_dot_product_attention_path_equals_einsum",),
              "the model.attention_impl=cudnn path ignores the causal / padding mask"),
+    Mutation("resume-data-position-lost", "bioinstruct_jax/train.py",
+             '        train_iter.set_state(from_jsonable(restored["meta"]["data_state"]))', "        pass",
+             ("tests/test_cli.py::test_train_cli_sigkill_then_same_command_ends_with_the_same_weights",),
+             "a resumed run restarts the data from the first batch"),
+    Mutation("resume-rng-not-restored", "bioinstruct_jax/train.py",
+             '        lora, opt_state, rng = restored["lora"], restored["opt"], restored["rng"]',
+             '        lora, opt_state = restored["lora"], restored["opt"]',
+             ("tests/test_cli.py::test_train_cli_sigkill_then_same_command_ends_with_the_same_weights",),
+             "a resumed run draws LoRA dropout masks from the initial RNG state again"),
     Mutation("keep-best-inverted", "bioinstruct_jax/checkpoint/orbax.py",
              'get_metric_fn=lambda m: -float(m["val_loss"])', 'get_metric_fn=lambda m: float(m["val_loss"])',
              ("tests/test_cli.py::test_train_cli_keeps_last_and_best_checkpoints",),
@@ -162,7 +172,8 @@ def run_tests(root: pathlib.Path, tests: tuple[str, ...], timeout: int) -> tuple
     except subprocess.TimeoutExpired:
         return -1, f"timed out after {timeout} s"
     lines = [x for x in proc.stdout.splitlines() if x.strip()]
-    return proc.returncode, lines[-1] if lines else proc.stderr[-300:]
+    failed = [x[:160] for x in lines if x.startswith(("FAILED ", "ERROR "))]  # which test caught it, and why
+    return proc.returncode, " | ".join(failed + lines[-1:]) if lines else proc.stderr[-300:]
 
 
 def main(argv: list[str] | None = None) -> int:
