@@ -295,10 +295,12 @@ def bench_train(sizes: Sizes, peak_flops: float, workdir: pathlib.Path, device: 
     batch = random_batch(cfg.vocab_size, sizes.train_batch, sizes.seq)
     ours = OursTrain(model, cfg, batch, sizes.lora_r, dtype)
     theirs = None if device else TheirsTrain(hf, batch, sizes.lora_r)
-    for _ in range(sizes.warmup):
+    for i in range(sizes.warmup):
         ours.step()
         if theirs:
             theirs.step()
+        if i == 0:  # the first step's loss is the base model's (LoRA B starts at zero): equal in both
+            first_losses = (ours.loss, theirs.loss if theirs else None)
     t_ours, t_theirs = [], []
     for _ in range(sizes.train_steps):
         t_ours.append(ours.step())
@@ -310,7 +312,7 @@ def bench_train(sizes: Sizes, peak_flops: float, workdir: pathlib.Path, device: 
         "preset": sizes.preset, "params": cfg.num_params(), "n_matmul_params": fl["n_matmul_params"],
         "batch": sizes.train_batch, "seq": sizes.seq, "lora_r": sizes.lora_r, "dtype": "bfloat16" if device else "float32",
         "compile_s": ours.compile_s, "ours_step_s": median(t_ours), "ours_steps_s": t_ours,
-        "ours_tokens_per_s": tokens / median(t_ours), "ours_loss": ours.loss,
+        "ours_tokens_per_s": tokens / median(t_ours), "ours_loss": ours.loss, "ours_first_loss": first_losses[0],
         "flops_per_token": fl["lora_flops_per_token"], "six_n_flops_per_token": fl["six_n_per_token"],
         "peak_flops": peak_flops, "device": str(jax.devices()[0].device_kind),
     }
@@ -319,6 +321,7 @@ def bench_train(sizes: Sizes, peak_flops: float, workdir: pathlib.Path, device: 
     if theirs:
         res.update({"theirs_step_s": median(t_theirs), "theirs_steps_s": t_theirs,
                     "theirs_tokens_per_s": tokens / median(t_theirs), "theirs_loss": theirs.loss,
+                    "theirs_first_loss": first_losses[1],
                     "torch_threads": torch.get_num_threads()})
         res["theirs_mfu"] = res["theirs_tokens_per_s"] * fl["lora_flops_per_token"] / peak_flops
         res["ratio_ours_over_theirs"] = res["ours_tokens_per_s"] / res["theirs_tokens_per_s"]
@@ -484,7 +487,9 @@ def bench_pipeline(sizes: Sizes) -> dict[str, Any]:
     records = (records * (n // len(records) + 1))[:n]
     with tempfile.TemporaryDirectory() as d:
         texts = [" ".join(str(v) for v in r.values() if isinstance(v, str)) for r in records[:80]]
+        t_sp = time.perf_counter()
         tok = load_tokenizer(train_sentencepiece(texts, 1000, d))
+        sp_train_s = time.perf_counter() - t_sp
         cfg = DataConfig(max_length=sizes.seq, batch_size=8, num_epochs=1, shuffle=True)
         t0 = time.perf_counter()
         it = make_batch_iterator(cfg, tok, "train", records=records, process_index=0, process_count=1)
@@ -492,7 +497,8 @@ def bench_pipeline(sizes: Sizes) -> dict[str, Any]:
         for batch in it:
             rows += int(np.asarray(batch["input_ids"]).shape[0])
         dt = time.perf_counter() - t0
-    return {"pipeline_examples": rows, "pipeline_examples_per_s": rows / dt, "pipeline_seq": sizes.seq}
+    return {"pipeline_examples": rows, "pipeline_examples_per_s": rows / dt, "pipeline_seq": sizes.seq,
+            "sentencepiece_train_s": sp_train_s}  # 80 seed texts, vocab 1000
 
 
 # ------------------------------------------------------------------------------------------------

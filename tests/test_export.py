@@ -223,25 +223,30 @@ def test_checkpoint_without_lora_state_fails_clearly(tmp_path, capsys):
 
 
 def test_import_into_a_different_base_names_tensor_and_shapes(trained, tmp_path):
+    """Both variants: mha_untied adapts k_proj in every layer, gqa_tied v_proj in layer 0 and
+    down_proj in layer 1 only; a base with half the key/value heads is refused naming the tensor."""
     variant, base_dir, model, cfg, _ = trained
-    if variant != "mha_untied":
-        pytest.skip("one direction is enough")
+    kv_heads = {"mha_untied": 4, "gqa_tied": 2}[variant]
+    kv_rows, half = 16 * kv_heads, 16 * kv_heads // 2  # head_dim 16
+    proj = {"mha_untied": r"layers\.\d+\.self_attn\.k_proj", "gqa_tied": r"layers\.0\.self_attn\.v_proj"}[variant]
     adapter = export.export_peft(model, cfg, tmp_path / "adapter")  # no base path: shapes decide
     other_dir = tmp_path / "other"
-    write_tiny_llama(other_dir, "mha_untied", num_key_value_heads=2)  # k/v_proj 64 -> 32
+    write_tiny_llama(other_dir, variant, num_key_value_heads=kv_heads // 2)  # k/v_proj rows halved
     other, _ = load_pretrained(other_dir, dtype="float32")
-    with pytest.raises(export.ExportError, match=r"k_proj\.lora_B\.weight.*\(64, 4\).*\(32, 4\)"):
+    with pytest.raises(export.ExportError,
+                       match=rf"{proj}\.lora_B\.weight.*\({kv_rows}, {cfg.r}\).*\({half}, {cfg.r}\)"):
         export.load_peft_adapter(other, adapter)
     assert not lora_modules(other)  # nothing applied on failure
     deeper_dir = tmp_path / "one_layer"
-    write_tiny_llama(deeper_dir, "mha_untied", num_hidden_layers=1)
+    write_tiny_llama(deeper_dir, variant, num_hidden_layers=1)
     shallow, _ = load_pretrained(deeper_dir, dtype="float32")
     with pytest.raises(export.ExportError, match=r"model\.layers\.1\..*does not have"):
         export.load_peft_adapter(shallow, adapter)
+    assert not lora_modules(shallow)
     # base_model_name_or_path pointing at a local base of another architecture
     named = export.export_peft(model, cfg, tmp_path / "named", base_model_name_or_path=str(other_dir))
     fresh, _ = load_pretrained(base_dir, dtype="float32")
-    with pytest.raises(export.ExportError, match="num_key_value_heads=2, this model has 4"):
+    with pytest.raises(export.ExportError, match=f"num_key_value_heads={kv_heads // 2}, this model has {kv_heads}"):
         export.load_peft_adapter(fresh, named)
 
 

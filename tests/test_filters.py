@@ -89,3 +89,15 @@ def test_heuristics():
     assert heuristic_reject("Repeat the note back.", input_text="Pt stable.", output="  pt STABLE ") == "output_repeats_input"
     assert heuristic_reject("Answer the question briefly.", input_text="", output=" ") == "empty_output"
     assert heuristic_reject("Answer the question briefly.", input_text="", output="Yes.") is None
+
+
+def test_a_pair_exactly_at_the_threshold_is_a_near_duplicate():
+    """The paper rejects ROUGE-L >= 0.7: LCS 7 of two 10-token texts (F1 exactly 0.7, also by
+    rouge-score) is a near duplicate; LCS 7 of 10 and 11 tokens (0.667) is not."""
+    seed = "a1 a2 a3 a4 a5 a6 a7 a8 a9 a10"
+    at, below = "a1 a2 a3 a4 a5 a6 a7 b8 b9 b10", "a1 a2 a3 a4 a5 a6 a7 b8 b9 b10 b11"
+    assert SCORER.score(seed, at)["rougeL"].fmeasure == 0.7
+    pool = RougePool([seed], threshold=0.7)
+    assert pool.max_similarity(at) == (0.7, 0)
+    assert pool.is_near_duplicate(at) and not pool.is_near_duplicate(below)
+    assert not pool.add_if_novel(at) and len(pool) == 1

@@ -146,7 +146,15 @@ def test_normal_run_to_n_with_labels(tmp_path, seeds_file):
     assert all(f"\n{n}. Instruction: " in prompt and f"\n{n}. Output: " in prompt for n in (1, 2, 3))
     assert "5. Instruction" not in prompt
     assert sum(s.instruction in prompt for s in SEEDS) == 3
-    assert "Input: <noinput>" in prompt or SEEDS[0].instruction not in prompt
+    # every drawn seed is rendered whole, an empty input as <noinput> (SEEDS[0], drawn in some request)
+    def rendered(n, seed):
+        return f"{n}. Instruction: {seed.instruction}\n{n}. Input: {seed.input or '<noinput>'}\n{n}. Output: {seed.output}"
+
+    for req in reqs:
+        text = req["messages"][0]["content"]
+        drawn = [seed for seed in SEEDS if seed.instruction in text]
+        assert len(drawn) == 3 and all(any(rendered(n, seed) in text for n in (1, 2, 3)) for seed in drawn)
+    assert any(SEEDS[0].instruction in r["messages"][0]["content"] for r in reqs)
     assert reqs[0]["temperature"] == 0.9 and reqs[0]["model"] == "scripted"
     assert len({r["messages"][0]["content"] for r in reqs}) > 1  # seeds drawn anew per request
 

@@ -41,13 +41,29 @@ def test_load_predictor_and_cli_on_hf_directory(hf_with_tokenizer, capsys):
     from bioinstruct_jax.eval.predictor import Predictor
 
     assert isinstance(pred, Predictor)
-    scores = pred.score(["Is aspirin an NSAID? Answer:"] * 2, [" yes", " no"])
-    assert len(scores) == 2 and all(s < 0 for s in scores)
-    main(["--model", str(hf_with_tokenizer), "--prompt", "Summarize the patient note.", "--prompt",
-          "List the drugs.", "--max-new-tokens", "6", "--jsonl"])
+    prompt, continuations = "Is aspirin an NSAID? Answer:", [" yes", " no"]
+    scores = pred.score([prompt] * 2, continuations)
+    # each score is the continuation's log-probability under transformers' model of the same directory
+    import torch
+    import transformers
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_with_tokenizer, dtype=torch.float32).eval()
+    for cont, score in zip(continuations, scores):
+        p_ids, c_ids = pred.continuation_ids(prompt, cont)
+        with torch.no_grad():
+            logp = torch.log_softmax(hf(torch.tensor([p_ids + c_ids])).logits[0].float(), -1).numpy()
+        want = sum(logp[len(p_ids) + j - 1, t] for j, t in enumerate(c_ids))
+        assert score == pytest.approx(want, abs=1e-4)
+    assert scores[0] != scores[1]
+    # the CLI prints what the predictor generates for the same prompts
+    prompts = ["Summarize the patient note.", "List the drugs."]
+    main(["--model", str(hf_with_tokenizer), "--prompt", prompts[0], "--prompt", prompts[1],
+          "--max-new-tokens", "6", "--jsonl"])
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
-    assert [x["prompt"] for x in lines] == ["Summarize the patient note.", "List the drugs."]
-    assert all(isinstance(x["generation"], str) for x in lines)
+    assert [x["prompt"] for x in lines] == prompts
+    expected = pred.generate(prompts, max_new_tokens=6)
+    assert all(text.strip() for text in expected)  # a comparison of empty strings would prove nothing
+    assert [x["generation"] for x in lines] == expected
     with pytest.raises(FileNotFoundError, match="neither an HF checkpoint"):
         load_predictor(str(hf_with_tokenizer / "sp"))
 

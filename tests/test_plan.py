@@ -69,10 +69,16 @@ def test_settings_from_flags_and_run_config(tmp_path):
 def test_grad_accum_plans_the_micro_batch_layout_training_compiles():
     """batch 8 as 4 micro-batches of 2 rows ([4, 2, T] arrays scanned in the step) needs fewer temporaries
     than one micro-batch of 8 rows; the batch argument and the state are the same size either way."""
-    base = dict(preset="tiny", mesh=(1, 2, 1), batch=8, seq=64, lora_r=8, dtype="float32")
+    base = dict(preset="tiny", mesh=(1, 2, 1), batch=8, seq=64, lora_r=16, dtype="float32")
     one = planner.plan(planner.PlanSettings(**base, grad_accum=1))
     four = planner.plan(planner.PlanSettings(**base, grad_accum=4))
     assert one.step == four.step == "train_step.build_train_step"
+    # docs/PLANNER.md's two tiny rows (these settings): params 0.30 MiB, LoRA + opt 0.04 + 0.11 MiB,
+    # temporaries 5.82 / 1.93 MiB (XLA:CPU's buffer assignment; 10% leeway for other XLA versions)
+    mib = 2**20
+    assert (round(one.params_bytes / mib, 2), round(one.lora_bytes / mib, 2), round(one.optimizer_bytes / mib, 2)) == (
+        0.30, 0.04, 0.11)
+    assert one.temp_bytes == pytest.approx(5.82 * mib, rel=0.1) and four.temp_bytes == pytest.approx(1.93 * mib, rel=0.1)
     assert four.temp_bytes < one.temp_bytes, (four.temp_bytes, one.temp_bytes)
     assert four.peak_bytes < one.peak_bytes
     assert (four.batch_bytes, four.params_bytes, four.lora_bytes, four.optimizer_bytes) == (
@@ -83,6 +89,24 @@ def test_grad_accum_plans_the_micro_batch_layout_training_compiles():
     # a micro-batch of 1 row cannot be split over fsdp=2, exactly as training refuses it
     with pytest.raises(ValueError, match="micro-batch"):
         planner.plan(planner.PlanSettings(**base, grad_accum=8))
+
+
+@pytest.mark.slow
+def test_micro_batch_barrier_keeps_gathered_weights_inside_the_scan(monkeypatch):
+    """The frozen weights pass `optimization_barrier` with each micro-batch so that their FSDP all-gathers
+    are not hoisted out of the accumulation scan. On the small preset, bf16, fsdp 8, batch 32 x 64 in 4
+    micro-batches (XLA:CPU, measured): temporaries 21.3 MiB with the barrier, 32.4 MiB without, and the
+    verdict against a 27 MiB device flips. Two compiles of ~50 s each on 2 cores."""
+    settings = planner.PlanSettings(preset="small", mesh=(1, 8, 1), batch=32, seq=64, grad_accum=4,
+                                    dtype="bfloat16", remat=False, accelerator="0.0263671875GiB")  # 27 MiB
+    kept = planner.plan(settings)
+    monkeypatch.setattr(jax.lax, "optimization_barrier", lambda x: x)
+    hoisted = planner.plan(settings)
+    assert kept.temp_bytes < 0.8 * hoisted.temp_bytes, (kept.temp_bytes, hoisted.temp_bytes)
+    assert kept.params_bytes == hoisted.params_bytes
+    assert kept.peak_bytes < 27 * 2**20 < hoisted.peak_bytes
+    assert kept.fits and "FITS" in kept.report() and "DOES NOT FIT" not in kept.report()
+    assert not hoisted.fits and "DOES NOT FIT" in hoisted.report()
 
 
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.stem)
@@ -118,8 +142,10 @@ def test_llama2_plans_on_an_8_device_mesh(preset):
     # bf16 base weights split 8 ways (norms replicated), within a few MiB
     assert abs(result.params_bytes - 2 * cfg.num_params() / 8) < 8 * 2**20
     assert result.temp_bytes > 0 and result.peak_bytes > result.params_bytes
-    verdict = "FITS" if result.fits else "DOES NOT FIT"
-    assert verdict in result.report()
+    # the verdict is the peak against a v3 core's 16 GiB, and the report says it with the share used
+    assert result.fits == (result.peak_bytes <= 16 * 2**30)
+    share = f"({100 * result.peak_bytes / (16 * 2**30):.0f}% used)"
+    assert ("FITS " + share if result.fits else "DOES NOT FIT " + share) in result.report()
 
 
 def test_tpu_target_compiles_ahead_of_time_for_the_tpu_slice():

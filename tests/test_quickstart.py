@@ -47,8 +47,16 @@ def test_quickstart_trains_checkpoints_evaluates_and_exports(tmp_path, capsys):
     results = json.loads((out / "eval" / "results.json").read_text())
     task = results["tasks"]["user_heldout_seeds"]
     assert task["n"] == 2 and set(task["metrics"]) >= {"rougeL", "bleu"}
-    preds = (out / "eval" / "user_heldout_seeds.predictions.jsonl").read_text().splitlines()
+    preds = [json.loads(line) for line in
+             (out / "eval" / "user_heldout_seeds.predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 2
+    # each prediction is what the trained run generates for its prompt, called directly
+    from bioinstruct_jax.eval.runner import stop_strings
+    from bioinstruct_jax.generate import load_predictor
+
+    direct = load_predictor(str(out / "run"), batch_size=8).generate(
+        [p["prompt"] for p in preds], max_new_tokens=64, stop=stop_strings())
+    assert [p["generation"] for p in preds] == direct
     heldout = [json.loads(line)["id"] for line in (out / "eval" / "heldout_seeds.jsonl").read_text().splitlines()]
     from bioinstruct_jax.data.pipeline import load_split
 

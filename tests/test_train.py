@@ -109,6 +109,27 @@ def _batch(rows, t=24, seed=0):
             "segment_ids": seg, "positions": np.tile(np.arange(t, dtype=np.int32), (rows, 1))}
 
 
+def test_step_loss_is_the_mean_cross_entropy_over_response_tokens_only():
+    """The step's loss is the cross-entropy of the masked (response) targets only, averaged over
+    them, computed here in numpy from the model's logits; the prompt targets do not count."""
+    graphdef, _, lora, rng, base = _tiny_split()
+    batch = _batch(4)
+    model = nnx.merge(graphdef, lora, rng, base)
+    logits = np.asarray(model(jnp.asarray(batch["input_ids"]), positions=jnp.asarray(batch["positions"]),
+                              segment_ids=jnp.asarray(batch["segment_ids"])), np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    ce = -np.take_along_axis(logp, batch["targets"][..., None], -1)[..., 0]
+    mask = batch["loss_mask"].astype(bool)
+    assert 0 < mask.sum() < (batch["segment_ids"] > 0).sum()  # some real targets are prompt tokens
+    tx = ts.make_optimizer(OptimConfig(lr=1e-3, warmup_steps=0, schedule="constant"), 10)
+    metrics = ts.build_train_step(graphdef, tx, donate=False)(
+        lora, ts.init_optimizer(tx, lora), base, rng, ts.stack_micro_batches(batch, 1))[3]
+    assert float(metrics["tokens"]) == mask.sum()
+    assert float(metrics["loss"]) == pytest.approx(ce[mask].mean(), rel=1e-5)
+    assert abs(ce[mask].mean() - ce[batch["segment_ids"] > 0].mean()) > 1e-3  # the mask matters here
+
+
 def test_grad_accumulation_equals_one_big_batch():
     graphdef, _, lora, rng, base = _tiny_split()
     tx = ts.make_optimizer(OptimConfig(lr=1e-3, warmup_steps=0, schedule="constant", grad_clip=1.0), 10)
