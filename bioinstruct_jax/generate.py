@@ -42,7 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bioinstruct_jax.model.llama import KVCache, Llama, init_cache, padded_positions
+from bioinstruct_jax.model.llama import (CACHE_KEY_AXES, CACHE_VALUE_AXES, KVCache, Llama, init_cache,
+                                         padded_positions)
 from bioinstruct_jax.sampling import SamplingConfig, sample_next
 
 # Stop table fillers: a required slot that no token equals, and a wildcard (shorter sequences are
@@ -121,9 +122,8 @@ class Generator:
     # -- traced programs ---------------------------------------------------------------------
     def _constrain_cache(self, model: Llama, cache: KVCache) -> KVCache:
         c = model.constrain
-        kv_axes = ("batch", "length", "act_kv_heads", None)
-        return KVCache(keys=tuple(c(k, kv_axes) for k in cache.keys),
-                       values=tuple(c(v, kv_axes) for v in cache.values),
+        return KVCache(keys=tuple(c(k, CACHE_KEY_AXES) for k in cache.keys),
+                       values=tuple(c(v, CACHE_VALUE_AXES) for v in cache.values),
                        valid=c(cache.valid, ("batch", "length")), index=cache.index)
 
     def _generate_impl(self, state, ids, segment_ids, key, max_new, stop_table, temperature, top_k, top_p,

@@ -315,9 +315,12 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    """Keys/values per layer ([B, S, kv_heads, head_dim]) for cached decoding.
+    """Keys and values per layer for cached decoding, stored in the layouts the attention dots
+    read without a transpose: keys [B, kv_heads, head_dim, S], values [B, kv_heads, S, head_dim].
 
     `valid[b, s]` says slot s holds a real (non-padding) token; `index` is the next slot to write.
+    (With a [B, S, heads, head_dim] cache, XLA:CPU copied the whole cache of every layer into these
+    layouts on every decode step: two full-cache copies per layer per token.)
     """
 
     keys: tuple[jax.Array, ...]
@@ -330,13 +333,17 @@ class KVCache:
         return self.valid.shape[1]
 
 
+# Logical axes of the cached keys / values (for sharding constraints).
+CACHE_KEY_AXES: AxisNames = ("batch", "act_kv_heads", None, "length")
+CACHE_VALUE_AXES: AxisNames = ("batch", "act_kv_heads", "length", None)
+
+
 def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype: Any = jnp.bfloat16) -> KVCache:
     """An empty cache for `batch_size` rows of at most `max_length` tokens."""
-    shape = (batch_size, max_length, config.num_key_value_heads, config.resolved_head_dim)
-    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers))
+    kv, hd, n = config.num_key_value_heads, config.resolved_head_dim, config.num_hidden_layers
     return KVCache(
-        keys=zeros,
-        values=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers)),
+        keys=tuple(jnp.zeros((batch_size, kv, hd, max_length), dtype) for _ in range(n)),
+        values=tuple(jnp.zeros((batch_size, kv, max_length, hd), dtype) for _ in range(n)),
         valid=jnp.zeros((batch_size, max_length), jnp.bool_),
         index=jnp.zeros((), jnp.int32),
     )
@@ -370,12 +377,16 @@ class Attention(nnx.Module):
         v = constrain(v, ("batch", "length", "act_kv_heads", None))
         new_kv = None
         if cache_kv is not None:
-            ck, cv = cache_kv
-            k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
-            new_kv = (k, v)
-            k, v = k.astype(q.dtype), v.astype(q.dtype)
-        if self.attention_impl in (None, "xla"):
+            ck, cv = cache_kv  # [B, K, H, S], [B, K, S, H]
+            ck = jax.lax.dynamic_update_slice_in_dim(ck, k.transpose(0, 2, 3, 1).astype(ck.dtype), cache_index, axis=3)
+            cv = jax.lax.dynamic_update_slice_in_dim(cv, v.transpose(0, 2, 1, 3).astype(cv.dtype), cache_index, axis=2)
+            new_kv = (ck, cv)
+        if cache_kv is not None and self.attention_impl in (None, "xla"):
+            out = _cached_attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask)
+        elif cache_kv is not None:
+            k, v = ck.transpose(0, 3, 1, 2).astype(q.dtype), cv.transpose(0, 2, 1, 3).astype(q.dtype)
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.attention_impl)
+        elif self.attention_impl in (None, "xla"):
             out = _einsum_attention(q, k, v, mask)
         else:
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.attention_impl)
@@ -400,6 +411,19 @@ def _einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array)
     scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bksh->bkgth", probs, vt)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+
+
+def _cached_attention(q: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array) -> jax.Array:
+    """`_einsum_attention` over a `KVCache` layer: q [B,T,N,H], keys [B,K,H,S], values [B,K,S,H],
+    mask [B,1,T,S] -> [B,T,N,H]. Both dots read the cache in its stored layout."""
+    b, t, n, h = q.shape
+    kv = keys.shape[1]
+    qg = q.reshape(b, t, kv, n // kv, h).transpose(0, 2, 3, 1, 4)  # [B,K,G,T,H]
+    scores = jnp.einsum("bkgth,bkhs->bkgts", qg, keys, preferred_element_type=jnp.float32) * (h ** -0.5)
+    scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+    out = jnp.einsum("bkgts,bksh->bkgth", probs, values)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
@@ -558,6 +582,7 @@ def dtype_from_name(name: str | Any) -> Any:
 
 
 __all__: Sequence[str] = (
-    "LlamaConfig", "RopeScaling", "PRESETS", "Llama", "KVCache", "init_cache", "Linear", "Embedding",
+    "LlamaConfig", "RopeScaling", "PRESETS", "Llama", "KVCache", "init_cache", "CACHE_KEY_AXES",
+    "CACHE_VALUE_AXES", "Linear", "Embedding",
     "RMSNorm", "count_params", "padded_positions", "dtype_from_name", "rope_inverse_frequencies",
 )
