@@ -57,6 +57,13 @@ def next_power_of_two(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+def default_cache_dtype(compute_dtype: Any) -> Any:
+    """The compute dtype, except float32 on XLA:CPU: there bf16 dots run in f32 (XLA converts the
+    weights once, outside the decode loop), and a bf16 cache would be converted whole, every layer,
+    every step. The cached keys / values hold the same bf16-rounded numbers either way."""
+    return jnp.float32 if jax.default_backend() == "cpu" else compute_dtype
+
+
 def batch_bucket(n: int, multiple: int = 1) -> int:
     """Padded batch size for `n` rows: the next power of two, rounded up to `multiple`."""
     b = next_power_of_two(max(n, 1))
@@ -91,7 +98,7 @@ class Generator:
         self.max_batch_size = int(max_batch_size)
         self.min_length_bucket = int(min_length_bucket)
         self.min_new_bucket = int(min_new_bucket)
-        self.cache_dtype = cache_dtype if cache_dtype is not None else model.dtype
+        self.cache_dtype = cache_dtype if cache_dtype is not None else default_cache_dtype(model.dtype)
         self.pad_id = int(pad_id)
         self.eos_ids = tuple(int(e) for e in (self.config.eos_token_id if eos_ids is None else eos_ids))
         self.compilations = {"generate": 0, "score": 0}
@@ -138,7 +145,8 @@ class Generator:
             temperature=temperature, top_k=top_k, top_p=top_p)
 
         positions = padded_positions(segment_ids)
-        hidden, cache = model.hidden_states(ids, positions=positions, segment_ids=segment_ids, cache=cache)
+        hidden, cache = model.hidden_states(ids, positions=positions, segment_ids=segment_ids, cache=cache,
+                                            prefill=True)
         first = sample(model.logits(hidden[:, -1]), 0)  # left padding: the last slot is the last real token
         prompt_lens = jnp.sum(segment_ids > 0, axis=1).astype(jnp.int32)
         padding_row = prompt_lens == 0
