@@ -53,7 +53,8 @@ from bioinstruct_jax import cli_errors, cli_types
 from bioinstruct_jax.cli_types import non_negative_float, non_negative_int, positive_int, unit_interval
 from bioinstruct_jax.data.records import read_utf8
 from bioinstruct_jax.distributed import refuse_multi_process
-from bioinstruct_jax.model.llama import KVCache, Llama, init_cache, padded_positions
+from bioinstruct_jax.model.llama import (CACHE_KEY_AXES, CACHE_VALUE_AXES, KVCache, Llama, init_cache,
+                                         padded_positions)
 from bioinstruct_jax.sampling import SamplingConfig, sample_next
 
 # Stop table fillers: a required slot that no token equals, and a wildcard (shorter sequences are
@@ -65,6 +66,13 @@ _TAIL_EMPTY = -2  # tail buffer before any token is generated
 
 def next_power_of_two(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+def default_cache_dtype(compute_dtype: Any) -> Any:
+    """The compute dtype, except float32 on XLA:CPU: there bf16 dots run in f32 (XLA converts the
+    weights once, outside the decode loop), and a bf16 cache would be converted whole, every layer,
+    every step. The cached keys / values hold the same bf16-rounded numbers either way."""
+    return jnp.float32 if jax.default_backend() == "cpu" else compute_dtype
 
 
 def batch_bucket(n: int, multiple: int = 1) -> int:
@@ -101,7 +109,7 @@ class Generator:
         self.max_batch_size = int(max_batch_size)
         self.min_length_bucket = int(min_length_bucket)
         self.min_new_bucket = int(min_new_bucket)
-        self.cache_dtype = cache_dtype if cache_dtype is not None else model.dtype
+        self.cache_dtype = cache_dtype if cache_dtype is not None else default_cache_dtype(model.dtype)
         self.pad_id = int(pad_id)
         self.eos_ids = tuple(int(e) for e in (self.config.eos_token_id if eos_ids is None else eos_ids))
         self.compilations = {"generate": 0, "score": 0}
@@ -132,9 +140,8 @@ class Generator:
     # -- traced programs ---------------------------------------------------------------------
     def _constrain_cache(self, model: Llama, cache: KVCache) -> KVCache:
         c = model.constrain
-        kv_axes = ("batch", "length", "act_kv_heads", None)
-        return KVCache(keys=tuple(c(k, kv_axes) for k in cache.keys),
-                       values=tuple(c(v, kv_axes) for v in cache.values),
+        return KVCache(keys=tuple(c(k, CACHE_KEY_AXES) for k in cache.keys),
+                       values=tuple(c(v, CACHE_VALUE_AXES) for v in cache.values),
                        valid=c(cache.valid, ("batch", "length")), index=cache.index)
 
     def _generate_impl(self, state, ids, segment_ids, key, max_new, stop_table, temperature, top_k, top_p,
@@ -149,7 +156,8 @@ class Generator:
             temperature=temperature, top_k=top_k, top_p=top_p)
 
         positions = padded_positions(segment_ids)
-        hidden, cache = model.hidden_states(ids, positions=positions, segment_ids=segment_ids, cache=cache)
+        hidden, cache = model.hidden_states(ids, positions=positions, segment_ids=segment_ids, cache=cache,
+                                            prefill=True)
         first = sample(model.logits(hidden[:, -1]), 0)  # left padding: the last slot is the last real token
         prompt_lens = jnp.sum(segment_ids > 0, axis=1).astype(jnp.int32)
         padding_row = prompt_lens == 0

@@ -1,10 +1,20 @@
 """Performance benchmarks: LoRA train step, generation, data, memory and planner figures.
 
-    .venv/bin/python scripts/benchmark.py --json bench.json            # full CPU run (~10-15 min)
+    .venv/bin/python scripts/benchmark.py --only peak,bandwidth,train,generate --markdown headline.md
+                                                  # BENCHMARKS.md's headline tables (~13 min idle)
+    .venv/bin/python scripts/benchmark.py --json bench.json            # every default section (~15 min)
     .venv/bin/python scripts/benchmark.py --quick --only train,data    # smoke run (< 1 min)
     .venv/bin/python scripts/benchmark.py --device --only train,generate   # on a GPU / TPU
+    .venv/bin/python scripts/benchmark.py --model DIR ...              # an HF LLaMA directory, both sides
 
-Sections (`--only`, comma-separated; default all): peak, train, generate, data, memory, plan.
+Sections (`--only`, comma-separated; default all but plan): peak, bandwidth, train, generate, data,
+memory, plan.
+
+Honesty rules: every timed figure is the median of >= 3 repeats with its min and max; around each
+section the 1/5/15-minute load average (before, after) and the cores other processes used
+(`LoadProbe`) are recorded, and a section on a machine that was not idle (load > IDLE_LOAD before, or
+others using > IDLE_FOREIGN_CORES cores) prints a warning and is marked LOADED in the tables that
+`headline_markdown` prints at the end (`--markdown FILE` writes them).
 
 - peak: a large f32 and bf16 matmul, timed with jax and torch in this run (best of several);
   every MFU below is against the measured f32 figure on the CPU (the larger of jax's and torch's
@@ -16,9 +26,13 @@ Sections (`--only`, comma-separated; default all): peak, train, generate, data, 
   alpha 32 on q,k,v,o, dropout 0 on both sides (dropout only adds RNG noise), grad-norm clip 1.0.
   Steps of the two sides are interleaved (ours, theirs, ours, ...) so that load from other
   processes on the machine hits both alike; figures are medians after warm-up.
-- generate: greedy, prompt P, N new tokens (no EOS stop), batch 1/8/32, ours (jitted prefill +
-  `lax.while_loop` decode with a KV cache) vs `transformers.generate` (KV cache) on the same
-  weights. TTFT = prefill + first token; decode tok/s = batch * (N - 1) / (total - TTFT).
+- bandwidth: main-memory GB/s (a large numpy copy, read + write; jax and torch reductions, read
+  only); the largest is the limit decode is measured against.
+- generate: greedy, prompt P, N new tokens (no EOS stop), batch 1/8/32, f32 and bf16 weights, ours
+  (`generate.Generator`: jitted prefill + `lax.while_loop` decode with a KV cache) vs
+  `transformers.generate` (KV cache) in the same dtype on the same weights. TTFT = prefill + first
+  token; decode tok/s = batch * (N - 1) / (total - TTFT); achieved GB/s = (weight + filled KV-cache
+  bytes per step) / step time, and the roofline fraction against the measured bandwidth and peak.
 - data: ROUGE-L pool filter (instructions/s against a pool of 25K synthetic instructions) and the
   input pipeline (examples/s tokenised and batched) next to what the train step consumes.
 - memory: peak host RSS (VmHWM) of a fresh process running the train step, and the peak growth of a merged export.
@@ -45,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import importlib.util
 import json
@@ -72,9 +87,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-SECTIONS = ("peak", "train", "generate", "data", "memory", "plan")
+SECTIONS = ("peak", "bandwidth", "train", "generate", "data", "memory", "plan")
 # The planner compiles 7B/13B steps for ~1-2 min each on 2 cores, so it runs only when asked.
-DEFAULT_SECTIONS = ("peak", "train", "generate", "data", "memory")
+DEFAULT_SECTIONS = ("peak", "bandwidth", "train", "generate", "data", "memory")
 
 # Dense bf16 peak FLOP/s per JAX device, by device_kind substring (datasheets).
 CHIP_PEAK_BF16 = {
@@ -87,22 +102,35 @@ CHIP_PEAK_BF16 = {
 @dataclasses.dataclass(frozen=True)
 class Sizes:
     preset: str = "bench-150m"
+    model: str | None = None  # an HF LLaMA directory used instead of the random-weight preset
     train_batch: int = 2
     seq: int = 512
     train_steps: int = 5
     warmup: int = 2
     gen_batches: tuple[int, ...] = (1, 8, 32)
+    gen_dtypes: tuple[str, ...] = ("float32", "bfloat16")
     prompt: int = 128
     new_tokens: int = 128
-    gen_reps: int = 2
+    reps: int = 3
     rouge_pool: int = 25000
     rouge_candidates: int = 500
     matmul_n: int = 4096
+    bandwidth_mib: int = 512
     lora_r: int = 16
+
+    @property
+    def label(self) -> str:
+        return self.model or self.preset
 
 
 QUICK = Sizes(preset="small", train_batch=2, seq=128, train_steps=3, warmup=1, gen_batches=(1, 8),
-              prompt=32, new_tokens=16, gen_reps=1, rouge_pool=2000, rouge_candidates=100, matmul_n=1024)
+              prompt=32, new_tokens=16, reps=3, rouge_pool=2000, rouge_candidates=100, matmul_n=1024,
+              bandwidth_mib=64)
+
+# A section counts as measured on an idle machine when, before it, the 1-minute load average was at
+# most IDLE_LOAD and, during it, other processes used at most IDLE_FOREIGN_CORES cores on average.
+IDLE_LOAD = 1.0
+IDLE_FOREIGN_CORES = 0.25
 
 
 def log(msg: str) -> None:
@@ -111,6 +139,64 @@ def log(msg: str) -> None:
 
 def median(xs):
     return float(statistics.median(xs))
+
+
+def stats(xs) -> dict[str, float]:
+    """Median, min and max of repeated measurements (and how many)."""
+    xs = [float(x) for x in xs]
+    return {"median": median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def _rounded(obj):
+    if isinstance(obj, float):
+        return round(obj, 4)
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_rounded(v) for v in obj]
+    return obj
+
+
+# ------------------------------------------------------------------------------------------------
+# Machine load
+
+
+def _busy_cpu_seconds() -> float:
+    """CPU seconds all processes spent busy since boot (/proc/stat: total minus idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # user..steal, less idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class LoadProbe:
+    """The load around one section: 1/5/15-minute load averages before and after, and the cores
+    that *other* processes kept busy during it (all busy CPU time minus this process's and its
+    children's, per second of wall time). The load average counts this benchmark too (it keeps
+    both cores busy), so the foreign-core figure is the one that says whether others interfered."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.load_before = os.getloadavg()
+        self._t0, self._busy0, self._own0 = time.perf_counter(), _busy_cpu_seconds(), _own_cpu_seconds()
+
+    def finish(self) -> dict[str, Any]:
+        wall = time.perf_counter() - self._t0
+        foreign = max(0.0, (_busy_cpu_seconds() - self._busy0) - (_own_cpu_seconds() - self._own0)) / max(wall, 1e-9)
+        res = {"load_before": [round(x, 2) for x in self.load_before],
+               "load_after": [round(x, 2) for x in os.getloadavg()],
+               "foreign_cores": round(foreign, 3), "wall_s": round(wall, 1)}
+        res["idle"] = self.load_before[0] <= IDLE_LOAD and foreign <= IDLE_FOREIGN_CORES
+        if not res["idle"]:
+            log(f"WARNING: the machine was not idle during '{self.name}' (load average before "
+                f"{res['load_before'][0]}, other processes used {foreign:.2f} cores): its figures are "
+                f"'loaded' figures, not headline ones")
+        return res
 
 
 # ------------------------------------------------------------------------------------------------
@@ -140,6 +226,31 @@ def matmul_peak(n: int, reps: int = 5) -> dict[str, float]:
     return out
 
 
+def memory_bandwidth(mib: int, reps: int = 5) -> dict[str, float]:
+    """Main-memory bandwidth (GB/s, best of `reps`): a numpy copy of a `mib` MiB array (bytes read
+    + bytes written), and reads alone (a jitted jnp.sum and a torch sum over the same bytes). Far
+    larger than the caches, so these are DRAM figures; `bandwidth_gbs` is the largest, the limit
+    decode is measured against."""
+    import torch
+
+    n = mib * (1 << 20) // 4
+    a = np.ones(n, np.float32)
+    b = np.empty_like(a)
+    np.copyto(b, a)  # page both in
+    copy_s = min(_timeit(lambda: np.copyto(b, a)) for _ in range(reps))
+    x = jnp.asarray(a)
+    f = jax.jit(jnp.sum)
+    f(x).block_until_ready()
+    jax_s = min(_timeit(lambda: f(x).block_until_ready()) for _ in range(reps))
+    t = torch.from_numpy(a)
+    t.sum()
+    torch_s = min(_timeit(lambda: t.sum()) for _ in range(reps))
+    out = {"array_mib": mib, "numpy_copy_gbs": 2 * a.nbytes / copy_s / 1e9, "jax_read_gbs": a.nbytes / jax_s / 1e9,
+           "torch_read_gbs": a.nbytes / torch_s / 1e9}
+    out["bandwidth_gbs"] = max(out["numpy_copy_gbs"], out["jax_read_gbs"], out["torch_read_gbs"])
+    return out
+
+
 def _timeit(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -163,6 +274,24 @@ def hf_model(preset: str, seed: int = 0):
     torch.manual_seed(seed)
     model = transformers.LlamaForCausalLM(hf_cfg).float().eval()
     return model, cfg
+
+
+def prepare_model(sizes: Sizes, workdir: pathlib.Path):
+    """(f32 transformers model, our LlamaConfig, HF directory both sides load): `--model DIR`
+    when given, else the random-weight preset saved once under `workdir`."""
+    import torch
+    import transformers
+
+    from bioinstruct_jax.model.llama import LlamaConfig
+
+    if sizes.model:
+        hf = transformers.AutoModelForCausalLM.from_pretrained(sizes.model, dtype=torch.float32).eval()
+        return hf, LlamaConfig.from_hf(sizes.model), pathlib.Path(sizes.model)
+    hf, cfg = hf_model(sizes.preset)
+    directory = workdir / "hf_model"
+    if not directory.exists():
+        save_hf(hf, directory)
+    return hf, cfg, directory
 
 
 def save_hf(model, directory: pathlib.Path) -> None:
@@ -286,10 +415,7 @@ def tiny_compile_seconds() -> float:
 def bench_train(sizes: Sizes, peak_flops: float, workdir: pathlib.Path, device: bool) -> dict[str, Any]:
     import torch
 
-    hf, cfg = hf_model(sizes.preset)
-    directory = workdir / "hf_model"
-    if not directory.exists():
-        save_hf(hf, directory)
+    hf, cfg, directory = prepare_model(sizes, workdir)
     dtype = jnp.bfloat16 if device else jnp.float32
     model, _ = load_ours(directory, dtype=dtype)
     batch = random_batch(cfg.vocab_size, sizes.train_batch, sizes.seq)
@@ -309,9 +435,10 @@ def bench_train(sizes: Sizes, peak_flops: float, workdir: pathlib.Path, device: 
     tokens = sizes.train_batch * sizes.seq
     fl = train_flops_per_token(cfg, sizes.seq, sizes.lora_r)
     res: dict[str, Any] = {
-        "preset": sizes.preset, "params": cfg.num_params(), "n_matmul_params": fl["n_matmul_params"],
+        "preset": sizes.label, "params": cfg.num_params(), "n_matmul_params": fl["n_matmul_params"],
         "batch": sizes.train_batch, "seq": sizes.seq, "lora_r": sizes.lora_r, "dtype": "bfloat16" if device else "float32",
         "compile_s": ours.compile_s, "ours_step_s": median(t_ours), "ours_steps_s": t_ours,
+        "ours_tokens_per_s_stats": stats([tokens / t for t in t_ours]),
         "ours_tokens_per_s": tokens / median(t_ours), "ours_loss": ours.loss, "ours_first_loss": first_losses[0],
         "flops_per_token": fl["lora_flops_per_token"], "six_n_flops_per_token": fl["six_n_per_token"],
         "peak_flops": peak_flops, "device": str(jax.devices()[0].device_kind),
@@ -320,6 +447,8 @@ def bench_train(sizes: Sizes, peak_flops: float, workdir: pathlib.Path, device: 
     res["ours_mfu_6nt"] = res["ours_tokens_per_s"] * fl["six_n_per_token"] / peak_flops
     if theirs:
         res.update({"theirs_step_s": median(t_theirs), "theirs_steps_s": t_theirs,
+                    "theirs_tokens_per_s_stats": stats([tokens / t for t in t_theirs]),
+                    "ratio_stats": stats([a / b for a, b in zip(t_theirs, t_ours)]),
                     "theirs_tokens_per_s": tokens / median(t_theirs), "theirs_loss": theirs.loss,
                     "theirs_first_loss": first_losses[1],
                     "torch_threads": torch.get_num_threads()})
@@ -332,113 +461,161 @@ def bench_train(sizes: Sizes, peak_flops: float, workdir: pathlib.Path, device: 
 # Generation
 
 
-def _our_generator(model, cfg, batch: int, prompt: int, new: int):
-    """(prefill_fn, full_fn) for greedy decoding: the generation engineer's API when present,
-    else a minimal jitted prefill + lax.while_loop decode over the model's KV cache."""
-    from flax import nnx
+def decode_traffic(cfg, batch: int, prompt: int, new: int, bytes_per_param: int) -> dict[str, float]:
+    """Bytes and FLOPs one decode step needs, averaged over the `new - 1` decode steps.
 
-    from bioinstruct_jax.model.llama import init_cache
-
-    graphdef, state = nnx.split(model)
-    cache_dtype = model.dtype
-
-    def prefill(state, ids):
-        m = nnx.merge(graphdef, state)
-        cache = init_cache(cfg, batch, prompt + new, cache_dtype)
-        seg = jnp.ones_like(ids)
-        pos = jnp.broadcast_to(jnp.arange(prompt, dtype=jnp.int32), ids.shape)
-        hidden, cache = m.hidden_states(ids, positions=pos, segment_ids=seg, cache=cache)
-        first = jnp.argmax(m.logits(hidden[:, -1:]), axis=-1).astype(jnp.int32)  # [B, 1]
-        return first, cache
-
-    def generate(state, ids):
-        m = nnx.merge(graphdef, state)
-        first, cache = prefill(state, ids)
-        out = jnp.zeros((batch, new), jnp.int32).at[:, 0].set(first[:, 0])
-
-        def body(carry):
-            i, tok, cache, out = carry
-            pos = jnp.full((batch, 1), prompt, jnp.int32) + i - 1
-            logits, cache = m(tok, positions=pos, segment_ids=jnp.ones_like(tok), cache=cache)
-            nxt = jnp.argmax(logits[:, -1:], axis=-1).astype(jnp.int32)
-            out = jax.lax.dynamic_update_slice_in_dim(out, nxt, i, axis=1)
-            return i + 1, nxt, cache, out
-
-        _, _, _, out = jax.lax.while_loop(lambda c: c[0] < new, body, (jnp.int32(1), first, cache, out))
-        return out
-
-    return jax.jit(prefill), jax.jit(generate), state
+    Weights: every matmul kernel (projections + LM head) and the norms are read once per step; the
+    embedding table only for `batch` rows. KV cache: the filled part (prompt + tokens so far) of
+    every layer's keys and values, averaged over the steps (prompt + new/2 slots). Cache dtype =
+    weight dtype (as `Generator` allocates it).
+    """
+    d, hd, kv, L = cfg.hidden_size, cfg.resolved_head_dim, cfg.num_key_value_heads, cfg.num_hidden_layers
+    n_mm = train_flops_per_token(cfg, prompt, 1)["n_matmul_params"]
+    norms = (2 * L + 1) * d
+    weight_bytes = (n_mm + norms) * bytes_per_param + batch * d * bytes_per_param
+    avg_slots = prompt + new / 2
+    kv_bytes = batch * L * 2 * kv * hd * avg_slots * bytes_per_param
+    flops = batch * (2 * n_mm + 4 * L * cfg.num_attention_heads * hd * avg_slots)
+    return {"weight_bytes": weight_bytes, "kv_bytes_avg": kv_bytes, "bytes_per_step": weight_bytes + kv_bytes,
+            "flops_per_step": flops}
 
 
-def _generator_api(model, ids_np: np.ndarray, new: int) -> dict[str, Any]:
-    """End-to-end time of `bioinstruct_jax.generate.Generator.generate` (greedy, EOS disabled so
-    every row makes `new` tokens; includes its host-side padding and bucketing)."""
-    from bioinstruct_jax.generate import Generator
+def roofline(row: dict[str, Any], traffic: dict[str, float], side: str, bandwidth: float | None,
+             peak_flops: float | None) -> None:
+    """Adds `{side}_achieved_gbs` (weight + KV bytes per step / step time) and, with a measured
+    bandwidth, the fraction of the roofline: max(bytes / bandwidth, flops / peak) / step time."""
+    step = row.get(f"{side}_decode_step_s")
+    if not step:
+        return
+    row[f"{side}_achieved_gbs"] = traffic["bytes_per_step"] / step / 1e9
+    if bandwidth:
+        bound = traffic["bytes_per_step"] / bandwidth
+        if peak_flops:
+            bound = max(bound, traffic["flops_per_step"] / peak_flops)
+        row[f"{side}_roofline_fraction"] = bound / step
+        row["roofline_tok_s"] = row["batch"] / bound
 
-    gen = Generator(model, max_batch_size=max(32, len(ids_np)), eos_ids=())
-    prompts = [list(map(int, r)) for r in ids_np]
-    t0 = time.perf_counter()
-    first = gen.generate(prompts, max_new_tokens=new)
-    compile_s = time.perf_counter() - t0
-    t = _timeit(lambda: gen.generate(prompts, max_new_tokens=new))
-    made = sum(len(x) for x in first.tokens) if hasattr(first, "tokens") else len(prompts) * new
-    return {"generator_api_first_call_s": compile_s, "generator_api_total_s": t,
-            "generator_api_e2e_tok_s": made / t}
+
+class OursGenerate:
+    """`bioinstruct_jax.generate.Generator` (the engine `generate` / eval use), greedy, no EOS so
+    every row makes `new` tokens. TTFT runs the same compiled program with max_new_tokens=1 (the
+    new-token bucket is pinned to `new`, so both calls share shapes and program)."""
+
+    def __init__(self, model, ids_np: np.ndarray, new: int):
+        from bioinstruct_jax.generate import Generator
+
+        self.gen = Generator(model, max_batch_size=max(32, len(ids_np)), eos_ids=(), min_new_bucket=new)
+        self.prompts = [list(map(int, r)) for r in ids_np]
+        self.new = new
+        t0 = time.perf_counter()
+        self.gen.generate(self.prompts, max_new_tokens=1)
+        self.tokens = np.asarray(self.gen.generate(self.prompts, max_new_tokens=new).tokens)
+        self.first_call_s = time.perf_counter() - t0
+        assert self.gen.total_compilations == 1, self.gen.compilations
+
+    def ttft(self) -> float:
+        return _timeit(lambda: self.gen.generate(self.prompts, max_new_tokens=1))
+
+    def total(self) -> float:
+        return _timeit(lambda: self.gen.generate(self.prompts, max_new_tokens=self.new))
 
 
-def bench_generate(sizes: Sizes, workdir: pathlib.Path, device: bool) -> dict[str, Any]:
+class TheirsGenerate:
+    """`transformers.generate` with its KV cache (greedy, min_new_tokens = max_new_tokens)."""
+
+    def __init__(self, hf, ids_np: np.ndarray, new: int):
+        import torch
+
+        self.torch, self.hf, self.new = torch, hf, new
+        self.ids = torch.from_numpy(ids_np).long()
+        self.kw = dict(attention_mask=torch.ones_like(self.ids), do_sample=False, use_cache=True)
+        with torch.inference_mode():
+            self.tokens = hf.generate(self.ids, max_new_tokens=new, min_new_tokens=new, **self.kw)[:, ids_np.shape[1]:].numpy()
+
+    def _run(self, n: int) -> float:
+        with self.torch.inference_mode():
+            return _timeit(lambda: self.hf.generate(self.ids, max_new_tokens=n, min_new_tokens=n, **self.kw))
+
+    def ttft(self) -> float:
+        return self._run(1)
+
+    def total(self) -> float:
+        return self._run(self.new)
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Share of equal tokens, and the mean length of the common prefix per row."""
+    eq = a == b
+    prefix = np.where(eq.all(axis=1), eq.shape[1], np.argmin(eq, axis=1))
+    return {"equal": float(eq.mean()), "mean_common_prefix": float(prefix.mean())}
+
+
+def bench_generate(sizes: Sizes, workdir: pathlib.Path, device: bool, bandwidth: float | None = None,
+                   peak: dict[str, float] | None = None) -> dict[str, Any]:
+    """Per batch size and dtype (f32 vs transformers f32; bf16 weights vs transformers bf16, its
+    fastest CPU setting here): TTFT, decode tok/s = batch * (N - 1) / (total - TTFT), each side
+    timed `sizes.reps` times, ours and theirs alternating; bf16 tokens are compared with our f32
+    greedy tokens (same prompts), f32 tokens with transformers' f32 tokens."""
     import torch
 
-    hf, cfg = hf_model(sizes.preset)
-    directory = workdir / "hf_model"
-    if not directory.exists():
-        save_hf(hf, directory)
-    dtype = jnp.bfloat16 if device else jnp.float32
-    model, _ = load_ours(directory, dtype=dtype)
-    hf.generation_config.eos_token_id = None
-    hf.generation_config.pad_token_id = 0
+    hf32, cfg, directory = prepare_model(sizes, workdir)
+    dtypes = ["bfloat16"] if device else list(sizes.gen_dtypes)
     results = []
     P, N = sizes.prompt, sizes.new_tokens
-    for b in sizes.gen_batches:
-        ids_np = np.random.default_rng(b).integers(3, cfg.vocab_size, (b, P)).astype(np.int32)
-        ids = jnp.asarray(ids_np)
-        prefill, generate, state = _our_generator(model, cfg, b, P, N)
-        t0 = time.perf_counter()
-        prefill_c = prefill.lower(state, ids).compile()
-        generate_c = generate.lower(state, ids).compile()
-        compile_s = time.perf_counter() - t0
-        jax.block_until_ready(prefill_c(state, ids))
-        ours_tokens = np.asarray(generate_c(state, ids))
-        row: dict[str, Any] = {"batch": b, "prompt": P, "new_tokens": N, "dtype": "bfloat16" if device else "float32",
-                               "ours_compile_s": compile_s}
-        tt, tf = [], []
-        for _ in range(sizes.gen_reps):
-            tt.append(_timeit(lambda: jax.block_until_ready(prefill_c(state, ids))))
-            tf.append(_timeit(lambda: jax.block_until_ready(generate_c(state, ids))))
-        row["ours_ttft_s"], row["ours_total_s"] = median(tt), median(tf)
-        row["ours_decode_tok_s"] = b * (N - 1) / max(row["ours_total_s"] - row["ours_ttft_s"], 1e-9)
-        row["ours_e2e_tok_s"] = b * N / row["ours_total_s"]
+    f32_tokens: dict[int, np.ndarray] = {}
+    for dtype_name in dtypes:
+        jdt = jnp.float32 if dtype_name == "float32" else jnp.bfloat16
+        model, _ = load_ours(directory, dtype=jdt)
+        hf = None
         if not device:
-            tids = torch.from_numpy(ids_np).long()
-            mask = torch.ones_like(tids)
-            kw = dict(attention_mask=mask, do_sample=False, use_cache=True)
-            with torch.inference_mode():
-                theirs_tokens = hf.generate(tids, max_new_tokens=N, min_new_tokens=N, **kw)[:, P:].numpy()
-                tt, tf = [], []
-                for _ in range(sizes.gen_reps):
-                    tt.append(_timeit(lambda: hf.generate(tids, max_new_tokens=1, min_new_tokens=1, **kw)))
-                    tf.append(_timeit(lambda: hf.generate(tids, max_new_tokens=N, min_new_tokens=N, **kw)))
-            row["theirs_ttft_s"], row["theirs_total_s"] = median(tt), median(tf)
-            row["theirs_decode_tok_s"] = b * (N - 1) / max(row["theirs_total_s"] - row["theirs_ttft_s"], 1e-9)
-            row["theirs_e2e_tok_s"] = b * N / row["theirs_total_s"]
-            row["decode_ratio"] = row["ours_decode_tok_s"] / row["theirs_decode_tok_s"]
-            row["ttft_ratio_theirs_over_ours"] = row["theirs_ttft_s"] / row["ours_ttft_s"]
-            row["e2e_ratio"] = row["ours_e2e_tok_s"] / row["theirs_e2e_tok_s"]
-            row["greedy_token_agreement"] = float(np.mean(ours_tokens == theirs_tokens))
-        row.update(_generator_api(model, ids_np, N))
-        results.append(row)
-        log("  " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}))
-    return {"preset": sizes.preset, "rows": results}
+            hf = hf32 if dtype_name == "float32" else copy.deepcopy(hf32).to(torch.bfloat16)
+            hf.generation_config.eos_token_id = None
+            hf.generation_config.pad_token_id = 0
+        bytes_pp = 4 if dtype_name == "float32" else 2
+        pk = None
+        if peak:
+            pk = 1e9 * max(peak.get("jax_f32_gflops", 0), peak.get("jax_bf16_gflops", 0))
+        for b in sizes.gen_batches:
+            ids_np = np.random.default_rng(b).integers(3, cfg.vocab_size, (b, P)).astype(np.int32)
+            ours = OursGenerate(model, ids_np, N)
+            theirs = TheirsGenerate(hf, ids_np, N) if hf is not None else None
+            row: dict[str, Any] = {"batch": b, "prompt": P, "new_tokens": N, "dtype": dtype_name,
+                                   "ours_first_call_s": ours.first_call_s}
+            times: dict[str, dict[str, list[float]]] = {}
+            sides = [("ours", ours)] + ([("theirs", theirs)] if theirs else [])
+            for _ in range(sizes.reps):
+                for name, side in sides:
+                    t = times.setdefault(name, {"ttft": [], "total": []})
+                    t["ttft"].append(side.ttft())
+                    t["total"].append(side.total())
+            for name, _ in sides:
+                tt, tf = times[name]["ttft"], times[name]["total"]
+                # A repeat whose total is not longer than its TTFT (timer noise on tiny models) has
+                # no decode figure.
+                decode = [b * (N - 1) / (f - t) for t, f in zip(tt, tf) if f > t]
+                row[f"{name}_ttft_s"] = stats(tt)
+                row[f"{name}_total_s"] = stats(tf)
+                row[f"{name}_decode_tok_s"] = stats(decode) if decode else None
+                if decode:
+                    row[f"{name}_decode_step_s"] = b / row[f"{name}_decode_tok_s"]["median"]
+                row[f"{name}_e2e_tok_s"] = b * N / row[f"{name}_total_s"]["median"]
+            if theirs and row["ours_decode_tok_s"] and row["theirs_decode_tok_s"]:
+                row["decode_ratio"] = row["ours_decode_tok_s"]["median"] / row["theirs_decode_tok_s"]["median"]
+            if theirs:
+                row["e2e_ratio"] = row["ours_e2e_tok_s"] / row["theirs_e2e_tok_s"]
+                row["agreement_with_transformers_same_dtype"] = _agreement(ours.tokens, theirs.tokens)
+            if dtype_name == "float32":
+                f32_tokens[b] = ours.tokens
+            elif b in f32_tokens:
+                row["agreement_with_our_f32"] = _agreement(ours.tokens, f32_tokens[b])
+            traffic = decode_traffic(cfg, b, P, N, bytes_pp)
+            row["traffic"] = traffic
+            for name, _ in sides:
+                roofline(row, traffic, name, bandwidth, pk)
+            results.append(row)
+            log("  " + json.dumps(_rounded(row)))
+            del ours, theirs
+    return {"preset": sizes.label, "rows": results, "bandwidth_bytes_per_s": bandwidth}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -611,6 +788,77 @@ def machine() -> dict[str, Any]:
             "load_avg_start": os.getloadavg()}
 
 
+def _fmt(st: dict[str, float] | None, digits: int = 1) -> str:
+    if not st:
+        return "-"
+    return f"{st['median']:.{digits}f} [{st['min']:.{digits}f}–{st['max']:.{digits}f}]"
+
+
+def headline_markdown(out: dict[str, Any]) -> str:
+    """The tables BENCHMARKS.md shows, from one run: medians [min–max] of `reps` repeats, with the
+    load of each section; rows of sections that were not idle go to a separate 'loaded' table."""
+    lines: list[str] = []
+    loads = out.get("load", {})
+
+    def load_cell(section: str) -> str:
+        ld = loads.get(section)
+        if not ld:
+            return "-"
+        return f"{ld['load_before'][0]:.2f}→{ld['load_after'][0]:.2f}, others {ld['foreign_cores']:.2f} cores"
+
+    def split(section: str) -> str:
+        return "idle" if loads.get(section, {}).get("idle") else "LOADED"
+
+    if "bandwidth" in out:
+        bw = out["bandwidth"]
+        lines += [f"Memory bandwidth ({split('bandwidth')}, load {load_cell('bandwidth')}): numpy copy "
+                  f"{bw['numpy_copy_gbs']:.1f} GB/s (read + write), jax read {bw['jax_read_gbs']:.1f}, torch read "
+                  f"{bw['torch_read_gbs']:.1f} GB/s; limit used = **{bw['bandwidth_gbs']:.1f} GB/s**", ""]
+    if "peak" in out:
+        pk = out["peak"]
+        lines += [f"Matmul peak ({split('peak')}, load {load_cell('peak')}): jax f32 {pk['jax_f32_gflops']:.1f} / bf16 "
+                  f"{pk['jax_bf16_gflops']:.1f}, torch f32 {pk['torch_f32_gflops']:.1f} / bf16 "
+                  f"{pk['torch_bf16_gflops']:.1f} GFLOP/s", ""]
+    if "train" in out and "ratio_stats" in out["train"]:
+        tr = out["train"]
+        lines += [f"Train step ({tr['preset']}, {tr['batch']}×{tr['seq']}, {tr['dtype']}, LoRA r={tr['lora_r']}; "
+                  f"{split('train')}, load {load_cell('train')}):", "",
+                  "| ours tok/s | transformers+peft tok/s | ratio | ours MFU |", "|---|---|---|---|",
+                  f"| {_fmt(tr['ours_tokens_per_s_stats'])} | {_fmt(tr['theirs_tokens_per_s_stats'])} | "
+                  f"**{_fmt(tr['ratio_stats'], 2)}** | {100 * tr['ours_mfu']:.1f}% |", ""]
+    if "generate" in out:
+        g = out["generate"]
+        lines += [f"Decode ({g['preset']}, prompt {g['rows'][0]['prompt']}, {g['rows'][0]['new_tokens']} new, greedy; "
+                  f"{split('generate')}, load {load_cell('generate')}):", "",
+                  "| dtype | batch | ours decode tok/s | transformers decode tok/s | **ratio** | ours GB/s (% of limit) | "
+                  "roofline % | ours TTFT s | theirs TTFT s | tokens equal |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        bwl = g.get("bandwidth_bytes_per_s")
+        for r in g["rows"]:
+            gbs = r.get("ours_achieved_gbs")
+            gbs_cell = "-" if gbs is None else (f"{gbs:.1f}" + (f" ({100 * gbs * 1e9 / bwl:.0f}%)" if bwl else ""))
+            roof = r.get("ours_roofline_fraction")
+            agree = r.get("agreement_with_transformers_same_dtype") or {}
+            eq = f"{100 * agree['equal']:.0f}% vs transformers" if agree else ""
+            if "agreement_with_our_f32" in r:
+                eq += f"; {100 * r['agreement_with_our_f32']['equal']:.0f}% vs our f32 " \
+                      f"(common prefix {r['agreement_with_our_f32']['mean_common_prefix']:.0f})"
+            ratio = r.get("decode_ratio")
+            lines.append(
+                f"| {r['dtype']} | {r['batch']} | {_fmt(r['ours_decode_tok_s'])} | {_fmt(r.get('theirs_decode_tok_s'))} | "
+                f"**{ratio:.2f}×** | {gbs_cell} | {'-' if roof is None else f'{100 * roof:.0f}%'} | "
+                f"{_fmt(r['ours_ttft_s'], 2)} | {_fmt(r.get('theirs_ttft_s'), 2)} | {eq} |"
+                if ratio is not None else
+                f"| {r['dtype']} | {r['batch']} | {_fmt(r['ours_decode_tok_s'])} | - | - | {gbs_cell} | "
+                f"{'-' if roof is None else f'{100 * roof:.0f}%'} | {_fmt(r['ours_ttft_s'], 2)} | - | {eq} |")
+        lines.append("")
+    not_idle = [k for k, v in loads.items() if not v.get("idle")]
+    if not_idle:
+        lines += [f"**Not idle during: {', '.join(not_idle)}** — those figures belong in the 'loaded' table, "
+                  f"not the headline.", ""]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
@@ -618,17 +866,28 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     ap.add_argument("--device", action="store_true", help="run train/generate on JAX's accelerator (bf16)")
     ap.add_argument("--json", dest="json_out", help="write all figures to this JSON file")
+    ap.add_argument("--markdown", help="write the headline tables (markdown) to this file")
     ap.add_argument("--preset", help="model preset (default bench-150m; --quick: small)")
+    ap.add_argument("--model", help="an HF LLaMA directory to use (both sides) instead of a random preset")
     ap.add_argument("--batch", type=int, help="train batch (rows)")
     ap.add_argument("--seq", type=int, help="train sequence length")
     ap.add_argument("--steps", type=int, help="timed train steps per side")
+    ap.add_argument("--reps", type=int, help="repeats of each generation measurement (median of these; >= 3)")
+    ap.add_argument("--gen-batches", help="comma-separated generation batch sizes (default 1,8,32)")
+    ap.add_argument("--gen-dtypes", help="comma-separated: float32,bfloat16 (default both)")
     ap.add_argument("--workdir", help="where the HF checkpoint is written (default: a temp dir)")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
-    over = {k: v for k, v in (("preset", args.preset), ("train_batch", args.batch), ("seq", args.seq),
-                              ("train_steps", args.steps)) if v is not None}
+    over = {k: v for k, v in (("preset", args.preset), ("model", args.model), ("train_batch", args.batch),
+                              ("seq", args.seq), ("train_steps", args.steps), ("reps", args.reps)) if v is not None}
+    if args.gen_batches:
+        over["gen_batches"] = tuple(int(x) for x in args.gen_batches.split(","))
+    if args.gen_dtypes:
+        over["gen_dtypes"] = tuple(x.strip() for x in args.gen_dtypes.split(","))
     sizes = dataclasses.replace(sizes, **over)
+    if sizes.reps < 3:
+        ap.error(f"--reps {sizes.reps}: the figures are medians of at least 3 repeats")
     if args._child:
         workdir = pathlib.Path(args.workdir)
         res = child_train_rss(sizes, workdir) if args._child == "train-rss" else child_export_rss(workdir)
@@ -641,20 +900,30 @@ def main(argv=None) -> int:
     if args.device and jax.default_backend() == "cpu":
         ap.error("--device: JAX sees no accelerator (default backend is cpu)")
     out: dict[str, Any] = {"machine": machine(), "sizes": dataclasses.asdict(sizes), "quick": args.quick,
-                           "device_mode": args.device, "command": " ".join(sys.argv)}
+                           "device_mode": args.device, "command": " ".join(sys.argv), "load": {},
+                           "idle_rule": {"load_before_max": IDLE_LOAD, "foreign_cores_max": IDLE_FOREIGN_CORES}}
     log(f"machine: {json.dumps(out['machine'])}")
     t_start = time.perf_counter()
     tmp = tempfile.TemporaryDirectory(prefix="bioinstruct_bench_")
     workdir = pathlib.Path(args.workdir or tmp.name)
     workdir.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def section(name: str):
+        log(f"== {name} (load average {os.getloadavg()[0]:.2f})")
+        probe = LoadProbe(name)
+        yield
+        out["load"][name] = probe.finish()
+        log(f"   load: {json.dumps(out['load'][name])}")
+
     peak_flops = None
     if args.device:
         kind = jax.devices()[0].device_kind
         peak_flops = next((v for k, v in CHIP_PEAK_BF16.items() if k.lower() in kind.lower()), None)
         out["chip_peak_bf16_flops"] = peak_flops
     if "peak" in only or ("train" in only and peak_flops is None):
-        log("== peak matmul")
-        out["peak"] = matmul_peak(sizes.matmul_n)
+        with section("peak"):
+            out["peak"] = matmul_peak(sizes.matmul_n)
         log("  " + json.dumps({k: round(v, 1) for k, v in out["peak"].items()}))
         if peak_flops is None:
             # Both libraries time the same hardware; the larger best-of-N is the least disturbed by
@@ -662,30 +931,42 @@ def main(argv=None) -> int:
             pk = out["peak"]
             peak_flops = 1e9 * (max(pk["jax_f32_gflops"], pk["torch_f32_gflops"]) if not args.device
                                 else pk["jax_bf16_gflops"])
+    bandwidth = None
+    if "bandwidth" in only or ("generate" in only and not args.device):
+        with section("bandwidth"):
+            out["bandwidth"] = memory_bandwidth(sizes.bandwidth_mib)
+        bandwidth = out["bandwidth"]["bandwidth_gbs"] * 1e9
+        log("  " + json.dumps(_rounded(out["bandwidth"])))
     if "train" in only:
-        log(f"== train step ({sizes.preset}, batch {sizes.train_batch} x seq {sizes.seq})")
-        out["train"] = bench_train(sizes, peak_flops, workdir, args.device)
-        if not args.quick and not args.device:
-            out["train"]["tiny_compile_s"] = tiny_compile_seconds()
+        with section("train"):
+            out["train"] = bench_train(sizes, peak_flops, workdir, args.device)
+            if not args.quick and not args.device:
+                out["train"]["tiny_compile_s"] = tiny_compile_seconds()
         log("  " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in out["train"].items()
                                if not k.endswith("steps_s")}))
     if "generate" in only:
-        log(f"== generate ({sizes.preset}, prompt {sizes.prompt}, {sizes.new_tokens} new)")
-        out["generate"] = bench_generate(sizes, workdir, args.device)
+        with section("generate"):
+            out["generate"] = bench_generate(sizes, workdir, args.device, bandwidth, out.get("peak"))
     if "data" in only:
-        log("== data")
-        out["data"] = bench_data(sizes, out.get("train"))
+        with section("data"):
+            out["data"] = bench_data(sizes, out.get("train"))
         log("  " + json.dumps(out["data"]))
     if "memory" in only:
-        log("== memory")
-        out["memory"] = bench_memory(sizes, workdir)
+        with section("memory"):
+            out["memory"] = bench_memory(sizes, workdir)
         log("  " + json.dumps(out["memory"]))
     if "plan" in only:
-        log("== plan")
-        out["plan"] = bench_plan(args.quick)
+        with section("plan"):
+            out["plan"] = bench_plan(args.quick)
     out["total_s"] = time.perf_counter() - t_start
     out["machine"]["load_avg_end"] = os.getloadavg()
-    log(f"total {out['total_s']:.1f} s")
+    out["idle"] = all(v["idle"] for v in out["load"].values())
+    md = headline_markdown(out)
+    log(f"total {out['total_s']:.1f} s\n\n{md}")
+    if not out["idle"]:
+        log("WARNING: the machine was not idle for the whole run; these are loaded figures")
+    if args.markdown:
+        pathlib.Path(args.markdown).write_text(md + "\n")
     if args.json_out:
         pathlib.Path(args.json_out).write_text(json.dumps(out, indent=2))
     tmp.cleanup()

@@ -20,8 +20,9 @@ def test_quick_train_and_data(tmp_path):
     out = tmp_path / "bench.json"
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)  # the script runs on one device (it also strips the conftest flag itself)
-    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), "--quick", "--only", "train,data",
-           "--preset", "tiny", "--json", str(out), "--workdir", str(tmp_path / "work")]
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), "--quick", "--only", "bandwidth,train,data",
+           "--preset", "tiny", "--json", str(out), "--workdir", str(tmp_path / "work"),
+           "--markdown", str(tmp_path / "headline.md")]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
@@ -40,5 +41,16 @@ def test_quick_train_and_data(tmp_path):
     assert train["ours_first_loss"] == pytest.approx(train["theirs_first_loss"], abs=1e-5)
     assert train["ours_loss"] == pytest.approx(train["theirs_loss"], abs=1.2e-3)
     assert train["ours_loss"] != train["ours_first_loss"]  # the steps did train
+    assert train["ratio_stats"]["n"] == 3 and train["ratio_stats"]["min"] <= train["ratio_stats"]["median"] \
+        <= train["ratio_stats"]["max"]
+    assert res["bandwidth"]["bandwidth_gbs"] >= res["bandwidth"]["numpy_copy_gbs"] > 0
+    for section in ("peak", "bandwidth", "train", "data"):  # load recorded around every section
+        load = res["load"][section]
+        assert len(load["load_before"]) == 3 and len(load["load_after"]) == 3 and load["foreign_cores"] >= 0
+        assert isinstance(load["idle"], bool)
+    headline = (tmp_path / "headline.md").read_text()
+    assert "| ours tok/s | transformers+peft tok/s | ratio |" in headline and "Memory bandwidth" in headline
+    if not res["idle"]:  # a loaded run says so, in the table and on stderr/stdout
+        assert "Not idle during" in headline and "WARNING: the machine was not idle" in proc.stdout
     data = res["data"]
     assert data["rouge_instr_per_s"] > 0 and data["rouge_build_instr_per_s"] > 0

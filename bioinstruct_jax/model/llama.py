@@ -248,7 +248,14 @@ class Linear(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        x, kernel = x.astype(self.dtype), self.kernel[...].astype(self.dtype)
+        if self.dtype != jnp.float32 and jax.default_backend() == "cpu":
+            # XLA:CPU's dot reads bf16 operands only when it accumulates into f32; a bf16-result
+            # dot is upcast whole, and in a decode loop the f32 copies of the weights are hoisted
+            # out of the loop, so every step reads f32 weights. Same values (f32 accumulation,
+            # rounded to bf16) as the bf16 dot on accelerators.
+            return jnp.dot(x, kernel, preferred_element_type=jnp.float32).astype(self.dtype)
+        return jnp.dot(x, kernel)
 
 
 class Embedding(nnx.Module):
@@ -315,9 +322,12 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    """Keys/values per layer ([B, S, kv_heads, head_dim]) for cached decoding.
+    """Keys and values per layer for cached decoding, stored in the layouts the attention dots
+    read without a transpose: keys [B, kv_heads, head_dim, S], values [B, kv_heads, S, head_dim].
 
     `valid[b, s]` says slot s holds a real (non-padding) token; `index` is the next slot to write.
+    (With a [B, S, heads, head_dim] cache, XLA:CPU copied the whole cache of every layer into these
+    layouts on every decode step: two full-cache copies per layer per token.)
     """
 
     keys: tuple[jax.Array, ...]
@@ -330,13 +340,17 @@ class KVCache:
         return self.valid.shape[1]
 
 
+# Logical axes of the cached keys / values (for sharding constraints).
+CACHE_KEY_AXES: AxisNames = ("batch", "act_kv_heads", None, "length")
+CACHE_VALUE_AXES: AxisNames = ("batch", "act_kv_heads", "length", None)
+
+
 def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype: Any = jnp.bfloat16) -> KVCache:
     """An empty cache for `batch_size` rows of at most `max_length` tokens."""
-    shape = (batch_size, max_length, config.num_key_value_heads, config.resolved_head_dim)
-    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers))
+    kv, hd, n = config.num_key_value_heads, config.resolved_head_dim, config.num_hidden_layers
     return KVCache(
-        keys=zeros,
-        values=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers)),
+        keys=tuple(jnp.zeros((batch_size, kv, hd, max_length), dtype) for _ in range(n)),
+        values=tuple(jnp.zeros((batch_size, kv, max_length, hd), dtype) for _ in range(n)),
         valid=jnp.zeros((batch_size, max_length), jnp.bool_),
         index=jnp.zeros((), jnp.int32),
     )
@@ -370,12 +384,21 @@ class Attention(nnx.Module):
         v = constrain(v, ("batch", "length", "act_kv_heads", None))
         new_kv = None
         if cache_kv is not None:
-            ck, cv = cache_kv
-            k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
-            new_kv = (k, v)
-            k, v = k.astype(q.dtype), v.astype(q.dtype)
-        if self.attention_impl in (None, "xla"):
+            ck, cv = cache_kv  # [B, K, H, S], [B, K, S, H]
+            ck = jax.lax.dynamic_update_slice_in_dim(ck, k.transpose(0, 2, 3, 1).astype(ck.dtype), cache_index, axis=3)
+            cv = jax.lax.dynamic_update_slice_in_dim(cv, v.transpose(0, 2, 1, 3).astype(cv.dtype), cache_index, axis=2)
+            new_kv = (ck, cv)
+            if mask.shape[-1] == t != ck.shape[-1]:
+                cache_kv = None  # a prefill into an empty cache: attend over the new tokens only
+        if cache_kv is not None and self.attention_impl in (None, "xla"):
+            # A cache wider than the compute dtype (f32 cache, bf16 weights on XLA:CPU) is read as
+            # it is stored; converting it would rewrite the whole cache on every step.
+            cdt = jnp.promote_types(q.dtype, ck.dtype)
+            out = _cached_attention(q.astype(cdt), ck.astype(cdt), cv.astype(cdt), mask).astype(q.dtype)
+        elif cache_kv is not None:
+            k, v = ck.transpose(0, 3, 1, 2).astype(q.dtype), cv.transpose(0, 2, 1, 3).astype(q.dtype)
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.attention_impl)
+        elif self.attention_impl in (None, "xla"):
             out = _einsum_attention(q, k, v, mask)
         else:
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.attention_impl)
@@ -400,6 +423,19 @@ def _einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array)
     scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bksh->bkgth", probs, vt)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+
+
+def _cached_attention(q: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array) -> jax.Array:
+    """`_einsum_attention` over a `KVCache` layer: q [B,T,N,H], keys [B,K,H,S], values [B,K,S,H],
+    mask [B,1,T,S] -> [B,T,N,H]. Both dots read the cache in its stored layout."""
+    b, t, n, h = q.shape
+    kv = keys.shape[1]
+    qg = q.reshape(b, t, kv, n // kv, h).transpose(0, 2, 3, 1, 4)  # [B,K,G,T,H]
+    scores = jnp.einsum("bkgth,bkhs->bkgts", qg, keys, preferred_element_type=jnp.float32) * (h ** -0.5)
+    scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+    out = jnp.einsum("bkgts,bksh->bkgth", probs, values)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
@@ -459,8 +495,13 @@ class Llama(nnx.Module):
                                   rngs=rngs, param_dtype=param_dtype, dtype=jnp.float32)
 
     def hidden_states(self, input_ids: jax.Array, positions: jax.Array | None = None,
-                      segment_ids: jax.Array | None = None, cache: KVCache | None = None):
-        """Final-norm hidden states [B, T, D] (and the updated cache when one is given)."""
+                      segment_ids: jax.Array | None = None, cache: KVCache | None = None,
+                      prefill: bool = False):
+        """Final-norm hidden states [B, T, D] (and the updated cache when one is given).
+
+        prefill=True promises an empty cache (index 0, nothing valid): the T tokens are written to
+        it but attend only to each other (T x T), not to the S - T empty slots.
+        """
         b, t = input_ids.shape
         if segment_ids is None:
             segment_ids = jnp.ones((b, t), jnp.int32)
@@ -474,7 +515,7 @@ class Llama(nnx.Module):
         else:
             cache_index = cache.index
             valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, segment_ids > 0, cache_index, axis=1)
-            mask = _cache_mask(valid, cache_index, t)
+            mask = _segment_causal_mask(segment_ids) if prefill else _cache_mask(valid, cache_index, t)
         x = constrain(self.embed_tokens(input_ids), ("batch", "length", "act_embed"))
         new_keys, new_values = [], []
         for i, layer in enumerate(self.layers):
@@ -495,7 +536,20 @@ class Llama(nnx.Module):
         return x, new_cache
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        """Float32 logits from final hidden states."""
+        """Float32 logits from final hidden states.
+
+        On XLA:CPU with bf16 head weights, the dot reads them as they are (hidden states rounded to
+        bf16, f32 accumulation, as transformers' bf16 model computes its head): an f32 head dot
+        would make XLA keep an f32 copy of the head and read it on every decode step.
+        """
+        w, w_in_axis = None, 0
+        if self.config.tie_word_embeddings:
+            w, w_in_axis = self.embed_tokens.embedding[...], 1  # [V, D]
+        elif type(self.lm_head) is Linear:  # [D, V]; a LoRA-wrapped head keeps its own path
+            w = self.lm_head.kernel[...]
+        if w is not None and w.dtype != jnp.float32 and jax.default_backend() == "cpu":
+            dims = (((hidden.ndim - 1,), (w_in_axis,)), ((), ()))
+            return jax.lax.dot_general(hidden.astype(w.dtype), w, dims, preferred_element_type=jnp.float32)
         if self.config.tie_word_embeddings:
             return self.embed_tokens.attend(hidden)
         return self.lm_head(hidden.astype(jnp.float32))
@@ -558,6 +612,7 @@ def dtype_from_name(name: str | Any) -> Any:
 
 
 __all__: Sequence[str] = (
-    "LlamaConfig", "RopeScaling", "PRESETS", "Llama", "KVCache", "init_cache", "Linear", "Embedding",
+    "LlamaConfig", "RopeScaling", "PRESETS", "Llama", "KVCache", "init_cache", "CACHE_KEY_AXES",
+    "CACHE_VALUE_AXES", "Linear", "Embedding",
     "RMSNorm", "count_params", "padded_positions", "dtype_from_name", "rope_inverse_frequencies",
 )
