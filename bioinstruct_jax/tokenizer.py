@@ -61,6 +61,8 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str: ...
 
+    def id_to_piece(self, i: int) -> str: ...  # the BOS text a chat template may write itself
+
     def save(self, directory: str | pathlib.Path) -> pathlib.Path: ...
 
 

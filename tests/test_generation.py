@@ -225,6 +225,9 @@ class CharTokenizer:
     def decode(self, ids, skip_special=True):
         return "".join(chr(i + 29) for i in ids if i >= 3)
 
+    def id_to_piece(self, i):
+        return {0: "<pad>", 1: "<s>", 2: "</s>"}.get(i, chr(i + 29))
+
 
 def test_predictor_text_stop_trims_and_stops_decoding(gqa):
     tok = CharTokenizer()

@@ -27,6 +27,9 @@ class WordTokenizer:
     def decode(self, ids) -> str:
         return " ".join(self.pieces[i] for i in ids)
 
+    def id_to_piece(self, i: int) -> str:
+        return self.pieces[i]
+
 
 def task_records(n: int, seed: int) -> list[dict[str, str]]:
     """Five symbols in, one of them four times; out: that symbol capitalised (a fixed transform).
