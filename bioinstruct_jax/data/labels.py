@@ -26,7 +26,7 @@ import re
 from typing import Any, Sequence
 
 from bioinstruct_jax.data.journal import append_lines, read_jsonl_tail_safe
-from bioinstruct_jax.data.records import CATEGORIES, InstructionRecord, RecordError
+from bioinstruct_jax.data.records import CATEGORIES, InstructionRecord, RecordError, label_keys
 from bioinstruct_jax.llm_client import LLMClient, LLMError
 
 LABEL_PROMPT_HEADER = """Classify each biomedical task below into exactly one category:
@@ -83,13 +83,12 @@ def read_label_file(path: pathlib.Path) -> dict[str, str]:
     labels: dict[str, str] = {}
     rows, _ = read_jsonl_tail_safe(path)
     for lineno, obj in rows:
-        cat = obj.get("category") if isinstance(obj, dict) else None
-        if cat not in CATEGORIES:
-            raise RecordError(f"{path}:{lineno}: category {cat!r} is not one of {CATEGORIES}")
-        if obj.get("id"):
-            labels[f"id:{obj['id']}"] = cat
-        if obj.get("instruction"):
-            labels.setdefault(f"ins:{obj['instruction'].strip()}", cat)
+        cat, keys = label_keys(obj, f"{path}:{lineno}")
+        for key in keys:
+            if key.startswith("id:"):
+                labels[key] = cat
+            else:
+                labels.setdefault(key, cat)
     return labels
 
 

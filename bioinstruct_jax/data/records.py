@@ -161,3 +161,18 @@ def write_jsonl_records(path: str | pathlib.Path, records: list[InstructionRecor
     with pathlib.Path(path).open("w", encoding="utf-8") as f:
         for rec in records:
             f.write(rec.to_json() + "\n")
+
+
+def label_keys(obj: Any, where: str) -> tuple[str, list[str]]:
+    """(category, keys) of one labels-file row {"id" and/or "instruction", "category"}: the keys
+    are "id:<id>" and "ins:<instruction>", the ways a record is matched to its label. `where`
+    (FILE:LINE) starts every error."""
+    cat = obj.get("category") if isinstance(obj, dict) else None
+    if cat not in CATEGORIES:
+        raise RecordError(f"{where}: category {cat!r} is not one of {CATEGORIES}")
+    keys = [f"id:{obj['id']}"] if obj.get("id") else []
+    if obj.get("instruction"):
+        keys.append(f"ins:{obj['instruction'].strip()}")
+    if not keys:
+        raise RecordError(f"{where}: a label needs an 'id' or an 'instruction'")
+    return cat, keys

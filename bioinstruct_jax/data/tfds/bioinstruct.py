@@ -32,7 +32,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from bioinstruct_jax.data.records import CATEGORIES, InstructionRecord, RecordError, read_instruction_file, read_utf8
+from bioinstruct_jax.data.records import InstructionRecord, RecordError, label_keys, read_instruction_file, read_utf8
 from bioinstruct_jax.data.tfds import common
 
 HUB_URL = "https://huggingface.co/datasets/bio-nlp-umass/bioinstruct/resolve/main/biomed_instruct_25k.json"
@@ -56,15 +56,8 @@ def read_labels(path: str | pathlib.Path) -> dict[str, str]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise RecordError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-        cat = obj.get("category") if isinstance(obj, dict) else None
-        if cat not in CATEGORIES:
-            raise RecordError(f"{path}:{lineno}: category {cat!r} is not one of {CATEGORIES}")
-        if obj.get("id"):
-            labels[f"id:{obj['id']}"] = cat
-        if obj.get("instruction"):
-            labels[f"ins:{obj['instruction'].strip()}"] = cat
-        if not obj.get("id") and not obj.get("instruction"):
-            raise RecordError(f"{path}:{lineno}: a label needs an 'id' or an 'instruction'")
+        cat, keys = label_keys(obj, f"{path}:{lineno}")
+        labels.update(dict.fromkeys(keys, cat))
     return labels
 
 
