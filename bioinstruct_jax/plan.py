@@ -241,6 +241,7 @@ def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanRe
     import jax
 
     from bioinstruct_jax import parallel, train_step
+    from bioinstruct_jax.model import llama
     from bioinstruct_jax.model.lora import parameter_summary
     from bioinstruct_jax.train_config import OptimConfig
 
@@ -280,7 +281,8 @@ def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanRe
                  for key in train_step.BATCH_KEYS}
     step = train_step.build_train_step(graphdef, tx, shardings=sh)
     start = time.perf_counter()
-    compiled = step.lower(lora_sds, opt_sds, base_sds, rng_sds, batch_sds).compile()
+    with llama.accelerator_dot_forms():  # the step of the target accelerator, not of XLA:CPU's forms
+        compiled = step.lower(lora_sds, opt_sds, base_sds, rng_sds, batch_sds).compile()
     seconds = time.perf_counter() - start
     mem = compiled.memory_analysis()
     peak = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes

@@ -21,7 +21,7 @@ import pathlib
 import pkgutil
 import sys
 
-_TPU_ENV = ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID", "TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID", "TPU_NAME_ON_VM")
+TPU_ENV_VARS = ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID", "TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID", "TPU_NAME_ON_VM")
 _GOOGLE_PCI_VENDOR = "0x1ae0"
 
 
@@ -38,7 +38,7 @@ def _google_pci_devices() -> list[str]:
 
 def tpu_attached() -> bool:
     """Whether this machine has a TPU (cheap checks first; JAX's chip table only on Google hardware)."""
-    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*") or any(os.environ.get(v) for v in _TPU_ENV):
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*") or any(os.environ.get(v) for v in TPU_ENV_VARS):
         return True
     google = _google_pci_devices()
     if not google:

@@ -145,17 +145,24 @@ def test_train_cli_sigkill_then_same_command_ends_with_the_same_weights(task, tr
 
 
 def test_generate_cli_prints_the_predictors_text(trained):
+    """The CLI renders each --prompt in the run's own template (alpaca here), then generates as the
+    predictor does; `--template raw` sends the text as it is."""
+    from bioinstruct_jax.data.templates import render_prompt
     from bioinstruct_jax.generate import load_predictor
 
-    from bioinstruct_jax.data.templates import get_template
-
-    prompts = [get_template().format_prompt(INSTRUCTION, "s1 s1 s5 s1 s1"), "What is metformin?"]
-    proc = _run(_module("generate", "--model", trained, "--prompt", prompts[0], "--prompt", prompts[1],
-                        "--max-new-tokens", "5", "--jsonl"))
-    lines = [json.loads(x) for x in proc.stdout.strip().splitlines()]
-    expected = load_predictor(str(trained)).generate(prompts, max_new_tokens=5)
+    pred = load_predictor(str(trained))
+    assert pred.template == "alpaca"  # read from the run's saved config
+    questions = [f"{INSTRUCTION}\n\ns1 s1 s5 s1 s1", "What is metformin?"]
+    expected = pred.generate([render_prompt(pred.template, q) for q in questions], max_new_tokens=5)
     assert any(text.strip() for text in expected)
-    assert lines == [{"prompt": p, "generation": g} for p, g in zip(prompts, expected)]
+    proc = _run(_module("generate", "--model", trained, "--prompt", questions[0], "--prompt", questions[1],
+                        "--max-new-tokens", "5", "--jsonl", "--no-escape"))
+    lines = [json.loads(x) for x in proc.stdout.strip().splitlines()]
+    assert lines == [{"prompt": q, "generation": g} for q, g in zip(questions, expected)]
+    raw = render_prompt("alpaca", questions[0])
+    proc = _run(_module("generate", "--model", trained, "--prompt", raw, "--template", "raw",
+                        "--max-new-tokens", "5", "--jsonl", "--no-escape"))
+    assert json.loads(proc.stdout.strip()) == {"prompt": raw, "generation": expected[0]}
 
 
 def _score_by_hand(preds: list[dict]) -> dict[str, float]:

@@ -23,7 +23,9 @@ print(os.environ.get("JAX_PLATFORMS"), sorted(xla_bridge._backend_errors))
 @pytest.mark.skipif(platforms.tpu_attached(), reason="this machine has a TPU: JAX must use it")
 def test_no_tpu_backend_is_started_without_a_tpu():
     pytest.importorskip("libtpu", reason="only matters where libtpu is installed (test / plan extras)")
-    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    # A machine without a TPU: none of Cloud TPU's variables (the planner's TPU path sets some in
+    # the pytest process) and no JAX_PLATFORMS.
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS" and k not in platforms.TPU_ENV_VARS}
     env["PYTHONPATH"] = str(REPO)
     proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -16,6 +16,7 @@ padding and packed sequences. Generation uses `KVCache` (see `init_cache`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -235,6 +236,26 @@ def _normal(std: float) -> Callable[[jax.Array, tuple[int, ...], Any], jax.Array
     return lambda key, shape, dtype: (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
 
 
+_CPU_DOT_FORMS = [True]
+
+
+def cpu_dot_forms() -> bool:
+    """Whether bf16 dots take their XLA:CPU form (f32 accumulation that reads bf16 operands as
+    they are; see `Linear.__call__`): on the CPU backend, unless `accelerator_dot_forms` is on."""
+    return _CPU_DOT_FORMS[0] and jax.default_backend() == "cpu"
+
+
+@contextlib.contextmanager
+def accelerator_dot_forms():
+    """Trace bf16 dots as on an accelerator even on the CPU: the memory planner compiles on
+    XLA:CPU to estimate a TPU / GPU step, which has no use for the CPU-only forms."""
+    previous, _CPU_DOT_FORMS[0] = _CPU_DOT_FORMS[0], False
+    try:
+        yield
+    finally:
+        _CPU_DOT_FORMS[0] = previous
+
+
 class Linear(nnx.Module):
     """y = x @ kernel, no bias. `kernel` is [in, out] (the transpose of HF's weight)."""
 
@@ -249,7 +270,7 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x, kernel = x.astype(self.dtype), self.kernel[...].astype(self.dtype)
-        if self.dtype != jnp.float32 and jax.default_backend() == "cpu":
+        if self.dtype != jnp.float32 and cpu_dot_forms():
             # XLA:CPU's dot reads bf16 operands only when it accumulates into f32; a bf16-result
             # dot is upcast whole, and in a decode loop the f32 copies of the weights are hoisted
             # out of the loop, so every step reads f32 weights. Same values (f32 accumulation,
@@ -547,7 +568,7 @@ class Llama(nnx.Module):
             w, w_in_axis = self.embed_tokens.embedding[...], 1  # [V, D]
         elif type(self.lm_head) is Linear:  # [D, V]; a LoRA-wrapped head keeps its own path
             w = self.lm_head.kernel[...]
-        if w is not None and w.dtype != jnp.float32 and jax.default_backend() == "cpu":
+        if w is not None and w.dtype != jnp.float32 and cpu_dot_forms():
             dims = (((hidden.ndim - 1,), (w_in_axis,)), ((), ()))
             return jax.lax.dot_general(hidden.astype(w.dtype), w, dims, preferred_element_type=jnp.float32)
         if self.config.tie_word_embeddings:
