@@ -18,8 +18,20 @@ Backends:
 - `AutoTokenizerAdapter`: any other directory of tokenizer files, via
   `transformers.AutoTokenizer.from_pretrained(dir, local_files_only=True)` (never the network).
 
+- `GGUFTokenizer`: the tokenizer stored in a llama.cpp GGUF file's metadata (the `gpt2` BPE and
+  `llama` SentencePiece kinds), converted by transformers (`AutoTokenizer.from_pretrained(folder,
+  gguf_file=name)`), with the file's BOS / EOS / pad ids and chat template.
+
+Each tokenizer's own convention says whether a text for the model starts with BOS / ends with EOS:
+`adds_bos` / `adds_eos` come from `tokenizer_config.json` (`add_bos_token` / `add_eos_token`),
+else from what the tokenizer itself does when asked for special tokens (the `tokenizer.json`
+post-processor; GGUF `tokenizer.ggml.add_bos_token` through transformers' conversion).
+SentencePiece models without a config keep LLaMA 1/2's rule: BOS, no EOS. `chat_template` is the
+tokenizer's jinja chat template or None (`bioinstruct_jax.chat` renders it).
+
 `load_tokenizer(path)` picks the backend from what is at `path` (a directory holding both a
-`tokenizer.model` and a `tokenizer.json` uses the SentencePiece model: exact LLaMA 1/2 ids).
+`tokenizer.model` and a `tokenizer.json` uses the SentencePiece model: exact LLaMA 1/2 ids; a
+`.gguf` file, or a folder with one and no other tokenizer files, uses its metadata).
 """
 
 from __future__ import annotations
@@ -41,6 +53,9 @@ class Tokenizer(Protocol):
     eos_id: int
     pad_id: int
     vocab_size: int
+    adds_bos: bool  # the tokenizer's own rule: a text for the model starts with BOS
+    adds_eos: bool
+    chat_template: str | None
 
     def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]: ...
 
@@ -79,6 +94,10 @@ class SentencePieceTokenizer:
                                   str(self.model_file))
         self._special = {i for i in (self.bos_id, self.eos_id, self.pad_id) if i >= 0} | {
             i for i in range(self.vocab_size) if self.sp.is_control(i)}
+        cfg = _tokenizer_config(self.model_file.parent)
+        self.adds_bos = bool(cfg.get("add_bos_token", True))  # LLaMA 1/2: BOS, no EOS
+        self.adds_eos = bool(cfg.get("add_eos_token", False))
+        self.chat_template = _chat_template_beside(self.model_file.parent, cfg)
 
     def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         return _wrap(list(self.sp.encode(text)), self.bos_id, self.eos_id, add_bos, add_eos)
@@ -115,15 +134,17 @@ class SentencePieceTokenizer:
         _write_json(d / "tokenizer_config.json", {
             "tokenizer_class": "LlamaTokenizer", **{k: v for k, v in names.items() if v is not None},
             "pad_token": self.sp.id_to_piece(self.pad_id) if has_pad else None,
-            "add_bos_token": True, "add_eos_token": False, "legacy": True,
+            "add_bos_token": self.adds_bos, "add_eos_token": self.adds_eos, "legacy": True,
             "clean_up_tokenization_spaces": False, "model_max_length": 1_000_000_000,
             "sp_model_kwargs": {},
+            **({"chat_template": self.chat_template} if self.chat_template else {}),
             "bioinstruct_pad_id": self.pad_id})
         return d
 
 
 class HFTokenizer:
-    """A `tokenizer.json` via the `tokenizers` library; BOS/EOS added by us, never by its post-processor."""
+    """A `tokenizer.json` via the `tokenizers` library; BOS/EOS added by us (`add_bos`), never by its
+    post-processor, whose rule is read into `adds_bos` / `adds_eos` unless tokenizer_config says."""
 
     def __init__(self, json_file: str | pathlib.Path, *, bos_token: str | None = None, eos_token: str | None = None,
                  pad_id: int | None = None):
@@ -150,6 +171,12 @@ class HFTokenizer:
         pad_token = cfg.get("pad_token")
         self.pad_id = _choose_pad(pad_id, self._id(pad_token) if pad_token else -1, self.unk_id, self.eos_id,
                                   self.vocab_size, str(self.json_file))
+        tcfg = _tokenizer_config(self.json_file.parent)
+        plain = self.tok.encode("a", add_special_tokens=False).ids
+        full = self.tok.encode("a", add_special_tokens=True).ids
+        self.adds_bos = bool(tcfg.get("add_bos_token", full[:1] == [self.bos_id] and plain[:1] != [self.bos_id]))
+        self.adds_eos = bool(tcfg.get("add_eos_token", full[-1:] == [self.eos_id] and plain[-1:] != [self.eos_id]))
+        self.chat_template = _chat_template_beside(self.json_file.parent, tcfg)
 
     def _id(self, token: str) -> int:
         i = self.tok.token_to_id(token)
@@ -180,8 +207,11 @@ class HFTokenizer:
             names["unk_token"] = self.unk_token
         _write_json(d / "special_tokens_map.json", names)
         _write_json(d / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast", **names,
+                                                  "add_bos_token": self.adds_bos, "add_eos_token": self.adds_eos,
                                                   "clean_up_tokenization_spaces": False,
                                                   "model_max_length": 1_000_000_000,
+                                                  **({"chat_template": self.chat_template} if self.chat_template
+                                                     else {}),
                                                   "bioinstruct_pad_id": self.pad_id})
         return d
 
@@ -189,11 +219,16 @@ class HFTokenizer:
 class AutoTokenizerAdapter:
     """Any tokenizer directory transformers can read offline (`AutoTokenizer`, local files only)."""
 
-    def __init__(self, directory: str | pathlib.Path, *, pad_id: int | None = None):
+    def __init__(self, directory: str | pathlib.Path, *, pad_id: int | None = None, **from_pretrained: Any):
         from transformers import AutoTokenizer
 
         self.directory = pathlib.Path(directory)
-        self.tok = AutoTokenizer.from_pretrained(str(self.directory), local_files_only=True)
+        where = self.directory / from_pretrained["gguf_file"] if "gguf_file" in from_pretrained else self.directory
+        try:
+            self.tok = AutoTokenizer.from_pretrained(str(self.directory), local_files_only=True, **from_pretrained)
+        except (ValueError, OSError, KeyError, TypeError) as err:
+            raise ValueError(f"{where}: transformers cannot read this tokenizer ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''})") from None
         self.vocab_size = int(len(self.tok))
         if self.tok.bos_token_id is None or self.tok.eos_token_id is None:
             raise ValueError(f"{self.directory}: tokenizer has no BOS ({self.tok.bos_token_id}) or "
@@ -201,7 +236,12 @@ class AutoTokenizerAdapter:
         self.bos_id, self.eos_id = int(self.tok.bos_token_id), int(self.tok.eos_token_id)
         self.unk_id = int(self.tok.unk_token_id) if self.tok.unk_token_id is not None else -1
         own_pad = int(self.tok.pad_token_id) if self.tok.pad_token_id is not None else -1
-        self.pad_id = _choose_pad(pad_id, own_pad, self.unk_id, self.eos_id, self.vocab_size, str(self.directory))
+        self.pad_id = _choose_pad(pad_id, own_pad, self.unk_id, self.eos_id, self.vocab_size, str(where))
+        plain = list(self.tok.encode("a", add_special_tokens=False))
+        full = list(self.tok.encode("a", add_special_tokens=True))
+        self.adds_bos = full[:1] == [self.bos_id] and plain[:1] != [self.bos_id]
+        self.adds_eos = full[-1:] == [self.eos_id] and plain[-1:] != [self.eos_id]
+        self.chat_template = self.tok.chat_template if isinstance(self.tok.chat_template, str) else None
 
     def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         return _wrap(list(self.tok.encode(text, add_special_tokens=False)), self.bos_id, self.eos_id, add_bos, add_eos)
@@ -219,6 +259,38 @@ class AutoTokenizerAdapter:
         d = pathlib.Path(directory)
         self.tok.save_pretrained(str(d))
         return d
+
+
+class GGUFTokenizer(AutoTokenizerAdapter):
+    """The tokenizer in a GGUF file's metadata, converted by transformers (ids, special tokens,
+    `tokenizer.ggml.add_bos_token`, chat template exactly as transformers reads the file)."""
+
+    def __init__(self, gguf_file: str | pathlib.Path, *, pad_id: int | None = None):
+        f = pathlib.Path(gguf_file)
+        if not f.is_file():
+            raise FileNotFoundError(f"GGUF file {f} does not exist")
+        self.gguf_file = f
+        super().__init__(f.parent, pad_id=pad_id, gguf_file=f.name)
+
+
+def _tokenizer_config(directory: pathlib.Path) -> dict[str, Any]:
+    f = directory / "tokenizer_config.json"
+    if not f.is_file():
+        return {}
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{f}: not valid JSON ({exc})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _chat_template_beside(directory: pathlib.Path, cfg: dict[str, Any]) -> str | None:
+    """The chat template of a tokenizer folder: `chat_template.jinja`, else tokenizer_config's."""
+    jinja = directory / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    template = cfg.get("chat_template")
+    return template if isinstance(template, str) else None
 
 
 def _choose_pad(requested: int | None, own: int, unk: int, eos: int, vocab_size: int, where: str) -> int:
@@ -265,6 +337,8 @@ def load_tokenizer(path: str | pathlib.Path, *, pad_id: int | None = None) -> To
     (SentencePiece preferred), or else any directory AutoTokenizer reads offline."""
     p = pathlib.Path(path)
     if p.is_file():
+        if p.suffix.lower() == ".gguf":
+            return GGUFTokenizer(p, pad_id=pad_id)
         if p.suffix == ".json":
             return HFTokenizer(p, pad_id=pad_id)
         return SentencePieceTokenizer(p, pad_id=pad_id)
@@ -278,6 +352,9 @@ def load_tokenizer(path: str | pathlib.Path, *, pad_id: int | None = None) -> To
             return SentencePieceTokenizer(models[0], pad_id=pad_id)
         if (p / "tokenizer_config.json").is_file():
             return AutoTokenizerAdapter(p, pad_id=pad_id)
+        ggufs = sorted(p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return GGUFTokenizer(ggufs[0], pad_id=pad_id)
         raise FileNotFoundError(f"{p}: no tokenizer.model, tokenizer.json or tokenizer_config.json in it "
                                 f"(found: {sorted(x.name for x in p.iterdir())[:20]})")
     raise FileNotFoundError(f"tokenizer path {p} does not exist")
@@ -315,5 +392,5 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, out_dir: str | pa
     return out / f"{model_prefix}.model"
 
 
-__all__ = ["Tokenizer", "SentencePieceTokenizer", "HFTokenizer", "AutoTokenizerAdapter", "load_tokenizer",
+__all__ = ["Tokenizer", "SentencePieceTokenizer", "HFTokenizer", "AutoTokenizerAdapter", "GGUFTokenizer", "load_tokenizer",
            "train_sentencepiece"]

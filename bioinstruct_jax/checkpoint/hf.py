@@ -2,7 +2,8 @@
 
 `load_pretrained(path)` reads `config.json` and the weights (`model.safetensors`, sharded
 safetensors with `model.safetensors.index.json`, or `pytorch_model.bin[.index.json]` through
-`torch.load(weights_only=True)`), builds the model abstractly (no weights allocated), and fills each
+`torch.load(weights_only=True)`), or a llama.cpp GGUF file (`checkpoint.gguf`), builds the model
+abstractly (no weights allocated), and fills each
 parameter from its memory-mapped tensor. With a `mesh`, every parameter is assembled from its
 shards with `jax.make_array_from_callback`, so each device receives only its slice and the host
 never holds a full copy of the model.
@@ -200,20 +201,38 @@ def fill_params(model: Llama, source: _TensorSource, sharding_fn: ShardingFn | N
         var.set_value(jax.make_array_from_callback(want, sharding, read))
 
 
+def read_config(path: str | pathlib.Path) -> LlamaConfig:
+    """The `LlamaConfig` of an HF folder (`config.json`) or a GGUF file / folder (its metadata)."""
+    from bioinstruct_jax.checkpoint import gguf  # imports this module: loaded on use
+
+    if gguf.is_gguf(path):
+        return gguf.read_config(path)
+    return LlamaConfig.from_hf(path)
+
+
+def _open_checkpoint(path: pathlib.Path) -> tuple[LlamaConfig, Any]:
+    """(config, tensor source) of an HF folder or a GGUF file / folder."""
+    from bioinstruct_jax.checkpoint import gguf  # imports this module: loaded on use
+
+    if gguf.is_gguf(path):
+        source = gguf.GGUFTensorSource(path)
+        return source.config, source
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: not a directory (expected an HF checkpoint folder or a .gguf file)")
+    return LlamaConfig.from_hf(path), _TensorSource(path)
+
+
 def load_pretrained(path: str | pathlib.Path, *, dtype: Any = jnp.bfloat16, compute_dtype: Any = None,
                     sharding_fn: ShardingFn | None = None, mesh: jax.sharding.Mesh | None = None,
                     **model_kwargs: Any) -> tuple[Llama, LlamaConfig]:
-    """Load an HF LLaMA directory as `(model, config)`.
+    """Load an HF LLaMA directory, or a GGUF file / a folder holding one, as `(model, config)`.
 
     dtype: parameter dtype (bf16 by default); compute_dtype: matmul dtype (defaults to dtype).
     mesh: place each parameter straight into its shards by the logical-axis rules of
     `bioinstruct_jax.parallel` (or pass `sharding_fn` for full control).
     """
     directory = pathlib.Path(path)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: not a directory (expected an HF checkpoint folder)")
-    config = LlamaConfig.from_hf(directory)
-    source = _TensorSource(directory)
+    config, source = _open_checkpoint(directory)
     param_dtype = dtype_from_name(dtype)
     compute = dtype_from_name(compute_dtype) if compute_dtype is not None else param_dtype
     model = abstract_model(config, param_dtype=param_dtype, dtype=compute, **model_kwargs)
