@@ -21,6 +21,7 @@ the current run before anything is compiled, so a directory from a different mod
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import jax
@@ -31,6 +32,17 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 CHECKPOINT_SUBDIR = "checkpoints"
 ITEMS = ("lora", "opt", "rng", "meta")
+
+
+class _ReadOnlyNotice(logging.Filter):
+    """Drops Orbax's "Given directory is read only=..." absl warning: restoring for eval / export /
+    generate opens the run read-only on purpose, and the line read like an error to users."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotice())
 
 
 class CheckpointMismatchError(ValueError):
