@@ -596,7 +596,11 @@ def export_base_adapter(base_dir: str | pathlib.Path, out_dir: str | pathlib.Pat
     stored = hf_cfg.get("dtype") or hf_cfg.get("torch_dtype") or "float32"
     model, _ = load_pretrained(base, dtype=stored)
     lora_config = load_peft_adapter(model, adapter_dir) if adapter_dir else None
-    if tokenizer is None and any((base / f).is_file() for f in ("tokenizer.model", "tokenizer.json")):
+    from bioinstruct_jax.checkpoint.gguf import find_gguf, is_gguf
+
+    if tokenizer is None and is_gguf(base):
+        tokenizer = find_gguf(base)  # the tokenizer (and chat template) in the GGUF metadata
+    elif tokenizer is None and any((base / f).is_file() for f in ("tokenizer.model", "tokenizer.json")):
         tokenizer = base
     return export_model(model, lora_config, out_dir, fmt=fmt, tokenizer=tokenizer, dtype=dtype or stored,
                         max_shard_bytes=max_shard_bytes, base_model_name_or_path=str(base.resolve()),

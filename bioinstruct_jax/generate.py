@@ -22,8 +22,14 @@ are placed with `batch_sharding` (batch over data x fsdp), the KV cache is const
 Without a mesh nothing from `parallel` is imported.
 
 `JaxPredictor` adds a tokenizer and implements `bioinstruct_jax.eval.predictor.Predictor`;
-`load_predictor` builds it from a path (HF directory or a training run's Orbax checkpoints, see
-`load_model_for_inference`). `python -m bioinstruct_jax.generate` prints generations.
+`load_predictor` builds it from a path (HF directory, GGUF file, or a training run's Orbax
+checkpoints, see `load_model_for_inference`). Prompts start with BOS exactly when the tokenizer's
+own rule says so (`adds_bos`; never twice when the text already begins with the BOS token), and
+generation stops at every EOS id of the model config / `generation_config.json`, the tokenizer's
+EOS and the chat template's end-of-turn token (`chat.stop_ids`). `python -m
+bioinstruct_jax.generate` prints generations: raw `--prompt` text, a question in the model's chat
+template (`--chat`), or an instruction in a named template (`--template`, by default the one a
+training run was trained with).
 """
 
 from __future__ import annotations
@@ -350,20 +356,28 @@ def trim_at_stop(text: str, stop: Sequence[str] | None) -> str:
 class JaxPredictor:
     """`bioinstruct_jax.eval.predictor.Predictor` over a `Generator` and a tokenizer.
 
-    Prompts are encoded with BOS (`add_bos`). Generation is greedy unless `sampling` says
-    otherwise; sampled runs are reproducible from `seed` (call n uses fold_in(key(seed), n)).
+    Prompts get BOS when `add_bos` (default: the tokenizer's own rule, `adds_bos`), unless the text
+    already starts with the BOS token (a chat template that writes it); such text is encoded with
+    its special tokens as ids. Generation is greedy unless `sampling` says otherwise; sampled runs
+    are reproducible from `seed` (call n uses fold_in(key(seed), n)). `template`: the prompt
+    template callers should format instructions with (the run's, or "raw").
     """
 
     def __init__(self, generator: Generator, tokenizer: Any, *, sampling: SamplingConfig = SamplingConfig(),
-                 seed: int = 0, add_bos: bool = True):
+                 seed: int = 0, add_bos: bool | None = None, template: str = "raw"):
         self.generator = generator
         self.tokenizer = tokenizer
         self.sampling = sampling
-        self.add_bos = add_bos
+        self.add_bos = bool(getattr(tokenizer, "adds_bos", True)) if add_bos is None else add_bos
+        self.template = template
         self._key = jax.random.key(seed)
         self._calls = 0
 
     def _encode_prompt(self, prompt: str) -> list[int]:
+        from bioinstruct_jax import chat
+
+        if chat.starts_with_bos_text(self.tokenizer, prompt):
+            return chat.encode_rendered(self.tokenizer, prompt)
         return self.tokenizer.encode(prompt, add_bos=self.add_bos)
 
     def generate(self, prompts: list[str], *, max_new_tokens: int, stop: list[str] | None = None) -> list[str]:
@@ -393,6 +407,11 @@ class JaxPredictor:
 
 
 def _is_hf_dir(path: pathlib.Path) -> bool:
+    """An HF checkpoint folder, or a GGUF file / a folder holding one."""
+    from bioinstruct_jax.checkpoint.gguf import is_gguf
+
+    if is_gguf(path):
+        return True
     return (path / "config.json").is_file() and any(
         (path / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                                        "pytorch_model.bin.index.json"))
@@ -423,7 +442,8 @@ def load_model_for_inference(path: str | pathlib.Path, *, dtype: Any = "bfloat16
                              step: int | None = None) -> tuple[Llama, str | None]:
     """(model in eval mode, tokenizer path or None) from what `path` holds:
 
-    - an HF LLaMA directory (config.json + weights): `checkpoint.hf.load_pretrained`, params in `dtype`;
+    - an HF LLaMA directory (config.json + weights) or a GGUF file / a folder holding one:
+      `checkpoint.hf.load_pretrained`, params in `dtype`;
     - a training run's output dir (or its `checkpoints/` folder): base + LoRA rebuilt by the training
       code (`train.restore_model`, the loader behind `checkpoint.orbax.load_model_for_inference`),
       in the run's dtypes, at `step` (default latest).
@@ -459,8 +479,8 @@ def _default_dtype() -> str:
 def load_predictor(model: str, lora: str | None = None, *, dtype: str | None = None, mesh: Any = None,
                    batch_size: int = 32, max_length: int | None = None, tokenizer: str | None = None,
                    temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                   merge_lora: bool = True, step: int | None = None, add_bos: bool = True,
-                   pad_id: int | None = None) -> JaxPredictor:
+                   merge_lora: bool = True, step: int | None = None, add_bos: bool | None = None,
+                   pad_id: int | None = None, template: str | None = None) -> JaxPredictor:
     """The JAX predictor the eval CLI uses.
 
     model: an HF LLaMA directory or a training run directory (Orbax, LoRA included).
@@ -469,6 +489,8 @@ def load_predictor(model: str, lora: str | None = None, *, dtype: str | None = N
     dtype: parameter / compute dtype for HF weights (default float32 on CPU, bfloat16 elsewhere).
     mesh: None (one device), a Mesh, or "data,fsdp,tensor" sizes; batch_size: rows per compiled batch
       (the largest bucket). merge_lora folds adapters into the base kernels (faster decode).
+    add_bos: None = the tokenizer's own rule. template: the prompt template the predictor reports
+      (`JaxPredictor.template`); None = the one the training run was trained with, else "raw".
     """
     mesh = resolve_mesh(mesh)
     dtype = dtype or _default_dtype()
@@ -493,11 +515,31 @@ def load_predictor(model: str, lora: str | None = None, *, dtype: str | None = N
         raise ValueError(f"no tokenizer for {model}: pass tokenizer=PATH")
     from bioinstruct_jax.tokenizer import load_tokenizer
 
+    from bioinstruct_jax import chat
+
     tok = load_tokenizer(tok_path, pad_id=pad_id)
-    eos = tuple(dict.fromkeys((*net.config.eos_token_id, tok.eos_id)))
+    hf_dir = pathlib.Path(model) if (pathlib.Path(model) / "config.json").is_file() else None
+    eos = tuple(chat.stop_ids(tok, net.config.eos_token_id, hf_dir))
     gen = Generator(net, mesh=mesh, max_length=max_length, max_batch_size=batch_size, pad_id=tok.pad_id,
                     eos_ids=eos)
-    return JaxPredictor(gen, tok, sampling=SamplingConfig(temperature, top_k, top_p), seed=seed, add_bos=add_bos)
+    if template is None:
+        template = run_template(lora) or run_template(model) or "raw"
+    return JaxPredictor(gen, tok, sampling=SamplingConfig(temperature, top_k, top_p), seed=seed, add_bos=add_bos,
+                        template=template)
+
+
+def run_template(path: str | None) -> str | None:
+    """The prompt template a training run at `path` was trained with (its saved config's
+    `data.template`); None when `path` is not a training run."""
+    if not path or not _is_orbax_run(pathlib.Path(path)):
+        return None
+    from bioinstruct_jax.checkpoint.orbax import RunCheckpointer
+
+    ckpt = RunCheckpointer(str(path), read_only=True)
+    try:
+        return ckpt.read_meta()["config"].get("data", {}).get("template") or None
+    finally:
+        ckpt.close()
 
 
 def _add_peft_adapter(model: Llama, adapter_dir: pathlib.Path, mesh: jax.sharding.Mesh | None) -> None:
@@ -536,10 +578,18 @@ def _check_same_base(model: str, run_dir: pathlib.Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bioinstruct_jax.generate",
                                 description="Generate text from an HF LLaMA directory or a training run.")
-    p.add_argument("--model", required=True, help="HF checkpoint directory or training run directory")
+    p.add_argument("--model", required=True,
+                   help="HF checkpoint directory, GGUF file (or a folder holding one), or training run directory")
     p.add_argument("--lora", help="PEFT adapter directory or training run directory with LoRA weights for --model")
     p.add_argument("--tokenizer", help="tokenizer path (default: the model / run's own)")
-    p.add_argument("--prompt", action="append", default=[], help="prompt text (repeatable)")
+    p.add_argument("--prompt", action="append", default=[],
+                   help=r"prompt text (repeatable); \n, \t and \\ are read as newline, tab, backslash unless "
+                   "--no-escape. Sent as is, or as the instruction of --template")
+    p.add_argument("--chat", action="append", default=[], metavar="QUESTION",
+                   help="a user question in the model's own chat template (repeatable)")
+    p.add_argument("--template", help="format each --prompt as an instruction in this template (alpaca, "
+                   "bioinstruct_paper, chat) or 'raw' (as is); default: the training run's template, else raw")
+    p.add_argument("--no-escape", action="store_true", help="keep backslashes in --prompt text literally")
     p.add_argument("--prompt-file", help="one prompt per line, or a .jsonl file with a 'prompt' field")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -555,8 +605,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    r"""`\n`, `\t`, `\\` in command-line text as newline, tab, backslash (llama.cpp's --escape)."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in _ESCAPES:
+            out.append(_ESCAPES[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
 def _read_prompts(args: argparse.Namespace) -> list[str]:
-    prompts = list(args.prompt)
+    prompts = [p if args.no_escape else unescape(p) for p in args.prompt]
     if args.prompt_file:
         f = pathlib.Path(args.prompt_file)
         for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
@@ -575,12 +641,22 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prompts = _read_prompts(args)
-    if not prompts:
-        raise SystemExit("no prompts: pass --prompt TEXT or --prompt-file FILE")
+    if not prompts and not args.chat:
+        raise SystemExit("no prompts: pass --prompt TEXT, --chat QUESTION or --prompt-file FILE")
+    from bioinstruct_jax.data import templates
+
+    if args.template is not None and args.template != "raw" and args.template not in templates.TEMPLATE_NAMES:
+        raise SystemExit(f"--template {args.template!r}: known templates are raw, "
+                         + ", ".join(templates.TEMPLATE_NAMES))
     predictor = load_predictor(args.model, args.lora, dtype=args.dtype, mesh=args.mesh, batch_size=args.batch_size,
                                tokenizer=args.tokenizer, temperature=args.temperature, top_k=args.top_k,
-                               top_p=args.top_p, seed=args.seed, merge_lora=not args.no_merge_lora)
-    outputs = predictor.generate(prompts, max_new_tokens=args.max_new_tokens, stop=args.stop or None)
+                               top_p=args.top_p, seed=args.seed, merge_lora=not args.no_merge_lora,
+                               template=args.template)
+    texts = [templates.render_prompt(predictor.template, p, tokenizer=predictor.tokenizer)
+             if predictor.template != "raw" else p for p in prompts]
+    texts += [templates.render_prompt("chat", q, tokenizer=predictor.tokenizer) for q in args.chat]
+    prompts = prompts + list(args.chat)
+    outputs = predictor.generate(texts, max_new_tokens=args.max_new_tokens, stop=args.stop or None)
     for i, (prompt, text) in enumerate(zip(prompts, outputs)):
         if args.jsonl:
             print(json.dumps({"prompt": prompt, "generation": text}, ensure_ascii=False))
@@ -590,7 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["Generator", "GenerationResult", "SamplingConfig", "JaxPredictor", "load_predictor",
-           "load_model_for_inference", "stop_token_sequences", "trim_at_stop", "batch_bucket", "next_power_of_two"]
+           "load_model_for_inference", "run_template", "stop_token_sequences", "trim_at_stop", "batch_bucket", "next_power_of_two"]
 
 if __name__ == "__main__":
     sys.exit(main())

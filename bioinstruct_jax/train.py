@@ -69,9 +69,15 @@ def resolve_llama_config(cfg: RunConfig, tokenizer: Any = None):
 
     if cfg.model.hf_path:
         path = pathlib.Path(cfg.model.hf_path)
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"model.hf_path: {path} has no config.json (expected an HF LLaMA checkpoint folder)")
-        config = LlamaConfig.from_hf(path)
+        from bioinstruct_jax.checkpoint.gguf import is_gguf, read_config
+
+        if is_gguf(path):
+            config = read_config(path)
+        elif not (path / "config.json").is_file():
+            raise ConfigError(f"model.hf_path: {path} has no config.json (expected an HF LLaMA checkpoint folder "
+                              "or a GGUF file)")
+        else:
+            config = LlamaConfig.from_hf(path)
     else:
         try:
             config = LlamaConfig.preset(cfg.model.preset)

@@ -19,10 +19,11 @@ class ModelConfig:
     """The frozen base model.
 
     preset: a `LlamaConfig.preset` name, built with random weights from `seed` (tests, CPU runs);
-    hf_path: an HF LLaMA checkpoint directory (takes precedence over preset when set).
+    hf_path: an HF LLaMA checkpoint directory or a GGUF file / a folder holding one (takes
+      precedence over preset when set).
     vocab_size: for presets only; None = the tokenizer's vocabulary size (so a SentencePiece model
     trained on the seeds fits the embedding exactly).
-    tokenizer: SentencePiece `.model` / HF `tokenizer.json` / a directory holding one; empty =
+    tokenizer: SentencePiece `.model` / HF `tokenizer.json` / `.gguf` / a directory holding one; empty =
     the hf_path directory.
     """
 

@@ -6,8 +6,10 @@ record hash, as the TFDS builder does), the TFDS `bioinstruct` builder (`tfds_co
 once from `train_file` into `tfds_data_dir`, array_record, read with `as_data_source`), or any
 sequence of record dicts passed in.
 
-One example is `<s> prompt response </s>`; `input_ids` are all tokens but the last, `targets` all
-but the first, and `loss_mask` is 1 exactly where the target is a response token or the EOS.
+One example is `<s> prompt response </s>` (BOS only when the tokenizer's own rule adds one,
+`adds_bos`; with the `chat` template, the chat-rendered prompt and the reply closed by the
+template's end-of-turn token); `input_ids` are all tokens but the last, `targets` all but the
+first, and `loss_mask` is 1 exactly where the target is a response token or the EOS / end-of-turn.
 Truncation (at most `max_length` input positions): the prompt gives way first (its head is cut from
 the end, the response header is kept); when even the response does not fit, the example is dropped
 and counted (`count_examples`), never silently. Packing puts several examples in one row
@@ -75,8 +77,8 @@ class DataConfig:
             raise ValueError(f"data.batch_size={self.batch_size} / data.max_length={self.max_length} too small")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction={self.val_fraction} must be in [0, 1)")
-        if self.template not in templates.TEMPLATES:
-            raise ValueError(f"data.template={self.template!r}; known: {sorted(templates.TEMPLATES)}")
+        if self.template not in templates.TEMPLATE_NAMES:
+            raise ValueError(f"data.template={self.template!r}; known: {sorted(templates.TEMPLATE_NAMES)}")
         if self.num_epochs is not None and self.num_epochs < 1:
             raise ValueError(f"data.num_epochs={self.num_epochs} must be >= 1 (or null = forever)")
 
@@ -103,13 +105,17 @@ class ExampleEncoder:
 
     def __init__(self, tokenizer: Any, max_length: int, template: str = templates.DEFAULT_TEMPLATE):
         self.tokenizer, self.max_length = tokenizer, max_length
-        self.template = templates.get_template(template)
+        self.chat = template == templates.CHAT_TEMPLATE
+        self.template = None if self.chat else templates.get_template(template)
         self.bos, self.eos = int(tokenizer.bos_id), int(tokenizer.eos_id)
+        self.bos_prefix = [self.bos] if getattr(tokenizer, "adds_bos", True) else []  # the tokenizer's own rule
 
     def __call__(self, record: Mapping[str, Any]) -> EncodedExample | None:
+        if self.chat:
+            return self._encode_chat(record)
         prompt, response = templates.format_example(record, self.template.name)
         resp = list(self.tokenizer.encode(response)) + [self.eos]
-        budget = self.max_length + 1 - 1 - len(resp)  # tokens = max_length + 1 (shift); minus BOS
+        budget = self.max_length + 1 - len(self.bos_prefix) - len(resp)  # tokens = max_length + 1 (shift)
         if budget <= 0:
             return None
         ids = list(self.tokenizer.encode(prompt))
@@ -121,10 +127,44 @@ class ExampleEncoder:
                 return None
             head = list(self.tokenizer.encode(self.template.head(rec["instruction"].strip(), rec["input"].strip())))
             ids = head[: budget - len(tail)] + tail
-        tokens = np.asarray([self.bos] + ids + resp, np.int32)
+        return self._example(self.bos_prefix + ids, resp, truncated)
+
+    @staticmethod
+    def _example(prompt_ids: list[int], resp: list[int], truncated: bool) -> EncodedExample:
+        tokens = np.asarray(prompt_ids + resp, np.int32)
         mask = np.zeros(len(tokens) - 1, np.float32)
-        mask[-len(resp):] = 1.0  # targets that are response tokens or the EOS
+        mask[-len(resp):] = 1.0  # targets that are response tokens or the EOS / end-of-turn token
         return EncodedExample(tokens[:-1], tokens[1:], mask, truncated)
+
+    def _encode_chat(self, record: Mapping[str, Any]) -> EncodedExample | None:
+        """The record as a user turn + assistant turn in the tokenizer's chat template; the loss
+        covers the reply and its end-of-turn token (EOS appended when the template has none).
+        A long prompt loses the end of its user message (instruction / input), never the template."""
+        from bioinstruct_jax import chat
+
+        instruction, input_text = (templates._field(record, k).strip() for k in ("instruction", "input"))
+        reply = {"role": "assistant", "content": templates._field(record, "output")}
+
+        def render(user: str) -> tuple[list[int], list[int]]:
+            prompt, answer, _ = chat.split_turn(self.tokenizer, [{"role": "user", "content": user}, reply])
+            head = [] if chat.starts_with_bos_text(self.tokenizer, prompt) else self.bos_prefix
+            resp = chat.encode_rendered(self.tokenizer, answer)
+            if chat.end_of_turn_id(self.tokenizer) is None:
+                resp = resp + [self.eos]
+            return head + chat.encode_rendered(self.tokenizer, prompt), resp
+
+        user = chat.user_message(instruction, input_text)["content"]
+        prompt_ids, resp = render(user)
+        excess = len(prompt_ids) + len(resp) - (self.max_length + 1)
+        truncated = excess > 0
+        if truncated:
+            user_ids = self.tokenizer.encode(user)
+            if excess >= len(user_ids):
+                return None
+            prompt_ids, resp = render(self.tokenizer.decode(user_ids[: len(user_ids) - excess]))
+            if len(prompt_ids) + len(resp) > self.max_length + 1:
+                return None
+        return self._example(prompt_ids, resp, truncated)
 
 
 def count_examples(records: Sequence[Mapping[str, Any]], encoder: ExampleEncoder) -> dict[str, int]:

@@ -4,15 +4,21 @@
 headers, the input section left out when the input is empty. `bioinstruct_paper`: the same with
 the output header as the paper prints it (`### Output::`). The prompt ends right after the output
 header's newline; the response follows directly (EOS is added by the tokenizing step).
+
+`chat`: the record as one user turn (instruction, then the input after a blank line) rendered
+through the tokenizer's own chat template with the generation prompt (`bioinstruct_jax.chat`,
+transformers' `apply_chat_template`); the reply is the assistant's turn up to its end-of-turn token.
+It needs the tokenizer, so it is not a `PromptTemplate`; `render_prompt` formats any template name.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 DEFAULT_TEMPLATE = "alpaca"
+CHAT_TEMPLATE = "chat"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +56,33 @@ TEMPLATES: Mapping[str, PromptTemplate] = {
 }
 
 
+TEMPLATE_NAMES: tuple[str, ...] = (*TEMPLATES, CHAT_TEMPLATE)
+
+
 def get_template(name: str = DEFAULT_TEMPLATE) -> PromptTemplate:
     if name not in TEMPLATES:
-        raise KeyError(f"unknown prompt template {name!r}; known: {sorted(TEMPLATES)}")
+        raise KeyError(f"unknown prompt template {name!r}; known: {sorted(TEMPLATES)}"
+                       + (" (chat is rendered by render_prompt with a tokenizer)" if name == CHAT_TEMPLATE else ""))
     return TEMPLATES[name]
+
+
+def render_prompt(template: str, instruction: str, input_text: str = "", *,
+                  shots: Sequence[tuple[str, str, str]] = (), tokenizer: Any = None) -> str:
+    """The prompt for one instruction in `template`, after `shots` (instruction, input, answer)
+    demonstrations: for text templates each shot is its prompt + answer + a blank line; for `chat`
+    each shot is a user turn and an assistant turn before the question's user turn."""
+    if template == CHAT_TEMPLATE:
+        from bioinstruct_jax import chat
+
+        if tokenizer is None:
+            raise ValueError("the chat template needs the tokenizer whose chat template renders it")
+        messages = []
+        for s_instr, s_input, s_answer in shots:
+            messages += [chat.user_message(s_instr, s_input), {"role": "assistant", "content": s_answer}]
+        messages.append(chat.user_message(instruction, input_text))
+        return chat.render(tokenizer, messages, add_generation_prompt=True)
+    demos = "".join(f"{format_prompt(i, x, template)}{a}\n\n" for i, x, a in shots)
+    return demos + format_prompt(instruction, input_text, template)
 
 
 def format_prompt(instruction: str, input_text: str = "", template: str = DEFAULT_TEMPLATE) -> str:
@@ -73,4 +102,4 @@ def format_example(record: Any, template: str = DEFAULT_TEMPLATE) -> tuple[str, 
     return format_prompt(_field(record, "instruction"), _field(record, "input"), template), _field(record, "output")
 
 
-__all__ = ["DEFAULT_TEMPLATE", "PromptTemplate", "TEMPLATES", "get_template", "format_prompt", "format_example"]
+__all__ = ["DEFAULT_TEMPLATE", "CHAT_TEMPLATE", "TEMPLATE_NAMES", "render_prompt", "PromptTemplate", "TEMPLATES", "get_template", "format_prompt", "format_example"]

@@ -9,9 +9,11 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any, Sequence
 
+from bioinstruct_jax.data import templates
 from bioinstruct_jax.eval import paper_results, report, runner, tasks as tasks_mod
 from bioinstruct_jax.eval.predictor import Predictor, load_predictor
 
@@ -30,6 +32,12 @@ def _scalar(v: str) -> Any:
     import yaml
 
     return yaml.safe_load(v)
+
+
+def _run_template(predictor: Any) -> str:
+    """The template the predictor's training run used (`JaxPredictor.template`), else alpaca."""
+    template = getattr(predictor, "template", None)
+    return template if template and template != "raw" else templates.DEFAULT_TEMPLATE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: inferred from the checkpoint's config.json when possible)")
     p.add_argument("--judge-model", help="chat model for the GPT-4 judge of generation tasks (off if unset)")
     p.add_argument("--judge-base-url", help="OpenAI-compatible base URL for the judge")
+    p.add_argument("--template", help="prompt template (alpaca, bioinstruct_paper, chat); default: the one the "
+                   "training run (--model or --lora) was trained with, else alpaca")
     p.add_argument("--predictor-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra keyword for bioinstruct_jax.generate.load_predictor (YAML scalar); repeatable")
     return p
@@ -87,7 +97,11 @@ def main(argv: Sequence[str] | None = None, predictor: Predictor | None = None) 
     if predictor is None:
         extra = {k: _scalar(v) for k, v in _kv(args.predictor_arg, "--predictor-arg").items()}
         predictor = load_predictor(args.model, args.lora, **extra)
-    meta = {"model": args.model, "lora": args.lora, "judge_model": args.judge_model}
+    template = args.template or _run_template(predictor)
+    if template not in templates.TEMPLATE_NAMES:
+        raise SystemExit(f"--template {template!r}: known templates are {', '.join(templates.TEMPLATE_NAMES)}")
+    cfg = dataclasses.replace(cfg, template=template)
+    meta = {"model": args.model, "lora": args.lora, "judge_model": args.judge_model, "template": template}
     results = runner.run_eval(task_list, predictor, data, cfg, judge=judge, meta=meta,
                               paper_model=paper_model)
     print(report.format_table(results))

@@ -34,6 +34,7 @@ class EvalConfig:
     batch_size: int = 8
     seed: int = 0
     max_new_tokens: int | None = None  # None = each task's own budget
+    template: str = "alpaca"  # prompt template (`data.templates`); `chat` renders with the predictor's tokenizer
 
     def __post_init__(self) -> None:
         if self.qa_mode not in QA_MODES:
@@ -44,8 +45,11 @@ class EvalConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
-def stop_strings() -> list[str]:
-    """Generation stops where the model starts a new template section or a new example."""
+def stop_strings(template: str = "alpaca") -> list[str]:
+    """Generation stops where the model starts a new template section or a new example (with the
+    chat template, the end-of-turn token stops it instead)."""
+    if template == "chat":
+        return []
     marker = "\x00INSTRUCTION\x00"
     head = format_prompt(marker, "").split(marker)[0].strip().splitlines()
     stops = ["\n### "]
@@ -147,20 +151,22 @@ def run_task(task: Task, predictor: Predictor, data: DataSource, cfg: EvalConfig
     max_new = cfg.max_new_tokens or task.max_new_tokens
     settings = {"task": task.name, "model": model_id, "shots": shots,
                 "shot_id": shot.id if shot else None, "generate": gen, "loglik": ll,
-                "max_new_tokens": max_new, "instruction": task.instruction}
+                "max_new_tokens": max_new, "instruction": task.instruction,
+                **({"template": cfg.template} if cfg.template != "alpaca" else {})}
     _check_settings(out_dir / f"{task.name}.run.json", settings)
 
     pred_path = out_dir / f"{task.name}.predictions.jsonl"
     _drop_partial_line(pred_path)
     done = read_predictions(pred_path)
     todo = [e for e in examples if e.id not in done]
-    stops = stop_strings()
+    stops = stop_strings(cfg.template)
+    tokenizer = getattr(predictor, "tokenizer", None)
     bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc=task.name, unit="ex",
                file=sys.stderr, dynamic_ncols=True)
     with pred_path.open("a", encoding="utf-8") as f:
         for i in range(0, len(todo), cfg.batch_size):
             batch = todo[i:i + cfg.batch_size]
-            prompts = [task.prompt(e, shot) for e in batch]
+            prompts = [task.prompt(e, shot, template=cfg.template, tokenizer=tokenizer) for e in batch]
             for rec in _predict_batch(task, predictor, batch, prompts, gen, ll, max_new, stops):
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 done[rec["id"]] = rec

@@ -92,14 +92,17 @@ class Task(abc.ABC):
     def format_target(self, ex: Example) -> str:
         return str(ex.answer)
 
-    def prompt(self, ex: Example, shot: Example | None = None) -> str:
+    def prompt(self, ex: Example, shot: Example | None = None, *, template: str | None = None,
+               tokenizer: Any = None) -> str:
         """Zero-shot: the training template for `ex`. One-shot: the template filled with the
-        shot and its answer, a blank line, then the template for `ex`."""
-        query = format_prompt(self.instruction_for(ex), self.format_input(ex))
-        if shot is None:
-            return query
-        demo = format_prompt(self.instruction_for(shot), self.format_input(shot))
-        return f"{demo}{self.format_target(shot)}\n\n{query}"
+        shot and its answer, a blank line, then the template for `ex` (with `chat`: the shot as a
+        user and an assistant turn before the question's turn, through `tokenizer`'s template)."""
+        from bioinstruct_jax.data.templates import DEFAULT_TEMPLATE, render_prompt
+
+        shots = [] if shot is None else [(self.instruction_for(shot), self.format_input(shot),
+                                           self.format_target(shot))]
+        return render_prompt(template or DEFAULT_TEMPLATE, self.instruction_for(ex), self.format_input(ex),
+                             shots=shots, tokenizer=tokenizer)
 
     # answers ---------------------------------------------------------------------------------
     def gold(self, ex: Example) -> Any:
