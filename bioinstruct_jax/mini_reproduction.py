@@ -65,11 +65,13 @@ def seeded_task(name: str, n: int, seed: int = SUBSET_SEED) -> tasks_mod.Task:
 
 
 def evaluate(predictor: Any, tasks: Sequence[tasks_mod.Task], data: tasks_mod.DataSource, out_dir: pathlib.Path,
-             model_id: str, batch_size: int) -> None:
-    """Each task with its own generation budget; predictions resume from out_dir."""
+             model_id: str, batch_size: int, template: str) -> None:
+    """Each task with its own generation budget, prompts in the training template (before and
+    after alike); predictions resume from out_dir."""
     for task in tasks:
         budget = TASKS[task.name][1]
-        cfg = runner.EvalConfig(output_dir=str(out_dir), batch_size=batch_size, max_new_tokens=budget)
+        cfg = runner.EvalConfig(output_dir=str(out_dir), batch_size=batch_size, max_new_tokens=budget,
+                                template=template)
         runner.run_eval([task], predictor, data, cfg, meta={"model": model_id})
 
 
@@ -128,8 +130,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     stamps: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    predictor = load_predictor(model)
-    evaluate(predictor, task_list, data, out / "before", model, args.batch_size)
+    template = cfg.data.template
+    predictor = load_predictor(model, batch_size=args.batch_size, template=template)
+    evaluate(predictor, task_list, data, out / "before", model, args.batch_size, template)
     del predictor
     stamps["before_s"] = time.perf_counter() - t0
     print(f"[before] predictions and results.json: {out / 'before'}", flush=True)
@@ -140,8 +143,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"[train] {result.step} steps, final train loss {result.final_loss:.3f}: {out / 'run'}", flush=True)
 
     t0 = time.perf_counter()
-    predictor = load_predictor(model, lora=str(out / "run"))
-    evaluate(predictor, task_list, data, out / "after", f"{model} + LoRA {out / 'run'}", args.batch_size)
+    predictor = load_predictor(model, lora=str(out / "run"), batch_size=args.batch_size, template=template)
+    evaluate(predictor, task_list, data, out / "after", f"{model} + LoRA {out / 'run'}", args.batch_size, template)
     del predictor
     stamps["after_s"] = time.perf_counter() - t0
     print(f"[after] predictions and results.json: {out / 'after'}", flush=True)
@@ -151,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     table = compare.format_table(rows, paper_column=True)
     stamps["total_s"] = time.perf_counter() - start
     meta = {"model": model, "instructions": str(args.instructions), "train_steps": result.step,
-            "train_config": str(args.config), "overrides": list(args.overrides), "subset_seed": SUBSET_SEED,
+            "train_config": str(args.config), "template": template, "overrides": list(args.overrides), "subset_seed": SUBSET_SEED,
             "sizes": sizes, "paper_delta": f"{PAPER_TUNED} minus {PAPER_BASE} (PAPER.md section 4), "
                                           "only where the paper reports the same metric",
             **{k: round(v, 1) for k, v in stamps.items()}}

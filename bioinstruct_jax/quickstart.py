@@ -87,8 +87,8 @@ def default_model() -> str:
 
 def base_predictor(cfg, batch_size: int):
     """The untuned model exactly as training starts from it (base weights + LoRA whose B is zero,
-    so its outputs are the base model's), as an eval `Predictor`; prompts get BOS by the
-    tokenizer's own rule."""
+    so its outputs are the base model's), as an eval `Predictor` that formats prompts in the run's
+    template; prompts get BOS by the tokenizer's own rule, as in training."""
     from bioinstruct_jax import train
     from bioinstruct_jax.generate import Generator, JaxPredictor
 
@@ -99,7 +99,7 @@ def base_predictor(cfg, batch_size: int):
     net.eval()
     eos = tuple(dict.fromkeys((*net.config.eos_token_id, tok.eos_id)))
     gen = Generator(net, mesh=mesh, max_batch_size=batch_size, pad_id=tok.pad_id, eos_ids=eos)
-    return JaxPredictor(gen, tok, add_bos=bool(getattr(tok, "adds_bos", True)))
+    return JaxPredictor(gen, tok, template=cfg.data.template)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,9 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"[train] loss curve: {result.loss_curve}")
 
     t0 = time.perf_counter()
-    add_bos = bool(getattr(train.load_run_tokenizer(cfg), "adds_bos", True))
     eval_main(["--model", str(out / "run"), "--output", str(out / "eval" / "after"), *eval_args,
-               "--predictor-arg", f"add_bos={add_bos}", "--predictor-arg", f"batch_size={args.batch_size}"])
+               "--predictor-arg", f"batch_size={args.batch_size}"])  # the run's template, as before
     print(f"[after] tuned checkpoint on the same items ({time.perf_counter() - t0:.0f} s): {out / 'eval' / 'after'}")
 
     task_list = [(tasks_mod.get_task(f"jsonl:{f}:rouge"), METRICS) for f in heldout]

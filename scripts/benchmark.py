@@ -99,6 +99,7 @@ class Sizes:
     rouge_candidates: int = 500
     matmul_n: int = 4096
     lora_r: int = 16
+    model: str = ""  # a pretrained GGUF file / HF folder instead of the random preset
 
 
 QUICK = Sizes(preset="small", train_batch=2, seq=128, train_steps=3, warmup=1, gen_batches=(1, 8),
@@ -150,13 +151,29 @@ def _timeit(fn: Callable[[], Any]) -> float:
 # Model construction (same weights on both sides)
 
 
-def hf_model(preset: str, seed: int = 0):
-    """A random-weight f32 transformers LlamaForCausalLM of our preset's shape."""
+def hf_model(preset: str, seed: int = 0, model: str = ""):
+    """A random-weight f32 transformers LlamaForCausalLM of our preset's shape, or with `model`
+    (a GGUF file, dequantized by transformers' own GGUF loader, or an HF folder) that model in f32."""
     import torch
     import transformers
 
     from bioinstruct_jax.model.llama import LlamaConfig
 
+    if model:
+        path = pathlib.Path(model)
+        if path.suffix == ".gguf":
+            loaded = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                                       dtype=torch.float32)
+            hf_cfg = loaded.config
+            if hasattr(hf_cfg, "quantization_config"):  # dequantized: a plain model that save_pretrained writes
+                del hf_cfg.quantization_config
+            plain = transformers.LlamaForCausalLM(hf_cfg)
+            plain.load_state_dict(loaded.state_dict(), strict=False)
+            plain.tie_weights()
+            loaded = plain
+        else:
+            loaded = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        return loaded.float().eval(), LlamaConfig.from_hf(loaded.config.to_dict())
     cfg = LlamaConfig.preset(preset)
     hf_cfg = transformers.LlamaConfig(**{k: v for k, v in cfg.to_hf("float32").items()
                                          if k not in ("architectures", "model_type", "torch_dtype", "dtype")})
@@ -286,7 +303,7 @@ def tiny_compile_seconds() -> float:
 def bench_train(sizes: Sizes, peak_flops: float, workdir: pathlib.Path, device: bool) -> dict[str, Any]:
     import torch
 
-    hf, cfg = hf_model(sizes.preset)
+    hf, cfg = hf_model(sizes.preset, model=sizes.model)
     directory = workdir / "hf_model"
     if not directory.exists():
         save_hf(hf, directory)
@@ -307,7 +324,7 @@ def bench_train(sizes: Sizes, peak_flops: float, workdir: pathlib.Path, device: 
     tokens = sizes.train_batch * sizes.seq
     fl = train_flops_per_token(cfg, sizes.seq, sizes.lora_r)
     res: dict[str, Any] = {
-        "preset": sizes.preset, "params": cfg.num_params(), "n_matmul_params": fl["n_matmul_params"],
+        "preset": sizes.model or sizes.preset, "params": cfg.num_params(), "n_matmul_params": fl["n_matmul_params"],
         "batch": sizes.train_batch, "seq": sizes.seq, "lora_r": sizes.lora_r, "dtype": "bfloat16" if device else "float32",
         "compile_s": ours.compile_s, "ours_step_s": median(t_ours), "ours_steps_s": t_ours,
         "ours_tokens_per_s": tokens / median(t_ours), "ours_loss": ours.loss,
@@ -386,7 +403,7 @@ def _generator_api(model, ids_np: np.ndarray, new: int) -> dict[str, Any]:
 def bench_generate(sizes: Sizes, workdir: pathlib.Path, device: bool) -> dict[str, Any]:
     import torch
 
-    hf, cfg = hf_model(sizes.preset)
+    hf, cfg = hf_model(sizes.preset, model=sizes.model)
     directory = workdir / "hf_model"
     if not directory.exists():
         save_hf(hf, directory)
@@ -435,7 +452,7 @@ def bench_generate(sizes: Sizes, workdir: pathlib.Path, device: bool) -> dict[st
         row.update(_generator_api(model, ids_np, N))
         results.append(row)
         log("  " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}))
-    return {"preset": sizes.preset, "rows": results}
+    return {"preset": sizes.model or sizes.preset, "rows": results}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -512,7 +529,7 @@ def child_train_rss(sizes: Sizes, workdir: pathlib.Path) -> dict[str, Any]:
     """(run in a fresh process) load the HF dir, 3 train steps, report its peak RSS (VmHWM)."""
     from bioinstruct_jax.model.llama import LlamaConfig
 
-    cfg = LlamaConfig.preset(sizes.preset)
+    cfg = LlamaConfig.from_hf(workdir / "hf_model") if sizes.model else LlamaConfig.preset(sizes.preset)
     start = _maxrss()
     model, _ = load_ours(workdir / "hf_model")
     before = _maxrss()
@@ -542,10 +559,10 @@ def _maxrss() -> int:
 def bench_memory(sizes: Sizes, workdir: pathlib.Path) -> dict[str, Any]:
     directory = workdir / "hf_model"
     if not directory.exists():
-        hf, _ = hf_model(sizes.preset)
+        hf, _ = hf_model(sizes.preset, model=sizes.model)
         save_hf(hf, directory)
     common = ["--workdir", str(workdir), "--preset", sizes.preset, "--batch", str(sizes.train_batch),
-              "--seq", str(sizes.seq)]
+              "--seq", str(sizes.seq), *(["--model", sizes.model] if sizes.model else [])]
     res = {"train": _child_rss(["--_child", "train-rss", *common]),
            "export": _child_rss(["--_child", "export-rss", *common])}
     res["model_f32_bytes"] = sum(f.stat().st_size for f in directory.glob("*.safetensors"))
@@ -613,6 +630,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", action="store_true", help="run train/generate on JAX's accelerator (bf16)")
     ap.add_argument("--json", dest="json_out", help="write all figures to this JSON file")
     ap.add_argument("--preset", help="model preset (default bench-150m; --quick: small)")
+    ap.add_argument("--model", help="a pretrained GGUF file or HF LLaMA folder instead of the random preset "
+                    "(e.g. the installed SmolLM2-135M-Instruct); f32, the same weights on both sides")
     ap.add_argument("--batch", type=int, help="train batch (rows)")
     ap.add_argument("--seq", type=int, help="train sequence length")
     ap.add_argument("--steps", type=int, help="timed train steps per side")
@@ -621,7 +640,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
     over = {k: v for k, v in (("preset", args.preset), ("train_batch", args.batch), ("seq", args.seq),
-                              ("train_steps", args.steps)) if v is not None}
+                              ("train_steps", args.steps), ("model", args.model)) if v is not None}
     sizes = dataclasses.replace(sizes, **over)
     if args._child:
         workdir = pathlib.Path(args.workdir)

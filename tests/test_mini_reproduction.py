@@ -39,7 +39,7 @@ def test_script_runs_before_tune_after_and_reports(tiny_hf, tmp_path):
            "--instructions", str(REPO_ROOT / "tests" / "fixtures" / "instructions_small.jsonl"),
            "--model", str(tiny_hf), "--data-dir", str(REPO_ROOT / "tests" / "fixtures" / "eval"),
            "--out", str(out), "--n-qa", "3", "--n-ner", "2", "--n-gen", "2", "--n-boot", "50",
-           "train.steps=2", "mesh.fsdp=1", "data.max_length=128", "data.batch_size=2", "train.log_every=1"]
+           "train.steps=2", "mesh.fsdp=1", "data.template=alpaca", "data.max_length=128", "data.batch_size=2", "train.log_every=1"]
     proc = subprocess.run(cmd, cwd=tmp_path, env={**env, "PYTHON": sys.executable}, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
