@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
 import jax
@@ -50,8 +51,9 @@ class CheckpointMismatchError(ValueError):
 
 
 def checkpoint_dir(output_dir: str) -> epath.Path:
-    """`<output_dir>/checkpoints`, or `output_dir` itself when it already is a checkpoint folder."""
-    path = epath.Path(output_dir)
+    """`<output_dir>/checkpoints`, or `output_dir` itself when it already is a checkpoint folder.
+    A relative local path is made absolute (Orbax refuses to save under a relative one)."""
+    path = epath.Path(output_dir if "://" in output_dir else os.path.abspath(output_dir))
     if path.name == CHECKPOINT_SUBDIR or (path.exists() and _has_steps(path) and not (path / CHECKPOINT_SUBDIR).exists()):
         return path
     return path / CHECKPOINT_SUBDIR
