@@ -219,13 +219,15 @@ class HFTokenizer:
 class AutoTokenizerAdapter:
     """Any tokenizer directory transformers can read offline (`AutoTokenizer`, local files only)."""
 
-    def __init__(self, directory: str | pathlib.Path, *, pad_id: int | None = None, **from_pretrained: Any):
-        from transformers import AutoTokenizer
+    def __init__(self, directory: str | pathlib.Path, *, pad_id: int | None = None, loader: Any = None,
+                 **from_pretrained: Any):
+        if loader is None:
+            from transformers import AutoTokenizer as loader
 
         self.directory = pathlib.Path(directory)
         where = self.directory / from_pretrained["gguf_file"] if "gguf_file" in from_pretrained else self.directory
         try:
-            self.tok = AutoTokenizer.from_pretrained(str(self.directory), local_files_only=True, **from_pretrained)
+            self.tok = loader.from_pretrained(str(self.directory), local_files_only=True, **from_pretrained)
         except (ValueError, OSError, KeyError, TypeError) as err:
             raise ValueError(f"{where}: transformers cannot read this tokenizer ({type(err).__name__}: "
                              f"{str(err).splitlines()[0] if str(err) else ''})") from None
@@ -263,14 +265,62 @@ class AutoTokenizerAdapter:
 
 class GGUFTokenizer(AutoTokenizerAdapter):
     """The tokenizer in a GGUF file's metadata, converted by transformers (ids, special tokens,
-    `tokenizer.ggml.add_bos_token`, chat template exactly as transformers reads the file)."""
+    `tokenizer.ggml.add_bos_token`, chat template exactly as transformers reads the file).
+
+    Built with `TokenizersBackend.from_pretrained(folder, gguf_file=name)`, the class
+    `AutoTokenizer` picks for llama GGUF files, called directly: `AutoTokenizer` first parses the
+    whole file again to choose the class (19 s vs 1.7 s for SmolLM2's 49k-token vocabulary on the
+    loaded 2-core machine). transformers' own GGUF metadata reader imports torch; without torch the
+    same conversion (`convert_gguf_tokenizer`) runs on metadata read by the `gguf` package
+    (`gguf_tokenizer_backend`)."""
 
     def __init__(self, gguf_file: str | pathlib.Path, *, pad_id: int | None = None):
         f = pathlib.Path(gguf_file)
         if not f.is_file():
             raise FileNotFoundError(f"GGUF file {f} does not exist")
         self.gguf_file = f
-        super().__init__(f.parent, pad_id=pad_id, gguf_file=f.name)
+        import importlib.util
+
+        from transformers import TokenizersBackend
+
+        if importlib.util.find_spec("torch") is not None:
+            super().__init__(f.parent, pad_id=pad_id, loader=TokenizersBackend, gguf_file=f.name)
+        else:
+            super().__init__(f.parent, pad_id=pad_id, loader=_Prebuilt(gguf_tokenizer_backend(f)))
+
+
+class _Prebuilt:
+    """A `from_pretrained` that returns an already built transformers tokenizer."""
+
+    def __init__(self, tok: Any):
+        self.tok = tok
+
+    def from_pretrained(self, *_: Any, **__: Any) -> Any:
+        return self.tok
+
+
+def gguf_tokenizer_backend(gguf_file: str | pathlib.Path) -> Any:
+    """transformers' tokenizer for a GGUF file without torch: the metadata read by the `gguf`
+    package, grouped and converted as `TokenizersBackend.from_pretrained(gguf_file=...)` does
+    (transformers' `GGUF_TOKENIZER_MAPPING` / `convert_gguf_tokenizer`)."""
+    from transformers import TokenizersBackend
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+
+    from bioinstruct_jax.checkpoint.gguf import open_reader
+
+    reader = open_reader(gguf_file)
+    meta = {k: f.contents() for k, f in reader.fields.items() if k.startswith(("tokenizer.", "general.arch"))}
+    grouped = {group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items() if f"tokenizer.{key}" in meta}
+               for group, renames in GGUF_TOKENIZER_MAPPING.items()}
+    tokenizer, config = grouped["tokenizer"], grouped["tokenizer_config"]
+    if tokenizer.get("tokenizer_type") == "llama":
+        config.setdefault("add_bos_token", True)  # llama.cpp's default for SentencePiece vocabularies
+    for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
+                      ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
+        token_id = meta.get(f"tokenizer.ggml.{key}")
+        config[name] = tokenizer["tokens"][token_id] if token_id is not None else None
+    fast, extra = convert_gguf_tokenizer(meta["general.architecture"], tokenizer)
+    return TokenizersBackend(tokenizer_object=fast, **config, **extra)
 
 
 def _tokenizer_config(directory: pathlib.Path) -> dict[str, Any]:

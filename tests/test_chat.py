@@ -195,3 +195,46 @@ def test_gguf_lora_model_exports_merged_with_tokenizer_and_chat_template(bpe_ggu
     assert hf_tok(text).input_ids == ours_tok.encode(text, add_bos=ours_tok.adds_bos)
     assert hf_tok.chat_template == CHATML
     assert load_tokenizer(merged).adds_bos is False
+
+
+def test_run_trained_with_chat_on_a_gguf_base_keeps_its_template(bpe_gguf, tmp_path):
+    """Train (2 steps) on a GGUF base with the chat template; generate and eval of the run then
+    use that template by default, and --template overrides it."""
+    from bioinstruct_jax import train
+    from bioinstruct_jax.config import load_run_config
+    from bioinstruct_jax.eval.__main__ import main as eval_main
+    from bioinstruct_jax.generate import load_predictor
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(dict(RECORD, output=f"Answer {i}.")) + "\n" for i in range(12)))
+    run_dir = tmp_path / "run"
+    cfg = load_run_config(None, [
+        f"model.hf_path={bpe_gguf}", "model.preset=", "model.param_dtype=float32", "model.dtype=float32",
+        "lora.dropout=0.0", f"data.train_file={data}", "data.template=chat", "data.batch_size=2",
+        "data.max_length=96", "optim.warmup_steps=0", f"train.output_dir={run_dir}", "train.steps=2",
+        "train.save_every=2", "train.eval_every=0", "train.log_every=1", "train.tensorboard=false",
+        "train.plot=false", "train.progress_bar=false", "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1"])
+    train.run(cfg)
+    pred = load_predictor(str(run_dir), batch_size=2)
+    assert pred.template == "chat" and not pred.add_bos
+    assert load_predictor(str(run_dir), batch_size=2, template="alpaca").template == "alpaca"
+
+    seen: list[str] = []
+
+    class Recorder:
+        template, tokenizer = pred.template, pred.tokenizer
+
+        def generate(self, prompts, **kw):
+            seen.extend(prompts)
+            return pred.generate(prompts, **kw)
+
+        def score(self, prompts, continuations):
+            return pred.score(prompts, continuations)
+
+    eval_main(["--model", str(run_dir), "--tasks", f"jsonl:{data}", "--output", str(tmp_path / "eval"),
+               "--limit", "2", "--max-new-tokens", "4"], predictor=Recorder())
+    assert seen and all(p.startswith("<|im_start|>user\n") and p.endswith("<|im_start|>assistant\n") for p in seen)
+    seen.clear()
+    eval_main(["--model", str(run_dir), "--tasks", f"jsonl:{data}", "--output", str(tmp_path / "eval2"),
+               "--limit", "2", "--max-new-tokens", "4", "--template", "alpaca"], predictor=Recorder())
+    assert seen and all("### Instruction:" in p and "<|im_start|>" not in p for p in seen)

