@@ -36,11 +36,14 @@ ITEMS = ("lora", "opt", "rng", "meta")
 
 
 class _ReadOnlyNotice(logging.Filter):
-    """Drops Orbax's "Given directory is read only=..." absl warning: restoring for eval / export /
-    generate opens the run read-only on purpose, and the line read like an error to users."""
+    """Drops Orbax's absl warnings about read-only mode ("Given directory is read only=...",
+    "CheckpointManagerOptions.read_only=True, setting ..."): restoring for eval / export / generate
+    opens the run read-only on purpose, and the lines read like errors to users."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Given directory is read only")
+        msg = str(record.msg)
+        return not (msg.startswith("Given directory is read only")
+                    or msg.startswith("CheckpointManagerOptions.read_only=True"))
 
 
 logging.getLogger("absl").addFilter(_ReadOnlyNotice())
