@@ -19,8 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bioinstruct_jax.eval import runner
-from bioinstruct_jax.eval.tasks import Task
+from bioinstruct_jax.eval import metrics, runner
+from bioinstruct_jax.eval.tasks import Task, TextTask
 
 MEAN_METRICS = ("accuracy", "loglik_accuracy", "loglik_accuracy_norm", "rouge1", "rouge2", "rougeL",
                 "exact_match")
@@ -71,6 +71,14 @@ def _matched(task: Task, before_dir: pathlib.Path, after_dir: pathlib.Path
     return [b[i] for i in ids], [a[i] for i in ids]
 
 
+def _corpus_scorer(task: Task, metric: str):
+    """records -> metric. BLEU of a text task directly (its full `score` also computes ROUGE,
+    which dominates the time of a thousand resamples); anything else through the task's scorer."""
+    if metric == "bleu" and isinstance(task, TextTask) and task.metric in ("rouge", "bleu"):
+        return lambda recs: metrics.bleu([r["pred"] or "" for r in recs], [r["gold"] for r in recs])
+    return lambda recs: task.score(list(recs))[metric]
+
+
 def paired_bootstrap(task: Task, before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]],
                      metric: str, n_boot: int = 1000, seed: int = 0) -> tuple[Score, Score, Score]:
     """(before, after, delta) of `metric` with percentile 95% intervals over item resamples."""
@@ -85,8 +93,9 @@ def paired_bootstrap(task: Task, before: Sequence[dict[str, Any]], after: Sequen
         per_a = np.array([task.score([r])[metric] for r in after], dtype=np.float64)
         boot_b, boot_a = per_b[idx].mean(axis=1), per_a[idx].mean(axis=1)
     else:
-        boot_b = np.array([task.score([before[j] for j in row])[metric] for row in idx], dtype=np.float64)
-        boot_a = np.array([task.score([after[j] for j in row])[metric] for row in idx], dtype=np.float64)
+        score = _corpus_scorer(task, metric)
+        boot_b = np.array([score([before[j] for j in row]) for row in idx], dtype=np.float64)
+        boot_a = np.array([score([after[j] for j in row]) for row in idx], dtype=np.float64)
 
     def ci(full: float, boot: np.ndarray) -> Score:
         lo, hi = np.nanpercentile(boot, [2.5, 97.5]) if np.isfinite(boot).any() else (math.nan, math.nan)
