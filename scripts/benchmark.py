@@ -5,7 +5,7 @@
     .venv/bin/python scripts/benchmark.py --json bench.json            # every default section (~15 min)
     .venv/bin/python scripts/benchmark.py --quick --only train,data    # smoke run (< 1 min)
     .venv/bin/python scripts/benchmark.py --device --only train,generate   # on a GPU / TPU
-    .venv/bin/python scripts/benchmark.py --model DIR ...              # an HF LLaMA directory, both sides
+    .venv/bin/python scripts/benchmark.py --model DIR|FILE.gguf ...    # an HF LLaMA folder or GGUF file, both sides
 
 Sections (`--only`, comma-separated; default all but plan): peak, bandwidth, train, generate, data,
 memory, plan.
@@ -284,10 +284,25 @@ def prepare_model(sizes: Sizes, workdir: pathlib.Path):
 
     from bioinstruct_jax.model.llama import LlamaConfig
 
-    if sizes.model:
+    if sizes.model and pathlib.Path(sizes.model).suffix == ".gguf":
+        # A GGUF file: dequantized once by transformers' own GGUF loader and saved as an f32 HF
+        # folder, which both sides then load (the same weights).
+        path = pathlib.Path(sizes.model)
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                                   dtype=torch.float32)
+        hf_cfg = loaded.config
+        if hasattr(hf_cfg, "quantization_config"):  # dequantized: a plain model that save_pretrained writes
+            del hf_cfg.quantization_config
+        hf = transformers.LlamaForCausalLM(hf_cfg)
+        hf.load_state_dict(loaded.state_dict(), strict=False)
+        hf.tie_weights()
+        hf = hf.float().eval()
+        cfg = LlamaConfig.from_hf(hf.config.to_dict())
+    elif sizes.model:
         hf = transformers.AutoModelForCausalLM.from_pretrained(sizes.model, dtype=torch.float32).eval()
         return hf, LlamaConfig.from_hf(sizes.model), pathlib.Path(sizes.model)
-    hf, cfg = hf_model(sizes.preset)
+    else:
+        hf, cfg = hf_model(sizes.preset)
     directory = workdir / "hf_model"
     if not directory.exists():
         save_hf(hf, directory)
@@ -868,7 +883,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", dest="json_out", help="write all figures to this JSON file")
     ap.add_argument("--markdown", help="write the headline tables (markdown) to this file")
     ap.add_argument("--preset", help="model preset (default bench-150m; --quick: small)")
-    ap.add_argument("--model", help="an HF LLaMA directory to use (both sides) instead of a random preset")
+    ap.add_argument("--model", help="a pretrained GGUF file or HF LLaMA folder to use (both sides, f32) instead of "
+                    "a random preset")
     ap.add_argument("--batch", type=int, help="train batch (rows)")
     ap.add_argument("--seq", type=int, help="train sequence length")
     ap.add_argument("--steps", type=int, help="timed train steps per side")

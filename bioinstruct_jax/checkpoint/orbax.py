@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import logging
 import os
 import shutil
 from typing import Any
@@ -47,13 +48,28 @@ CHECKPOINT_SUBDIR = "checkpoints"
 ITEMS = ("lora", "opt", "rng", "data", "meta")
 
 
+class _ReadOnlyNotice(logging.Filter):
+    """Drops Orbax's absl warnings about read-only mode ("Given directory is read only=...",
+    "CheckpointManagerOptions.read_only=True, setting ..."): restoring for eval / export / generate
+    opens the run read-only on purpose, and the lines read like errors to users."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not (msg.startswith("Given directory is read only")
+                    or msg.startswith("CheckpointManagerOptions.read_only=True"))
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotice())
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint directory that belongs to a different model / LoRA layout than this run."""
 
 
 def checkpoint_dir(output_dir: str) -> epath.Path:
-    """`<output_dir>/checkpoints`, or `output_dir` itself when it already is a checkpoint folder."""
-    path = epath.Path(output_dir)
+    """`<output_dir>/checkpoints`, or `output_dir` itself when it already is a checkpoint folder.
+    A relative local path is made absolute (Orbax refuses to save under a relative one)."""
+    path = epath.Path(output_dir if "://" in output_dir else os.path.abspath(output_dir))
     if path.name == CHECKPOINT_SUBDIR or (path.exists() and _has_steps(path) and not (path / CHECKPOINT_SUBDIR).exists()):
         return path
     return path / CHECKPOINT_SUBDIR

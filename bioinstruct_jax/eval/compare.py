@@ -1,0 +1,199 @@
+"""Before/after comparison of two evaluations on the same items: paired bootstrap intervals,
+the printed table, `comparison.json` and a PNG of the scores beside the training loss curve.
+
+Input: two eval output folders written by `eval.runner` (`<task>.predictions.jsonl`). Items are
+matched by id, so "before" and "after" are scored on exactly the same examples. Each score comes
+with n and a percentile bootstrap 95% interval (items resampled with replacement, `n_boot` times);
+the delta's interval resamples the same items on both sides (paired). Metrics that are a mean over
+items (accuracy, ROUGE, exact match) are bootstrapped from per-item values; corpus metrics (BLEU,
+micro F1) are recomputed on each resample with the task's own scorer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+from typing import Any, Sequence
+
+import numpy as np
+
+from bioinstruct_jax.eval import metrics, runner
+from bioinstruct_jax.eval.tasks import Task, TextTask
+
+MEAN_METRICS = ("accuracy", "loglik_accuracy", "loglik_accuracy_norm", "rouge1", "rouge2", "rougeL",
+                "exact_match")
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+    value: float
+    lo: float
+    hi: float
+
+    def fmt(self, signed: bool = False) -> str:
+        if math.isnan(self.value):
+            return "-"
+        f = "{:+.1f}" if signed else "{:.1f}"
+        return f"{f.format(self.value)} [{f.format(self.lo)}, {f.format(self.hi)}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One task x metric: before, after and after - before, each with its 95% interval."""
+
+    task: str
+    category: str
+    metric: str
+    n: int
+    before: Score
+    after: Score
+    delta: Score
+    paper_delta: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {"task": self.task, "category": self.category, "metric": self.metric, "n": self.n}
+        for k in ("before", "after", "delta"):
+            s = getattr(self, k)
+            d[k] = {"value": s.value, "ci95": [s.lo, s.hi]}
+        d["paper_delta"] = self.paper_delta
+        return d
+
+
+def _matched(task: Task, before_dir: pathlib.Path, after_dir: pathlib.Path
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    b = runner.read_predictions(before_dir / f"{task.name}.predictions.jsonl")
+    a = runner.read_predictions(after_dir / f"{task.name}.predictions.jsonl")
+    ids = [i for i in b if i in a]
+    if not ids:
+        raise ValueError(f"task {task.name}: no item scored both in {before_dir} and in {after_dir}")
+    return [b[i] for i in ids], [a[i] for i in ids]
+
+
+def _corpus_scorer(task: Task, metric: str):
+    """records -> metric. BLEU of a text task directly (its full `score` also computes ROUGE,
+    which dominates the time of a thousand resamples); anything else through the task's scorer."""
+    if metric == "bleu" and isinstance(task, TextTask) and task.metric in ("rouge", "bleu"):
+        return lambda recs: metrics.bleu([r["pred"] or "" for r in recs], [r["gold"] for r in recs])
+    return lambda recs: task.score(list(recs))[metric]
+
+
+def paired_bootstrap(task: Task, before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]],
+                     metric: str, n_boot: int = 1000, seed: int = 0) -> tuple[Score, Score, Score]:
+    """(before, after, delta) of `metric` with percentile 95% intervals over item resamples."""
+    n = len(before)
+    if n != len(after):
+        raise ValueError(f"task {task.name}: {n} items before vs {len(after)} after")
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    full_b = float(task.score(list(before))[metric])
+    full_a = float(task.score(list(after))[metric])
+    if metric in MEAN_METRICS:
+        per_b = np.array([task.score([r])[metric] for r in before], dtype=np.float64)
+        per_a = np.array([task.score([r])[metric] for r in after], dtype=np.float64)
+        boot_b, boot_a = per_b[idx].mean(axis=1), per_a[idx].mean(axis=1)
+    else:
+        score = _corpus_scorer(task, metric)
+        boot_b = np.array([score([before[j] for j in row]) for row in idx], dtype=np.float64)
+        boot_a = np.array([score([after[j] for j in row]) for row in idx], dtype=np.float64)
+
+    def ci(full: float, boot: np.ndarray) -> Score:
+        lo, hi = np.nanpercentile(boot, [2.5, 97.5]) if np.isfinite(boot).any() else (math.nan, math.nan)
+        return Score(full, float(lo), float(hi))
+
+    return ci(full_b, boot_b), ci(full_a, boot_a), ci(full_a - full_b, boot_a - boot_b)
+
+
+def compare(tasks: Sequence[tuple[Task, Sequence[str]]], before_dir: str | pathlib.Path,
+            after_dir: str | pathlib.Path, *, paper_deltas: dict[tuple[str, str], float] | None = None,
+            n_boot: int = 1000, seed: int = 0) -> list[Row]:
+    """Rows for each (task, metrics) pair, read from the two eval folders."""
+    rows = []
+    for task, metric_names in tasks:
+        before, after = _matched(task, pathlib.Path(before_dir), pathlib.Path(after_dir))
+        for m in metric_names:
+            b, a, d = paired_bootstrap(task, before, after, m, n_boot=n_boot, seed=seed)
+            rows.append(Row(task.name, task.category, m, len(before), b, a, d,
+                            (paper_deltas or {}).get((task.name, m))))
+    return rows
+
+
+CATEGORY_TITLES = {"qa": "Table 1 - question answering (zero-shot)",
+                   "ie": "Table 2 - information extraction (one-shot)",
+                   "gen": "Table 3 - text generation (one-shot)",
+                   "user": "held-out instructions"}
+
+
+def format_table(rows: Sequence[Row], *, paper_column: bool = False) -> str:
+    """Rows grouped by category (the paper's Tables 1-3 order), scores as `value [lo, hi]`."""
+    head = ["task", "metric", "n", "before", "after", "delta (95% CI)"]
+    if paper_column:
+        head.append("paper delta (LLaMA-2-7B)")
+    out: list[str] = []
+    for cat in ("qa", "ie", "gen", "user"):
+        group = [r for r in rows if r.category == cat]
+        if not group:
+            continue
+        body = []
+        for r in group:
+            line = [r.task, r.metric, str(r.n), r.before.fmt(), r.after.fmt(), r.delta.fmt(signed=True)]
+            if paper_column:
+                line.append("-" if r.paper_delta is None else f"{r.paper_delta:+.2f}")
+            body.append(line)
+        widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
+        out.append(CATEGORY_TITLES.get(cat, cat))
+        out.append("  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip())
+        out.append("  ".join("-" * w for w in widths))
+        out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in body]
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def write_json(rows: Sequence[Row], path: str | pathlib.Path, meta: dict[str, Any] | None = None) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"meta": {**(meta or {}), "interval": "percentile bootstrap 95%, paired over the same items"},
+           "rows": [r.as_dict() for r in rows]}
+    path.write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n", encoding="utf-8")
+    return path
+
+
+def plot(rows: Sequence[Row], png: str | pathlib.Path, metrics_jsonl: str | pathlib.Path | None = None,
+         title: str = "") -> pathlib.Path:
+    """Left: before/after bars with 95% intervals per task-metric; right: the training loss curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bioinstruct_jax.metrics_log import read_metrics
+
+    png = pathlib.Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [max(2, len(rows)), 3]})
+    x = np.arange(len(rows))
+    for off, side, color in ((-0.2, "before", "#9aa5b1"), (0.2, "after", "#1f77b4")):
+        vals = [getattr(r, side) for r in rows]
+        err = np.array([[max(0.0, s.value - s.lo) for s in vals], [max(0.0, s.hi - s.value) for s in vals]])
+        ax.bar(x + off, [s.value for s in vals], 0.4, yerr=np.nan_to_num(err), capsize=3, color=color,
+               label="untuned" if side == "before" else "LoRA-tuned")
+    ax.set_xticks(x, [f"{r.task}\n{r.metric} (n={r.n})" for r in rows], fontsize=8)
+    ax.set_ylabel("score (%; bars: 95% bootstrap CI)")
+    ax.legend(fontsize=8)
+    ax.set_title("before / after on the same held-out items", fontsize=10)
+    points = read_metrics(metrics_jsonl) if metrics_jsonl and pathlib.Path(metrics_jsonl).exists() else []
+    for split, style in (("train", "-"), ("val", "o--")):
+        pts = [(p["step"], p["loss"]) for p in points if p.get("split") == split and "loss" in p]
+        if pts:
+            ax2.plot(*zip(*pts), style, label=f"{split} loss")
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("loss")
+    ax2.set_title("training loss", fontsize=10)
+    if points:
+        ax2.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
