@@ -39,6 +39,11 @@ SKIP = {
     "bash scripts/mini_reproduction.sh": "hours on the real model; tests/test_mini_reproduction.py runs it on the tiny model",
     ".venv/bin/python scripts/benchmark.py": "minutes; tests/test_benchmark_smoke.py",
     "G=$(": "sets $G (the installed SmolLM2 GGUF file) for the next commands; substituted there",
+    'EVAL_ARGS="': "ablation / data-size curve on LLaMA weights; tests/test_ablation.py runs the ablation on the tiny model",
+    "export TPU_NAME=": "sets the TPU variables of the next commands; tests/test_tpu_scripts.py",
+    "bash scripts/tpu/": "needs gcloud and a TPU; tests/test_tpu_scripts.py runs every script against a recording gcloud stub",
+    "for i in 0 1; do JAX_COORDINATOR_ADDRESS=": "two training processes; tests/test_multihost_train.py runs this CLI "
+                                                 "on 2 processes x 2 CPU devices and compares it with one process",
 }
 # command prefix -> key=value overrides appended so that it finishes in seconds
 RUN = {
