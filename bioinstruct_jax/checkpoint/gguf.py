@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from bioinstruct_jax.checkpoint.hf import CheckpointError
+from bioinstruct_jax.checkpoint.errors import CheckpointError
+from bioinstruct_jax.model.llama import LlamaConfig
 
 _LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
 _LAYER_NAMES = {
@@ -159,8 +160,6 @@ def config_dict(reader: Any, where: str | pathlib.Path) -> dict[str, Any]:
 
 def read_config(path: str | pathlib.Path, reader: Any = None):
     """The `LlamaConfig` of a GGUF file (metadata only; no tensor is read)."""
-    from bioinstruct_jax.model.llama import LlamaConfig
-
     f = find_gguf(path)
     try:
         return LlamaConfig.from_hf(config_dict(reader if reader is not None else open_reader(f), f))

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bioinstruct_jax.checkpoint import gguf
+from bioinstruct_jax.checkpoint.errors import CheckpointError
 from bioinstruct_jax.checkpoint.paths import inside
 from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsError, SafetensorsFile
 from bioinstruct_jax.model.llama import Llama, LlamaConfig, dtype_from_name
@@ -32,10 +34,6 @@ ShardingFn = Callable[[ParamPath, nnx.Variable], jax.sharding.Sharding]
 
 # HF buffers that old checkpoints store but that are recomputed, never loaded.
 _IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not match the model: names the tensor, file and shapes."""
 
 
 def hf_name(path: ParamPath) -> str:
@@ -209,8 +207,6 @@ def fill_params(model: Llama, source: _TensorSource, sharding_fn: ShardingFn | N
 
 def read_config(path: str | pathlib.Path) -> LlamaConfig:
     """The `LlamaConfig` of an HF folder (`config.json`) or a GGUF file / folder (its metadata)."""
-    from bioinstruct_jax.checkpoint import gguf  # imports this module: loaded on use
-
     if gguf.is_gguf(path):
         return gguf.read_config(path)
     return LlamaConfig.from_hf(path)
@@ -218,8 +214,6 @@ def read_config(path: str | pathlib.Path) -> LlamaConfig:
 
 def _open_checkpoint(path: pathlib.Path) -> tuple[LlamaConfig, Any]:
     """(config, tensor source) of an HF folder or a GGUF file / folder."""
-    from bioinstruct_jax.checkpoint import gguf  # imports this module: loaded on use
-
     if gguf.is_gguf(path):
         source = gguf.GGUFTensorSource(path)
         return source.config, source
