@@ -83,6 +83,7 @@ else:
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import bioinstruct_jax  # noqa: E402,F401 - before jax: keeps libtpu away without a TPU (platforms.py)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
