@@ -219,7 +219,7 @@ def _deep_copy(data: Any) -> Any:
 # Sections live with their components; this is only their composition.
 
 from bioinstruct_jax.model.lora import LoraConfig  # noqa: E402
-from bioinstruct_jax.parallel import MeshConfig  # noqa: E402
+from bioinstruct_jax.parallel.sharding import MeshConfig  # noqa: E402
 from bioinstruct_jax.train_config import ModelConfig, OptimConfig, TrainConfig  # noqa: E402
 
 from bioinstruct_jax.data.pipeline import DataConfig  # noqa: E402

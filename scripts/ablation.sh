@@ -13,7 +13,7 @@
 # Eval tasks whose data files are missing are skipped with one line each (eval --skip-missing).
 # Variables: OUT (runs root, default runs/ablation), CATEGORIES (default "qa ie gen"), EPOCHS
 #   (default 3), PY (default .venv/bin/python), TRAIN (command prefix, default "$PY -m
-#   bioinstruct_jax.train"; e.g. scripts/gpu/launch.sh), EVAL (default "$PY -m bioinstruct_jax.eval";
+#   bioinstruct_jax.train.loop"; e.g. scripts/gpu/launch.sh), EVAL (default "$PY -m bioinstruct_jax.eval";
 #   EVAL_ARGS are appended), LABEL_ARGS (appended to the labelling command, e.g. "--model gpt-4").
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -36,7 +36,7 @@ section the 1/5/15-minute load average (before, after) and the cores other proce
 - data: ROUGE-L pool filter (instructions/s against a pool of 25K synthetic instructions) and the
   input pipeline (examples/s tokenised and batched) next to what the train step consumes.
 - memory: peak host RSS (VmHWM) of a fresh process running the train step, and the peak growth of a merged export.
-- plan: `bioinstruct_jax.plan` for LLaMA-2 7B/13B on v3-8, v4-8, one A100-80 and one H100.
+- plan: `bioinstruct_jax.train.plan` for LLaMA-2 7B/13B on v3-8, v4-8, one A100-80 and one H100.
 
 FLOP convention for LoRA training (frozen base): per token, forward 2*N + backward activation
 gradients 2*N (no weight gradients for the frozen base), N = matmul parameters (every projection
@@ -83,7 +83,7 @@ else:
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import bioinstruct_jax  # noqa: E402,F401 - before jax: keeps libtpu away without a TPU (platforms.py)
+import bioinstruct_jax  # noqa: E402,F401 - before jax: keeps libtpu away without a TPU (parallel/platforms.py)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -350,7 +350,7 @@ class OursTrain:
     def __init__(self, model, cfg, batch_np, lora_r: int, dtype=jnp.float32):
         from flax import nnx
 
-        from bioinstruct_jax import train_step as ts
+        from bioinstruct_jax.train import step as ts
         from bioinstruct_jax.model.lora import LoraConfig, apply_lora
         from bioinstruct_jax.train_config import OptimConfig
 
@@ -410,7 +410,7 @@ def tiny_compile_seconds() -> float:
     adapters on every projection and the LM head)."""
     from flax import nnx
 
-    from bioinstruct_jax import train_step as ts
+    from bioinstruct_jax.train import step as ts
     from bioinstruct_jax.model.llama import Llama, LlamaConfig
     from bioinstruct_jax.model.lora import LoraConfig, apply_lora
     from bioinstruct_jax.train_config import OptimConfig
@@ -513,12 +513,12 @@ def roofline(row: dict[str, Any], traffic: dict[str, float], side: str, bandwidt
 
 
 class OursGenerate:
-    """`bioinstruct_jax.generate.Generator` (the engine `generate` / eval use), greedy, no EOS so
+    """`bioinstruct_jax.infer.engine.Generator` (the engine `generate` / eval use), greedy, no EOS so
     every row makes `new` tokens. TTFT runs the same compiled program with max_new_tokens=1 (the
     new-token bucket is pinned to `new`, so both calls share shapes and program)."""
 
     def __init__(self, model, ids_np: np.ndarray, new: int):
-        from bioinstruct_jax.generate import Generator
+        from bioinstruct_jax.infer.engine import Generator
 
         self.gen = Generator(model, max_batch_size=max(32, len(ids_np)), eos_ids=(), min_new_bucket=new)
         self.prompts = [list(map(int, r)) for r in ids_np]
@@ -672,7 +672,7 @@ def bench_pipeline(sizes: Sizes) -> dict[str, Any]:
     """Seed records repeated to n examples, a SentencePiece tokenizer trained on them, batches of
     the train benchmark's shape (batch x seq) from `make_batch_iterator`."""
     from bioinstruct_jax.data.pipeline import DataConfig, make_batch_iterator
-    from bioinstruct_jax.tokenizer import load_tokenizer, train_sentencepiece
+    from bioinstruct_jax.data.tokenizer import load_tokenizer, train_sentencepiece
 
     lines = (REPO / "seeds" / "bioinstruct_seeds.jsonl").read_text().splitlines()
     records = [json.loads(x) for x in lines if x.strip()]

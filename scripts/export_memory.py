@@ -59,7 +59,7 @@ def measure(hidden: int, intermediate: int, layers: int, vocab: int, max_shard_m
     import jax.numpy as jnp
     from flax import nnx
 
-    from bioinstruct_jax.export import export_merged
+    from bioinstruct_jax.export.merged import export_merged
     from bioinstruct_jax.model.llama import Llama, LlamaConfig
     from bioinstruct_jax.model.lora import LoraConfig, apply_lora, lora_modules
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A small reproduction of the paper's experiment (bioinstruct_jax/mini_reproduction.py): evaluate
+# A small reproduction of the paper's experiment (bioinstruct_jax/jobs/mini_reproduction.py): evaluate
 # SmolLM2-135M-Instruct on seeded subsets of PubMedQA / MedQA / MedMCQA (zero-shot), BC5CDR,
 # MeQSum and iCliniq (one-shot), LoRA-tune it on an instruction file, evaluate again, and print the
 # before / after / delta table in the paper's layout. Needs the benchmark files (--data-dir,
@@ -9,4 +9,4 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-$repo/.venv/bin/python}"
-exec "$PYTHON" -m bioinstruct_jax.mini_reproduction "$@"
+exec "$PYTHON" -m bioinstruct_jax.jobs.mini_reproduction "$@"

@@ -47,7 +47,7 @@ def _sp_vocab(directory: pathlib.Path) -> tuple[list[str], list[float], list[int
     """(pieces, scores, types) of a small LLaMA-style SentencePiece model."""
     import sentencepiece as spm
 
-    from bioinstruct_jax.tokenizer import train_sentencepiece
+    from bioinstruct_jax.data.tokenizer import train_sentencepiece
 
     sp = spm.SentencePieceProcessor(model_file=str(train_sentencepiece(TEXTS, 320, directory / "sp")))
     pieces, scores, types = [], [], []

@@ -116,6 +116,6 @@ def final_lora(out: pathlib.Path, step: int) -> dict[str, np.ndarray]:
 
 
 def losses(out: pathlib.Path) -> dict[tuple[str, int], float]:
-    from bioinstruct_jax.metrics_log import read_metrics
+    from bioinstruct_jax.train.metrics import read_metrics
 
     return {(r["split"], r["step"]): r["loss"] for r in read_metrics(out / "metrics.jsonl")}

@@ -70,8 +70,8 @@ def main(out_dir: str) -> None:
     import numpy as np
     from jax.experimental import multihost_utils
 
-    from bioinstruct_jax import parallel
-    from bioinstruct_jax.distributed import global_batch_from_host, host_batch_slice, maybe_initialize_distributed
+    from bioinstruct_jax.parallel import sharding as parallel
+    from bioinstruct_jax.parallel.distributed import global_batch_from_host, host_batch_slice, maybe_initialize_distributed
 
     assert maybe_initialize_distributed(), "coordinator variables were not detected"
     assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2

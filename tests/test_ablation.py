@@ -35,7 +35,7 @@ def write_labelled(path: pathlib.Path) -> pathlib.Path:
 
 @pytest.mark.slow  # 3 trainings + 3 evals in subprocesses: ~2 min idle, 7 min on the loaded 2-core machine
 def test_ablation_script_equal_epochs_skips_missing_and_prints_paper_table(tmp_path):
-    from bioinstruct_jax.quickstart import train_tokenizer
+    from bioinstruct_jax.jobs.quickstart import train_tokenizer
 
     data = write_labelled(tmp_path / "labelled.jsonl")
     tok = train_tokenizer(tmp_path / "tok")

@@ -13,10 +13,10 @@ import pathlib
 import numpy as np
 import pytest
 
-from bioinstruct_jax import chat
+from bioinstruct_jax.data import chat
 from bioinstruct_jax.data import templates
 from bioinstruct_jax.data.pipeline import ExampleEncoder
-from bioinstruct_jax.tokenizer import load_tokenizer, train_sentencepiece
+from bioinstruct_jax.data.tokenizer import load_tokenizer, train_sentencepiece
 from gguf_fixtures import CHATML, TEXTS, write_tiny_gguf
 
 RECORD = {"instruction": "What is metformin used for?", "input": "Patient with type 2 diabetes.",
@@ -140,7 +140,7 @@ def test_eval_prompts_use_the_chat_template_with_one_shot(bpe_tok):
 
 
 def test_generate_chat_cli_equals_manual_greedy(bpe_gguf, capsys):
-    from bioinstruct_jax import generate
+    from bioinstruct_jax.infer import engine as generate
     from bioinstruct_jax.checkpoint.hf import load_pretrained
 
     tok = load_tokenizer(bpe_gguf)
@@ -169,7 +169,7 @@ def test_gguf_lora_model_exports_merged_with_tokenizer_and_chat_template(bpe_ggu
     import transformers
     from flax import nnx
 
-    from bioinstruct_jax import export
+    from bioinstruct_jax.export import merged as export
     from bioinstruct_jax.checkpoint.hf import load_pretrained
     from bioinstruct_jax.model.lora import LoraConfig, LoRAParam, apply_lora
 
@@ -200,10 +200,10 @@ def test_gguf_lora_model_exports_merged_with_tokenizer_and_chat_template(bpe_ggu
 def test_run_trained_with_chat_on_a_gguf_base_keeps_its_template(bpe_gguf, tmp_path):
     """Train (2 steps) on a GGUF base with the chat template; generate and eval of the run then
     use that template by default, and --template overrides it."""
-    from bioinstruct_jax import train
+    from bioinstruct_jax.train import loop as train
     from bioinstruct_jax.config import load_run_config
     from bioinstruct_jax.eval.__main__ import main as eval_main
-    from bioinstruct_jax.generate import load_predictor
+    from bioinstruct_jax.infer.engine import load_predictor
 
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(dict(RECORD, output=f"Answer {i}.")) + "\n" for i in range(12)))

@@ -37,7 +37,7 @@ DAMAGES = {
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 4-step run with checkpoints at steps 2 and 4 and metrics for every step."""
-    from bioinstruct_jax import train
+    from bioinstruct_jax.train import loop as train
     from bioinstruct_jax.config import load_run_config
     from train_helpers import tiny_overrides, write_task
 
@@ -69,7 +69,7 @@ def test_damage_is_named_by_step_and_file(trained, tmp_path, damage):
 
 
 def test_resume_falls_back_to_the_newest_intact_step_and_logs_each_step_once(trained, tmp_path, capsys):
-    from bioinstruct_jax import train
+    from bioinstruct_jax.train import loop as train
     from bioinstruct_jax.config import load_run_config
 
     run = _copy(trained, tmp_path)
@@ -87,7 +87,7 @@ def test_resume_falls_back_to_the_newest_intact_step_and_logs_each_step_once(tra
 
 
 def test_explicit_step_resumes_there(trained, tmp_path, capsys):
-    from bioinstruct_jax import train
+    from bioinstruct_jax.train import loop as train
     from bioinstruct_jax.config import load_run_config
 
     run = _copy(trained, tmp_path)
@@ -100,7 +100,7 @@ def test_explicit_step_resumes_there(trained, tmp_path, capsys):
 
 
 def test_export_names_the_damaged_step_and_takes_step(trained, tmp_path, capsys):
-    from bioinstruct_jax import export
+    from bioinstruct_jax.export import merged as export
 
     run = _copy(trained, tmp_path)
     damaged_file = DAMAGES["missing lora/_METADATA"](run / "checkpoints" / "4")
@@ -116,7 +116,7 @@ def test_inspect_lists_steps_and_marks_the_damaged_one(trained, tmp_path):
     run = _copy(trained, tmp_path)
     damaged_file = DAMAGES["truncated meta/metadata"](run / "checkpoints" / "4")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
-    proc = subprocess.run([sys.executable, "-m", "bioinstruct_jax.checkpoint.inspect", str(run)],
+    proc = subprocess.run([sys.executable, "-m", "bioinstruct_jax.checkpoint.describe", str(run)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 1, proc.stderr
     lines = proc.stdout.splitlines()

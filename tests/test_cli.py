@@ -47,7 +47,7 @@ def _run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
 def task(tmp_path_factory):
     """(train.jsonl, val.jsonl, tokenizer.model) of the synthetic task."""
     from bioinstruct_jax.data.templates import get_template
-    from bioinstruct_jax.tokenizer import train_sentencepiece
+    from bioinstruct_jax.data.tokenizer import train_sentencepiece
 
     root = tmp_path_factory.mktemp("cli_task")
     train_file, val_file, _ = write_task(root / "data", n_train=200, n_val=16)
@@ -86,7 +86,7 @@ def _steps_on_disk(run_dir) -> set[int]:
 
 
 def _val_losses(run_dir) -> dict[int, float]:
-    from bioinstruct_jax.metrics_log import read_metrics
+    from bioinstruct_jax.train.metrics import read_metrics
 
     return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["split"] == "val"}
 
@@ -148,7 +148,7 @@ def test_generate_cli_prints_the_predictors_text(trained):
     """The CLI renders each --prompt in the run's own template (alpaca here), then generates as the
     predictor does; `--template raw` sends the text as it is."""
     from bioinstruct_jax.data.templates import render_prompt
-    from bioinstruct_jax.generate import load_predictor
+    from bioinstruct_jax.infer.engine import load_predictor
 
     pred = load_predictor(str(trained))
     assert pred.template == "alpaca"  # read from the run's saved config
@@ -213,7 +213,7 @@ def test_export_cli_merged_model_loads_in_transformers_with_the_runs_logits(trai
     transformers = pytest.importorskip("transformers")
     import jax.numpy as jnp
 
-    from bioinstruct_jax.train import restore_model
+    from bioinstruct_jax.train.loop import restore_model
 
     out = tmp_path / "merged"
     _run(_module("export", "--checkpoint", trained, "--out", out, "--format", "merged"))

@@ -39,7 +39,7 @@ needs_unshare = pytest.mark.skipif(not UNSHARE, reason="needs `unshare -Urm` (us
 def assets(tmp_path_factory):
     """A tiny HF model (vocab 512), a SentencePiece tokenizer of 300 pieces, and task data."""
     from hf_fixtures import write_tiny_llama
-    from bioinstruct_jax.tokenizer import train_sentencepiece
+    from bioinstruct_jax.data.tokenizer import train_sentencepiece
     from train_helpers import write_task
 
     root = tmp_path_factory.mktemp("cli")

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bioinstruct_jax.generate import Generator, default_cache_dtype
+from bioinstruct_jax.infer.engine import Generator, default_cache_dtype
 from bioinstruct_jax.model.llama import Llama, LlamaConfig, init_cache, padded_positions
-from bioinstruct_jax.sampling import SamplingConfig
+from bioinstruct_jax.infer.sampling import SamplingConfig
 
 CFG = LlamaConfig.preset("tiny")  # 4 heads, 2 kv heads (GQA), head_dim 16
 

@@ -17,7 +17,7 @@ import optax
 import pytest
 from flax import nnx
 
-from bioinstruct_jax import export
+from bioinstruct_jax.export import merged as export
 from bioinstruct_jax.checkpoint.hf import load_pretrained
 from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsFile
 from bioinstruct_jax.model.lora import LoraConfig, LoRAParam, apply_lora, lora_modules
@@ -253,7 +253,7 @@ def test_import_into_a_different_base_names_tensor_and_shapes(trained, tmp_path)
 
 def test_sharded_model_exports_the_same_bytes(trained, tmp_path):
     """A model sharded over 8 devices (fsdp x tensor) writes exactly the files of the unsharded one."""
-    from bioinstruct_jax import parallel
+    from bioinstruct_jax.parallel import sharding as parallel
 
     variant, base_dir, model, cfg, logits = trained
     if len(jax.devices()) < 8:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bioinstruct_jax import export
+from bioinstruct_jax.export import merged as export
 from bioinstruct_jax.model.lora import lora_modules
 from test_export import ours, torch_logits
 
@@ -20,10 +20,10 @@ peft = pytest.importorskip("peft")
 def test_cli_exports_a_training_checkpoint(tmp_path):
     """train.run (3 steps, preset base, SentencePiece tokenizer) -> `--checkpoint --format both`:
     the merged model and tokenizer load in transformers; the adapter loads in peft on the base."""
-    from bioinstruct_jax import train
+    from bioinstruct_jax.train import loop as train
     from bioinstruct_jax.checkpoint.orbax import restore_for_export
     from bioinstruct_jax.config import load_run_config
-    from bioinstruct_jax.tokenizer import train_sentencepiece
+    from bioinstruct_jax.data.tokenizer import train_sentencepiece
     from train_helpers import tiny_overrides, write_task
 
     train_file, val_file, _ = write_task(tmp_path / "data")
@@ -44,7 +44,7 @@ def test_cli_exports_a_training_checkpoint(tmp_path):
     hf = transformers.AutoModelForCausalLM.from_pretrained(out / "merged").eval()
     np.testing.assert_allclose(torch_logits(hf, ids), logits, atol=1e-4, rtol=0)
     hf_tok = transformers.AutoTokenizer.from_pretrained(out / "merged")
-    from bioinstruct_jax.tokenizer import load_tokenizer
+    from bioinstruct_jax.data.tokenizer import load_tokenizer
 
     text = "Capitalise each symbol. s3 s5"
     assert hf_tok(text, add_special_tokens=False)["input_ids"] == load_tokenizer(sp).encode(text)

@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from bioinstruct_jax import export
+from bioinstruct_jax.export import merged as export
 
 
 def _fake_run(path: pathlib.Path) -> pathlib.Path:

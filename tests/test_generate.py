@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from bioinstruct_jax.data.generate import (
+from bioinstruct_jax.data.self_instruct import (
     GENERATION_PROMPT_HEADER,
     GenerateConfig,
     GenerationError,
@@ -25,7 +25,7 @@ from bioinstruct_jax.data.generate import (
 )
 from bioinstruct_jax.data.labels import LABEL_PROMPT_HEADER, parse_labels
 from bioinstruct_jax.data.records import InstructionRecord, read_jsonl_records, write_jsonl_records
-from bioinstruct_jax.llm_client import LLMClient
+from bioinstruct_jax.data.llm_client import LLMClient
 from openai_server import Reply, ScriptedOpenAIServer, replies_in_order
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -1,8 +1,8 @@
 """Batched KV-cache generation, sampling, stop sequences, scoring and the eval predictor
-(`bioinstruct_jax.generate` / `bioinstruct_jax.sampling`), against transformers and plain forwards;
+(`bioinstruct_jax.infer.engine` / `bioinstruct_jax.infer.sampling`), against transformers and plain forwards;
 sharded generation on 8 virtual CPU devices (tests/conftest.py sets them before jax is imported).
 
-(`tests/test_generate.py` holds the tests of `bioinstruct_jax.data.generate`, the instruction
+(`tests/test_generate.py` holds the tests of `bioinstruct_jax.data.self_instruct`, the instruction
 generator; this file is the model-side generator.)
 """
 
@@ -17,11 +17,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from bioinstruct_jax.checkpoint.hf import load_pretrained  # noqa: E402
-from bioinstruct_jax.generate import (  # noqa: E402
+from bioinstruct_jax.infer.engine import (  # noqa: E402
     Generator, JaxPredictor, SamplingConfig, batch_bucket, stop_token_sequences, trim_at_stop,
 )
 from bioinstruct_jax.model.llama import padded_positions  # noqa: E402
-from bioinstruct_jax.sampling import filter_logits, sample_next  # noqa: E402
+from bioinstruct_jax.infer.sampling import filter_logits, sample_next  # noqa: E402
 from hf_fixtures import write_tiny_llama  # noqa: E402
 
 # Larger random weights than HF's default 0.02 so greedy continuations vary instead of repeating
@@ -279,7 +279,7 @@ def test_predictor_score_matches_generator_on_joint_tokenisation(gqa):
 
 
 def test_sharded_generation_on_8_devices_equals_single_device(hf_models, gqa):
-    from bioinstruct_jax import parallel
+    from bioinstruct_jax.parallel import sharding as parallel
 
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 devices (tests/conftest.py sets XLA_FLAGS before jax is imported)")

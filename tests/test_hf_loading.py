@@ -125,7 +125,7 @@ def test_config_round_trip_through_transformers(tmp_path):
 
 def test_inspect_cli_prints_config_and_parameter_count(tmp_path):
     ref = write_tiny_llama(tmp_path, "gqa_tied")
-    out = subprocess.run([sys.executable, "-m", "bioinstruct_jax.checkpoint.inspect", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "bioinstruct_jax.checkpoint.describe", str(tmp_path)],
                          capture_output=True, text=True, check=True).stdout
     assert f"{sum(p.numel() for p in ref.parameters()):,}" in out
     assert "num_key_value_heads" in out

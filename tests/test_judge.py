@@ -12,7 +12,7 @@ import pytest
 
 from bioinstruct_jax.eval import runner, tasks as T
 from bioinstruct_jax.eval.judge import JUDGE_PROMPT, Judge, aggregate, parse_judge_reply
-from bioinstruct_jax.llm_client import LLMClient, LLMClientConfig
+from bioinstruct_jax.data.llm_client import LLMClient, LLMClientConfig
 from openai_server import Reply, ScriptedOpenAIServer
 
 FIX = pathlib.Path(__file__).parent / "fixtures" / "eval"

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from bioinstruct_jax.llm_client import (
+from bioinstruct_jax.data.llm_client import (
     DUMMY_LOCAL_KEY,
     LLMClient,
     LLMClientConfig,

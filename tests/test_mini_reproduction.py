@@ -21,7 +21,7 @@ pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def tiny_hf(tmp_path_factory):
-    from bioinstruct_jax.tokenizer import load_tokenizer, train_sentencepiece
+    from bioinstruct_jax.data.tokenizer import load_tokenizer, train_sentencepiece
 
     d = tmp_path_factory.mktemp("tiny_hf")
     texts = [json.loads(line)["instruction"] for line in

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from bioinstruct_jax.distributed import (detect_environment, host_batch_rows, host_batch_slice, refuse_multi_process,
+from bioinstruct_jax.parallel.distributed import (detect_environment, host_batch_rows, host_batch_slice, refuse_multi_process,
                                          tpu_chips_on_host)
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -107,11 +107,11 @@ def test_one_process_tools_refuse_a_multi_process_launch():
         refuse_multi_process("bioinstruct_jax.eval", {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2",
                                                       "JAX_PROCESS_ID": "1"})
     with pytest.raises(SystemExit, match="multi-host tpu launch"):
-        refuse_multi_process("bioinstruct_jax.generate", {"TPU_WORKER_HOSTNAMES": "a,b"})
+        refuse_multi_process("bioinstruct_jax.infer.engine", {"TPU_WORKER_HOSTNAMES": "a,b"})
 
 
 def test_host_batch_rows_on_one_process():
-    from bioinstruct_jax import parallel
+    from bioinstruct_jax.parallel import sharding as parallel
 
     mesh = parallel.make_mesh((1, 4, 2), devices=jax.devices()[:8])
     assert host_batch_rows(mesh, 8) == list(range(8))

@@ -40,7 +40,7 @@ class _PoisonedIterator:
 
 
 def _run(tmp_path, bad_batch: int, **extra):
-    from bioinstruct_jax import train
+    from bioinstruct_jax.train import loop as train
     from train_helpers import tiny_overrides, write_task
 
     train_file, val_file, tok = write_task(tmp_path / "data", 64, 16)
@@ -64,7 +64,7 @@ def _saved_steps(run_dir):
 def test_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, log_every):
     """log_every=1: caught at the next metrics fetch; 0: caught before the save of step 4."""
     from bioinstruct_jax.checkpoint.integrity import verify_step
-    from bioinstruct_jax.nonfinite import NonFiniteError
+    from bioinstruct_jax.train.nonfinite import NonFiniteError
 
     with pytest.raises(NonFiniteError, match=r"NaN/Inf at step 3;") as info:
         _run(tmp_path, bad_batch=3, **{"train.log_every": log_every})
@@ -95,7 +95,7 @@ def test_skip_nonfinite_batches_drops_the_bad_update_and_finishes(tmp_path, caps
 
 
 def test_skip_budget_exceeded_stops(tmp_path):
-    from bioinstruct_jax.nonfinite import NonFiniteError
+    from bioinstruct_jax.train.nonfinite import NonFiniteError
 
     with pytest.raises(NonFiniteError, match=r"more than train.skip_nonfinite_batches=1"):
         _run(tmp_path, bad_batch=1, **{"train.skip_nonfinite_batches": 1, "optim.lr": 1e30})

@@ -33,7 +33,7 @@ def test_config_states_template_and_validation_hold_out(path):
 @pytest.mark.slow  # tokenizes 11,394 records twice: ~1 min on the 2-core machine
 def test_max_length_figures_stated_in_the_tpu_configs(shared_dir):
     from bioinstruct_jax.data.pipeline import ExampleEncoder, count_examples, read_records
-    from bioinstruct_jax.tokenizer import load_tokenizer
+    from bioinstruct_jax.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(shared_path(shared_dir, "tokenizers/llama/tokenizer.model"))
     recs = []

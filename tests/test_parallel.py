@@ -9,10 +9,10 @@ import optax
 import pytest
 from flax import nnx
 
-from bioinstruct_jax import parallel
+from bioinstruct_jax.parallel import sharding as parallel
 from bioinstruct_jax.model.llama import Llama, LlamaConfig
 from bioinstruct_jax.model.lora import LoraConfig, LoRAParam, apply_lora
-from bioinstruct_jax.parallel import MeshConfig, ShardingError
+from bioinstruct_jax.parallel.sharding import MeshConfig, ShardingError
 
 CFG = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=64)

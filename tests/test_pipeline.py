@@ -14,7 +14,7 @@ import pytest
 from bioinstruct_jax.data import pipeline as P
 from bioinstruct_jax.data import templates
 from bioinstruct_jax.data.records import RecordError
-from bioinstruct_jax.tokenizer import load_tokenizer, train_sentencepiece
+from bioinstruct_jax.data.tokenizer import load_tokenizer, train_sentencepiece
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "instructions_small.jsonl"
 RECORDS = [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]

@@ -8,7 +8,7 @@ import pathlib
 import jax
 import pytest
 
-from bioinstruct_jax import plan as planner
+from bioinstruct_jax.train import plan as planner
 from bioinstruct_jax.config import load_run_config
 from bioinstruct_jax.model.llama import LlamaConfig
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from bioinstruct_jax import platforms
+from bioinstruct_jax.parallel import platforms
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PROBE = """

@@ -120,7 +120,7 @@ def test_readme_train_generate_export_run_as_written(workdir):
 
 
 def _smollm2() -> str:
-    from bioinstruct_jax.mini_reproduction import default_model
+    from bioinstruct_jax.jobs.mini_reproduction import default_model
 
     return default_model()
 

@@ -53,7 +53,7 @@ def _final_lora(out: pathlib.Path, step: int):
 
 
 def _losses(out: pathlib.Path):
-    from bioinstruct_jax.metrics_log import read_metrics
+    from bioinstruct_jax.train.metrics import read_metrics
 
     return {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"}
 

@@ -10,7 +10,7 @@ import pathlib
 import pytest
 import sentencepiece as spm
 
-from bioinstruct_jax.tokenizer import (HFTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer,
+from bioinstruct_jax.data.tokenizer import (HFTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer,
                                        train_sentencepiece)
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "instructions_small.jsonl"

@@ -9,7 +9,8 @@ jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bioinstruct_jax import train, train_step as ts  # noqa: E402
+from bioinstruct_jax.train import loop as train  # noqa: E402
+from bioinstruct_jax.train import step as ts
 from bioinstruct_jax.checkpoint.orbax import CheckpointMismatchError  # noqa: E402
 from bioinstruct_jax.config import ConfigError, load_run_config  # noqa: E402
 from bioinstruct_jax.model.llama import Llama, LlamaConfig  # noqa: E402

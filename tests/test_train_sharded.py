@@ -7,9 +7,9 @@ import pytest
 
 jax = pytest.importorskip("jax")
 
-from bioinstruct_jax import train  # noqa: E402
+from bioinstruct_jax.train import loop as train  # noqa: E402
 from bioinstruct_jax.config import load_run_config  # noqa: E402
-from bioinstruct_jax.metrics_log import read_metrics  # noqa: E402
+from bioinstruct_jax.train.metrics import read_metrics  # noqa: E402
 from train_helpers import tiny_overrides, write_task  # noqa: E402
 
 

@@ -87,7 +87,7 @@ def slow_factory(cfg, tokenizer, delay: float):
     """The run's data factory with a pause per training batch (keeps a subprocess alive long enough to kill)."""
     import time
 
-    from bioinstruct_jax.train import make_data_factory
+    from bioinstruct_jax.train.loop import make_data_factory
 
     inner = make_data_factory(cfg, tokenizer)
 
@@ -119,7 +119,7 @@ if __name__ == "__main__":  # python tests/train_helpers.py DATA_DIR OUT_DIR DEL
     import sys
 
     from bioinstruct_jax.config import load_run_config
-    from bioinstruct_jax.train import run
+    from bioinstruct_jax.train.loop import run
 
     data_dir, out_dir, delay = pathlib.Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
     train_file, val_file, tok = write_task(data_dir)

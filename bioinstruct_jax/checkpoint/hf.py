@@ -229,7 +229,7 @@ def load_pretrained(path: str | pathlib.Path, *, dtype: Any = jnp.bfloat16, comp
 
     dtype: parameter dtype (bf16 by default); compute_dtype: matmul dtype (defaults to dtype).
     mesh: place each parameter straight into its shards by the logical-axis rules of
-    `bioinstruct_jax.parallel` (or pass `sharding_fn` for full control).
+    `bioinstruct_jax.parallel.sharding` (or pass `sharding_fn` for full control).
     """
     directory = pathlib.Path(path)
     config, source = _open_checkpoint(directory)
@@ -237,7 +237,7 @@ def load_pretrained(path: str | pathlib.Path, *, dtype: Any = jnp.bfloat16, comp
     compute = dtype_from_name(compute_dtype) if compute_dtype is not None else param_dtype
     model = abstract_model(config, param_dtype=param_dtype, dtype=compute, **model_kwargs)
     if mesh is not None and sharding_fn is None:
-        from bioinstruct_jax.parallel import param_sharding_fn
+        from bioinstruct_jax.parallel.sharding import param_sharding_fn
 
         sharding_fn = param_sharding_fn(mesh)
     fill_params(model, source, sharding_fn)

@@ -295,7 +295,7 @@ def restore_for_export(checkpoint_dir: str, step: int | None = None):
     latest. The base model is rebuilt from the saved config (HF path or seeded preset), on one
     device, in eval mode (dropout off), adapters not merged.
     """
-    from bioinstruct_jax import train  # late import: train imports this module
+    from bioinstruct_jax.train import loop as train  # late import: train imports this module
 
     return train.restore_model(checkpoint_dir, step=step)
 

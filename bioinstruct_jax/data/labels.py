@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from bioinstruct_jax.data.journal import append_lines, read_jsonl_tail_safe
 from bioinstruct_jax.data.records import CATEGORIES, InstructionRecord, RecordError, label_keys
-from bioinstruct_jax.llm_client import LLMClient, LLMError
+from bioinstruct_jax.data.llm_client import LLMClient, LLMError
 
 LABEL_PROMPT_HEADER = """Classify each biomedical task below into exactly one category:
 qa - question answering: the task asks to answer a question (multiple choice, yes/no/maybe, short or open answer) or to judge whether one statement follows from another.

@@ -146,7 +146,7 @@ class ExampleEncoder:
         """The record as a user turn + assistant turn in the tokenizer's chat template; the loss
         covers the reply and its end-of-turn token (EOS appended when the template has none).
         A long prompt loses the end of its user message (instruction / input), never the template."""
-        from bioinstruct_jax import chat
+        from bioinstruct_jax.data import chat
 
         instruction, input_text = (templates._field(record, k).strip() for k in ("instruction", "input"))
         reply = {"role": "assistant", "content": templates._field(record, "output")}

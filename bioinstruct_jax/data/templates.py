@@ -6,7 +6,7 @@ the output header as the paper prints it (`### Output::`). The prompt ends right
 header's newline; the response follows directly (EOS is added by the tokenizing step).
 
 `chat`: the record as one user turn (instruction, then the input after a blank line) rendered
-through the tokenizer's own chat template with the generation prompt (`bioinstruct_jax.chat`,
+through the tokenizer's own chat template with the generation prompt (`bioinstruct_jax.data.chat`,
 transformers' `apply_chat_template`); the reply is the assistant's turn up to its end-of-turn token.
 It needs the tokenizer, so it is not a `PromptTemplate`; `render_prompt` formats any template name.
 """
@@ -72,7 +72,7 @@ def render_prompt(template: str, instruction: str, input_text: str = "", *,
     demonstrations: for text templates each shot is its prompt + answer + a blank line; for `chat`
     each shot is a user turn and an assistant turn before the question's user turn."""
     if template == CHAT_TEMPLATE:
-        from bioinstruct_jax import chat
+        from bioinstruct_jax.data import chat
 
         if tokenizer is None:
             raise ValueError("the chat template needs the tokenizer whose chat template renders it")

@@ -14,10 +14,11 @@ import os
 import sys
 from typing import Any, Sequence
 
-from bioinstruct_jax import cli_errors, cli_types
-from bioinstruct_jax.cli_types import positive_int
+from bioinstruct_jax.cli import errors as cli_errors
+from bioinstruct_jax.cli import arguments as cli_types
+from bioinstruct_jax.cli.arguments import positive_int
 from bioinstruct_jax.data import templates
-from bioinstruct_jax.distributed import refuse_multi_process
+from bioinstruct_jax.parallel.distributed import refuse_multi_process
 from bioinstruct_jax.eval import paper_results, report, runner, tasks as tasks_mod
 from bioinstruct_jax.eval.predictor import Predictor, load_predictor
 
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", help="prompt template (alpaca, bioinstruct_paper, chat); default: the one the "
                    "training run (--model or --lora) was trained with, else alpaca")
     p.add_argument("--predictor-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra keyword for bioinstruct_jax.generate.load_predictor (YAML scalar); repeatable")
+                   help="extra keyword for bioinstruct_jax.infer.engine.load_predictor (YAML scalar); repeatable")
     p.add_argument("--step", type=int, default=None, help="checkpoint step of a training run (default: the latest)")
     cli_errors.add_debug_argument(p)
     return p
@@ -118,7 +119,7 @@ def main(argv: Sequence[str] | None = None, predictor: Predictor | None = None) 
         import pathlib
 
         from bioinstruct_jax.eval.judge import Judge
-        from bioinstruct_jax.llm_client import LLMClient, LLMClientConfig
+        from bioinstruct_jax.data.llm_client import LLMClient, LLMClientConfig
 
         client = LLMClient(LLMClientConfig(model=args.judge_model, base_url=args.judge_base_url))
         judge = Judge(client, args.judge_model, pathlib.Path(args.output) / "judge_cache.jsonl")

@@ -166,7 +166,7 @@ def plot(rows: Sequence[Row], png: str | pathlib.Path, metrics_jsonl: str | path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bioinstruct_jax.metrics_log import read_metrics
+    from bioinstruct_jax.train.metrics import read_metrics
 
     png = pathlib.Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)

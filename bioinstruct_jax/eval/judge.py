@@ -85,7 +85,7 @@ class JudgeResult:
 class Judge:
     """Scores (prediction, reference) pairs with an OpenAI-compatible chat model, with a cache.
 
-    `client` is a `bioinstruct_jax.llm_client.LLMClient` (anything with `chat(messages)`
+    `client` is a `bioinstruct_jax.data.llm_client.LLMClient` (anything with `chat(messages)`
     returning an object with `.text`); `model` is its model name (part of the cache key)."""
 
     def __init__(self, client: Any, model: str, cache_path: str | pathlib.Path):
@@ -107,7 +107,7 @@ class Judge:
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def judge(self, *, instruction: str, input_text: str, reference: str, prediction: str) -> JudgeResult:
-        from bioinstruct_jax.llm_client import LLMError
+        from bioinstruct_jax.data.llm_client import LLMError
 
         prompt = JUDGE_PROMPT.format(instruction=instruction, input=input_text,
                                      reference=reference, prediction=prediction)

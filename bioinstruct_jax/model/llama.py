@@ -3,7 +3,7 @@
 Every projection is a separate `Linear` (q/k/v/o, gate/up/down) whose kernel is the transpose of
 the HF weight, and the rotary embedding uses HF's half-split layout, so import and export are
 names plus transposes. Parameters carry logical axis names (`logical_axes` metadata) that
-`bioinstruct_jax.parallel` maps to mesh axes; activations are constrained the same way when the
+`bioinstruct_jax.parallel.sharding` maps to mesh axes; activations are constrained the same way when the
 model is given axis rules.
 
 Precision: parameters are stored in `param_dtype` (bf16 for big models); matmuls run in `dtype`;

@@ -12,7 +12,7 @@
 #   XLA_PYTHON_CLIENT_MEM_FRACTION   share of GPU memory JAX preallocates (default here 0.95)
 #   SKIP_INSTALL           1 = do not (re)install
 #   For several hosts, set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID on each
-#   (bioinstruct_jax.distributed reads them) and run this script on every host; train.output_dir
+#   (bioinstruct_jax.parallel.distributed reads them) and run this script on every host; train.output_dir
 #   must then be a directory every host sees (a shared filesystem or gs://).
 set -euo pipefail
 cd "$(dirname "$0")/../.."

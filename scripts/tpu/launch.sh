@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start training on every worker at once. On each, bioinstruct_jax.distributed calls
+# Start training on every worker at once. On each, bioinstruct_jax.parallel.distributed calls
 # jax.distributed.initialize(), and JAX reads the slice (workers, coordinator) from the TPU VM's
 # metadata, one process per worker. Runs under nohup, logs to REMOTE_DIR/train.log on each worker;
 # worker 0 writes the progress bar and the run's logs. Arguments go to `python -m bioinstruct_jax.train`:

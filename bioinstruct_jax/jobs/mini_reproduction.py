@@ -1,4 +1,4 @@
-"""A small reproduction of the paper's experiment: `python -m bioinstruct_jax.mini_reproduction`.
+"""A small reproduction of the paper's experiment: `python -m bioinstruct_jax.jobs.mini_reproduction`.
 
 The paper's claim (PAPER.md): LoRA instruction-tuning on biomedical instructions makes a LLaMA
 better at biomedical QA, information extraction and generation. Here, at small scale:
@@ -87,7 +87,7 @@ def paper_deltas() -> dict[tuple[str, str], float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bioinstruct_jax.mini_reproduction", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bioinstruct_jax.jobs.mini_reproduction", description=__doc__.split("\n\n")[0])
     p.add_argument("--instructions", required=True, help="instruction/input/output records (JSON array or JSON lines)")
     p.add_argument("--model", default="", help="base model: GGUF file or HF folder (default: the installed SmolLM2)")
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"), help="benchmark files, laid out like ../shared/data")
@@ -121,9 +121,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     task_list = [seeded_task(n, sizes[TASKS[n][2]]) for n in names]
     data = tasks_mod.DataSource(args.data_dir)
 
-    from bioinstruct_jax import train
+    from bioinstruct_jax.train import loop as train
     from bioinstruct_jax.config import load_run_config
-    from bioinstruct_jax.generate import load_predictor
+    from bioinstruct_jax.infer.engine import load_predictor
 
     cfg = load_run_config(args.config, [f"model.hf_path={model}", f"data.train_file={args.instructions}",
                                         f"train.output_dir={out / 'run'}", *args.overrides])

@@ -1,4 +1,4 @@
-"""`python -m bioinstruct_jax.checkpoint.inspect PATH`: an HF LLaMA directory, or a training run's steps.
+"""`python -m bioinstruct_jax.checkpoint.describe PATH`: an HF LLaMA directory, or a training run's steps.
 
 For an HF directory: reads only `config.json` and the tensor headers (no weights are loaded) and
 prints the parsed config, the parameter count from the stored tensors, and their dtypes.
@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from bioinstruct_jax import cli_errors
+from bioinstruct_jax.cli import errors as cli_errors
 from bioinstruct_jax.checkpoint.hf import _TensorSource
 from bioinstruct_jax.checkpoint.integrity import DamagedCheckpointError, step_dirs, verify_step
 from bioinstruct_jax.checkpoint.orbax import CHECKPOINT_SUBDIR, checkpoint_dir

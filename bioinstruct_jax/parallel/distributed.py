@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
-from bioinstruct_jax.parallel import batch_sharding
+from bioinstruct_jax.parallel.sharding import batch_sharding
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ def render(tokenizer: Any, messages: Sequence[Message], *, add_generation_prompt
 
 def _special_strings(tokenizer: Any) -> dict[str, int]:
     """Special tokens a plain `encode` would spell out as text (SentencePiece control pieces)."""
-    from bioinstruct_jax.tokenizer import SentencePieceTokenizer
+    from bioinstruct_jax.data.tokenizer import SentencePieceTokenizer
 
     if not isinstance(tokenizer, SentencePieceTokenizer):
         return {}  # tokenizers / transformers match added special tokens themselves

@@ -27,7 +27,7 @@ Each tokenizer's own convention says whether a text for the model starts with BO
 else from what the tokenizer itself does when asked for special tokens (the `tokenizer.json`
 post-processor; GGUF `tokenizer.ggml.add_bos_token` through transformers' conversion).
 SentencePiece models without a config keep LLaMA 1/2's rule: BOS, no EOS. `chat_template` is the
-tokenizer's jinja chat template or None (`bioinstruct_jax.chat` renders it).
+tokenizer's jinja chat template or None (`bioinstruct_jax.data.chat` renders it).
 
 `load_tokenizer(path)` picks the backend from what is at `path` (a directory holding both a
 `tokenizer.model` and a `tokenizer.json` uses the SentencePiece model: exact LLaMA 1/2 ids; a

@@ -41,11 +41,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bioinstruct_jax import cli_errors
+from bioinstruct_jax.cli import errors as cli_errors
 from bioinstruct_jax.checkpoint.hf import CheckpointError, hf_name, is_transposed, named_params
 from bioinstruct_jax.checkpoint.paths import inside
 from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsError, SafetensorsFile, write_streamed
-from bioinstruct_jax.distributed import refuse_multi_process
+from bioinstruct_jax.parallel.distributed import refuse_multi_process
 from bioinstruct_jax.model.llama import Linear, Llama, dtype_from_name
 from bioinstruct_jax.model.lora import ALL_TARGETS, LoraConfig, apply_lora, lora_modules
 
@@ -291,7 +291,7 @@ def _save_tokenizer(tokenizer: Any, out_dir: pathlib.Path) -> list[str]:
             for f in copied:
                 shutil.copyfile(src / f, out_dir / f)
         else:
-            from bioinstruct_jax.tokenizer import load_tokenizer
+            from bioinstruct_jax.data.tokenizer import load_tokenizer
 
             load_tokenizer(src).save(out_dir)
     return sorted(set(os.listdir(out_dir)) - before)
@@ -708,6 +708,3 @@ __all__ = [
     "ExportError", "export_merged", "export_peft", "load_peft_adapter", "read_peft_config", "export_model",
     "export_checkpoint", "export_base_adapter", "restore_checkpoint", "plan_shards", "module_hf_name", "parse_size", "main",
 ]
-
-if __name__ == "__main__":
-    sys.exit(cli_errors.run(main))

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import jax
 
-from bioinstruct_jax import cli_errors
+from bioinstruct_jax.cli import errors as cli_errors
 from bioinstruct_jax.config import ConfigError, RunConfig, dump_yaml, from_dict, load_run_config, to_dict
 
 DataFactory = Callable[[str], Any]  # split ("train" | "val") -> iterator of numpy batches
@@ -53,7 +53,7 @@ def load_run_tokenizer(cfg: RunConfig):
         return None
     if not pathlib.Path(path).exists() and "://" not in path:
         raise ConfigError(f"model.tokenizer: {path} does not exist")
-    from bioinstruct_jax.tokenizer import load_tokenizer
+    from bioinstruct_jax.data.tokenizer import load_tokenizer
 
     return load_tokenizer(path)
 
@@ -125,7 +125,7 @@ def build_model(cfg: RunConfig, llama_config: Any, mesh: jax.sharding.Mesh):
     """
     from flax import nnx
 
-    from bioinstruct_jax import parallel
+    from bioinstruct_jax.parallel import sharding as parallel
     from bioinstruct_jax.model.llama import Llama, dtype_from_name
     from bioinstruct_jax.model.lora import apply_lora
 
@@ -152,7 +152,7 @@ def build_model(cfg: RunConfig, llama_config: Any, mesh: jax.sharding.Mesh):
 
 def make_run_mesh(cfg: RunConfig, devices: Sequence[Any] | None = None) -> jax.sharding.Mesh:
     """The mesh of mesh.*; fully fixed sizes use the first data*fsdp*tensor devices."""
-    from bioinstruct_jax import parallel
+    from bioinstruct_jax.parallel import sharding as parallel
 
     devices = list(jax.devices() if devices is None else devices)
     sizes = (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
@@ -181,7 +181,7 @@ def make_data_factory(cfg: RunConfig, tokenizer: Any, mesh: jax.sharding.Mesh | 
     `num_examples` for epoch-based step counts; data errors become `ConfigError`s. With `mesh`,
     each process loads the rows of the global batch its devices hold (`distributed.host_batch_rows`)."""
     from bioinstruct_jax.data import pipeline
-    from bioinstruct_jax.distributed import host_batch_rows
+    from bioinstruct_jax.parallel.distributed import host_batch_rows
 
     if tokenizer is None:
         raise ConfigError("model.tokenizer is not set and model.hf_path has no tokenizer: the data needs one")
@@ -255,14 +255,15 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
     resume from that checkpoint step (default: the newest intact one; see
     `checkpoint.integrity.pick_resume_step` for damaged steps).
     """
-    from bioinstruct_jax import metrics_log, train_step as ts
+    from bioinstruct_jax.train import metrics as metrics_log
+    from bioinstruct_jax.train import step as ts
     from bioinstruct_jax.checkpoint.integrity import pick_resume_step
     from bioinstruct_jax.checkpoint.orbax import RunCheckpointer, check_compatible, checkpoint_dir
     from bioinstruct_jax.data.pipeline import padding_batch
-    from bioinstruct_jax.distributed import global_batch, host_batch_rows, in_lockstep, is_primary
+    from bioinstruct_jax.parallel.distributed import global_batch, host_batch_rows, in_lockstep, is_primary
     from bioinstruct_jax.model.lora import parameter_summary
-    from bioinstruct_jax.nonfinite import NonFiniteGuard
-    from bioinstruct_jax.preemption import PreemptionWatch
+    from bioinstruct_jax.train.nonfinite import NonFiniteGuard
+    from bioinstruct_jax.train.preemption import PreemptionWatch
 
     out = cfg.train.output_dir
     primary = is_primary()  # process 0 alone writes logs (bar, metrics, TensorBoard, PNG, summary)
@@ -290,7 +291,7 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
     k = cfg.optim.grad_accum
     if cfg.data.batch_size % k:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} is not divisible by optim.grad_accum={k}")
-    from bioinstruct_jax.parallel import check_batch, state_shardings
+    from bioinstruct_jax.parallel.sharding import check_batch, state_shardings
 
     try:
         check_batch((cfg.data.batch_size // k, cfg.data.max_length), mesh, what="micro-batch [batch/grad_accum, length]")
@@ -435,7 +436,7 @@ def restore_model(checkpoint_dir: str, step: int | None = None, mesh: jax.shardi
     """(model in eval mode with LoRA weights of `step`, RunConfig, tokenizer path or None)."""
     from flax import nnx
 
-    from bioinstruct_jax import train_step as ts
+    from bioinstruct_jax.train import step as ts
     from bioinstruct_jax.checkpoint.integrity import pick_restore_step
     from bioinstruct_jax.checkpoint.orbax import RunCheckpointer
 
@@ -448,7 +449,7 @@ def restore_model(checkpoint_dir: str, step: int | None = None, mesh: jax.shardi
     cfg = from_dict(RunConfig, meta["config"], origin=f"{ckpt.directory}/{step}/meta")
     llama_config = llama_config_from_dict(meta["model_signature"]["architecture"])
     if mesh is None:
-        from bioinstruct_jax import parallel
+        from bioinstruct_jax.parallel import sharding as parallel
 
         mesh = parallel.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     model = build_model(cfg, llama_config, mesh)
@@ -479,7 +480,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from bioinstruct_jax.distributed import maybe_initialize_distributed
+    from bioinstruct_jax.parallel.distributed import maybe_initialize_distributed
 
     try:
         cfg = load_run_config(args.config, args.overrides)
@@ -496,6 +497,3 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "metrics": result.metrics_path, "loss_curve": result.loss_curve}))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(cli_errors.run(main))

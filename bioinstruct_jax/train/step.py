@@ -109,7 +109,7 @@ def step_shardings(mesh: jax.sharding.Mesh, lora: Any, opt_state: Any, base: Any
     """Shardings from the logical-axis rules (parameters) and propagation (optimizer state)."""
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from bioinstruct_jax import parallel
+    from bioinstruct_jax.parallel import sharding as parallel
 
     replicated = NamedSharding(mesh, PartitionSpec())
     batch2 = parallel.batch_sharding(mesh)

@@ -1,0 +1,1 @@
+"""Inference: the jitted batched decoding engine and text predictor (engine.py) and next-token sampling (sampling.py)."""

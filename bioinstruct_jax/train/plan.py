@@ -1,0 +1,473 @@
+"""Memory planner: compile the LoRA train step ahead of time from shapes only, report per-device bytes.
+
+    python -m bioinstruct_jax.plan --preset llama2-7b --mesh 1,8,1 --batch 128 --grad-accum 16 --seq 512 \\
+        --lora-r 16 --targets q_proj,k_proj,v_proj,o_proj --remat --accelerator tpu-v3
+
+builds the model abstractly (`nnx.eval_shape`, no weights), gives every argument of the training
+step (frozen base weights, LoRA weights, optimizer state, RNG state, batch) a sharded
+`jax.ShapeDtypeStruct`, lowers and compiles `train_step.build_train_step` -- the very function
+training runs -- for the mesh on virtual CPU devices, and prints what one device holds: parameters,
+LoRA + optimizer state, the batch, and the temporaries XLA's buffer assignment needs
+(`compiled.memory_analysis()`), then whether that fits the accelerator.
+
+The batch is laid out as training lays it out: `batch` rows per optimizer step (data.batch_size),
+split into `grad_accum` micro-batches (optim.grad_accum) as `[grad_accum, batch / grad_accum, seq]`
+arrays that the step scans over, so the temporaries are those of one micro-batch (plus the f32
+gradient accumulator), not of the whole batch.
+
+The process re-executes itself with `XLA_FLAGS=--xla_force_host_platform_device_count=N` (and
+`JAX_PLATFORMS=cpu`) when it does not already see enough devices.
+
+Where the figures come from. By default, XLA:CPU's buffer assignment for the same SPMD program on
+virtual CPU devices: fast (7B / 13B on 8 devices in ~100 / 140 s on an idle 2-core machine), but an
+approximation that reads high for bf16 programs -- XLA:CPU converts bf16 weights to f32 for its
+dots (before their all-gathers) and schedules collectives its own way. With `--tpu-aot`, a TPU
+target whose slice is in `TPU_TOPOLOGIES` (v3-8, v4-8, v5e-8, v5p-8, ...) is compiled ahead of time
+*for that TPU* on this CPU machine (libtpu via `jax.experimental.topologies`, no TPU attached, as
+MaxText's train_compile does; `pip install -e '.[plan]'`): the TPU compiler's own figures, several
+times slower to compile. The report says which compiler answered.
+
+`--config FILE [key=value ...]` reads the run YAML (sections model/lora/mesh/data/optim/train); flags
+given on the command line override the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Any, Sequence
+
+from bioinstruct_jax.cli import errors as cli_errors
+
+GiB = 1024**3
+
+# Per-device memory (one TPU core for v2/v3, one chip for v4 and later, one GPU).
+ACCELERATORS: dict[str, float] = {
+    "tpu-v2": 8 * GiB,
+    "tpu-v3": 16 * GiB,
+    "tpu-v4": 32 * GiB,
+    "tpu-v5e": 16 * GiB,
+    "tpu-v5p": 95 * GiB,
+    "tpu-v6e": 32 * GiB,
+    "a100-40": 40 * GiB,
+    "a100-80": 80 * GiB,
+    "h100": 80 * GiB,
+    "h200": 141 * GiB,
+}
+_ALIASES = {"v2": "tpu-v2", "v3": "tpu-v3", "v4": "tpu-v4", "v5e": "tpu-v5e", "v5litepod": "tpu-v5e",
+            "v5p": "tpu-v5p", "v6e": "tpu-v6e", "a100": "a100-40", "a100-40gb": "a100-40",
+            "a100-80gb": "a100-80", "h100-80": "h100", "h100-80gb": "h100"}
+
+
+def accelerator_bytes(name: str) -> tuple[str, float]:
+    """(canonical name, bytes per device) for e.g. 'tpu-v3', 'v4-8', 'a100-80', or '12GiB'."""
+    key = name.strip().lower()
+    m = re.fullmatch(r"([\d.]+)\s*(gib|gb|g)", key)
+    if m:
+        return f"{m.group(1)} GiB", float(m.group(1)) * GiB
+    key = re.sub(r"^(tpu-)?(v\d+[a-z]*)(-\d+)?$", r"\2", key)  # 'tpu-v3-8' / 'v4-8' -> 'v3' / 'v4'
+    key = _ALIASES.get(key, key)
+    if key not in ACCELERATORS:
+        raise ValueError(f"unknown accelerator {name!r}; known: {', '.join(ACCELERATORS)} (or a size like '12GiB')")
+    return key, ACCELERATORS[key]
+
+
+# TPU slices the planner can compile for ahead of time with libtpu (no TPU attached): (chip, JAX
+# devices) -> (TPU type, topology, options). v4 and v5p chips are one "megacore" device each, as on a real VM.
+TPU_TOPOLOGIES: dict[tuple[str, int], tuple[str, str, dict[str, str]]] = {
+    ("tpu-v3", 8): ("v3-8", "v3:2x2", {}), ("tpu-v3", 32): ("v3-32", "v3:4x4", {}),
+    ("tpu-v4", 4): ("v4-8", "v4:2x2x1", {"chip_config_name": "megacore"}),
+    ("tpu-v4", 8): ("v4-16", "v4:2x2x2", {"chip_config_name": "megacore"}),
+    ("tpu-v4", 16): ("v4-32", "v4:2x2x4", {"chip_config_name": "megacore"}),
+    ("tpu-v5e", 4): ("v5litepod-4", "v5e:2x2", {}), ("tpu-v5e", 8): ("v5litepod-8", "v5e:2x4", {}),
+    ("tpu-v5p", 4): ("v5p-8", "v5p:2x2x1", {}), ("tpu-v5p", 8): ("v5p-16", "v5p:2x2x2", {}),
+    ("tpu-v6e", 8): ("v6e-8", "v6e:2x4", {}),
+}
+
+
+def tpu_aot_devices(accelerator: str, num_devices: int) -> tuple[list[Any] | None, str]:
+    """(device descriptions of a TPU slice to compile for, why not) — ahead-of-time, no TPU needed.
+
+    Needs libtpu (`pip install -e '.[plan]'`, included in the `tpu` and `test` extras). Returns
+    (None, reason) for GPUs, slices not in `TPU_TOPOLOGIES`, or when libtpu is missing.
+    """
+    if not accelerator.startswith("tpu-"):
+        return None, f"{accelerator} is not a TPU"
+    entry = TPU_TOPOLOGIES.get((accelerator, num_devices))
+    if entry is None:
+        known = sorted(n for (a, n) in TPU_TOPOLOGIES if a == accelerator)
+        return None, f"no {accelerator} slice with {num_devices} devices in TPU_TOPOLOGIES (known: {known})"
+    try:
+        import libtpu  # noqa: F401
+    except ImportError:
+        return None, "libtpu is not installed (pip install -e '.[plan]')"
+    from jax.experimental import topologies
+
+    tpu_type, topology, options = entry
+    # Off a TPU VM libtpu would query a metadata server and log errors; say what it is compiling for,
+    # and let several planner processes hold libtpu at once (they never touch a real TPU).
+    for key, value in {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "TPU_SKIP_MDS_QUERY": "1", "TPU_ACCELERATOR_TYPE": tpu_type,
+                       "TPU_WORKER_HOSTNAMES": "localhost", "TPU_WORKER_ID": "0"}.items():
+        os.environ.setdefault(key, value)
+    devices = list(topologies.get_topology_desc(topology_name=topology, platform="tpu", **options).devices)
+    if len(devices) != num_devices:
+        return None, f"topology {topology} has {len(devices)} devices, not {num_devices}"
+    return devices, ""
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanSettings:
+    """What to plan: model, adapters, mesh, batch shape and the accelerator to compare against."""
+
+    preset: str = "tiny"
+    mesh: tuple[int, int, int] = (1, 8, 1)
+    batch: int = 8  # rows per optimizer step (data.batch_size)
+    seq: int = 512
+    grad_accum: int = 1  # micro-batches per step (optim.grad_accum): each has batch // grad_accum rows
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    remat: bool = False
+    dtype: str = "bfloat16"
+    accelerator: str = "tpu-v3"
+    tpu_aot: bool = False  # compile for the TPU slice itself (libtpu, ahead of time) instead of XLA:CPU
+
+    @property
+    def num_devices(self) -> int:
+        d, f, t = self.mesh
+        return d * f * t
+
+    @property
+    def micro_batch(self) -> int:
+        if self.grad_accum < 1 or self.batch % self.grad_accum:
+            raise ValueError(f"batch {self.batch} cannot be split into grad_accum={self.grad_accum} "
+                             "equal micro-batches")
+        return self.batch // self.grad_accum
+
+
+@dataclasses.dataclass
+class PlanResult:
+    """Per-device bytes of one compiled train step and the verdict."""
+
+    settings: PlanSettings
+    params_bytes: int
+    lora_bytes: int
+    optimizer_bytes: int
+    batch_bytes: int
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    temp_bytes: int
+    peak_bytes: int
+    capacity_bytes: float
+    accelerator: str
+    compile_seconds: float
+    trainable_params: int
+    total_params: int
+    step: str = "train_step.build_train_step"
+    compiled_for: str = "XLA:CPU"
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= self.capacity_bytes
+
+    def report(self) -> str:
+        s = self.settings
+        gib = _fmt_bytes
+        lines = [
+            f"plan: {s.preset}  mesh data={s.mesh[0]} fsdp={s.mesh[1]} tensor={s.mesh[2]}  batch={s.batch} "
+            f"(grad_accum={s.grad_accum} x micro-batch {s.micro_batch})  seq={s.seq}  lora r={s.lora_r} on "
+            f"{','.join(s.targets)}  remat={'on' if s.remat else 'off'}  params {s.dtype}",
+            f"  parameters  {self.total_params:,} ({self.trainable_params:,} trainable LoRA)",
+            "  per device:",
+            f"    frozen parameters      {gib(self.params_bytes)}",
+            f"    LoRA weights           {gib(self.lora_bytes)}",
+            f"    optimizer state        {gib(self.optimizer_bytes)}",
+            f"    {f'batch [{s.grad_accum}, {s.micro_batch}, {s.seq}]':<23}{gib(self.batch_bytes)}",
+            f"    temporaries            {gib(self.temp_bytes)}  (one micro-batch's activations, gathered "
+            "weights, grads + accumulator)",
+            f"    peak (args+out-alias+temp) {gib(self.peak_bytes)}",
+            f"  {self.accelerator}: {gib(self.capacity_bytes)} per device -> "
+            + ("FITS" if self.fits else "DOES NOT FIT")
+            + f" ({100 * self.peak_bytes / self.capacity_bytes:.0f}% used)",
+            f"  compiled {self.step} for {self.compiled_for} in {self.compile_seconds:.1f}s",
+        ]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["fits"] = self.fits
+        return d
+
+
+def _fmt_bytes(b: float) -> str:
+    return f"{b / GiB:8.2f} GiB" if b >= GiB / 10 else f"{b / 2**20:8.2f} MiB"
+
+
+def build_abstract_model(settings: PlanSettings):
+    """The LoRA-wrapped model with ShapeDtypeStruct leaves (nothing allocated)."""
+    from flax import nnx
+
+    from bioinstruct_jax.model.llama import Llama, LlamaConfig, dtype_from_name
+    from bioinstruct_jax.model.lora import LoraConfig, apply_lora
+
+    config = LlamaConfig.preset(settings.preset)
+    dtype = dtype_from_name(settings.dtype)
+    lora = LoraConfig(r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout,
+                      targets=tuple(settings.targets))
+
+    def create():  # the RNG streams of train.build_model, so the dropout RNG state has the same shape
+        model = Llama(config, rngs=nnx.Rngs(params=0), param_dtype=dtype, dtype=dtype, remat=settings.remat)
+        apply_lora(model, lora, nnx.Rngs(params=1, dropout=2))
+        return model
+
+    return nnx.eval_shape(create)
+
+
+def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanResult:
+    """Compile training's step for `settings` from shapes only and measure per-device memory.
+
+    What is compiled is what `train.train` compiles: the train-mode graphdef of
+    `train_step.split_for_modes`, `train_step.make_optimizer` (clip + AdamW with a schedule), the
+    shardings of `train_step.step_shardings`, and a [grad_accum, batch / grad_accum, seq] batch.
+    """
+    import jax
+
+    from bioinstruct_jax.parallel import sharding as parallel
+    from bioinstruct_jax.train import step as train_step
+    from bioinstruct_jax.model import llama
+    from bioinstruct_jax.model.lora import parameter_summary
+    from bioinstruct_jax.train_config import OptimConfig
+
+    accel_name, capacity = accelerator_bytes(settings.accelerator)
+    k, micro = settings.grad_accum, settings.micro_batch
+    compiled_for = "XLA:CPU (virtual devices; an approximation: XLA:CPU runs bf16 dots in f32 and schedules " \
+                   "collectives its own way, so bf16 programs read high)"
+    if devices is None and settings.tpu_aot:
+        tpu_devices, why_not = tpu_aot_devices(accel_name, settings.num_devices)
+        if tpu_devices is not None:
+            devices = tpu_devices
+            compiled_for = f"{tpu_devices[0].device_kind} x {len(tpu_devices)} (ahead of time with libtpu: the TPU compiler's own figures)"
+        else:
+            compiled_for += f"; no TPU compile: {why_not}"
+    elif accel_name.startswith("tpu-"):
+        compiled_for += "; --tpu-aot gives the TPU compiler's own figures"
+    devices = list(jax.devices() if devices is None else devices)
+    if len(devices) < settings.num_devices:
+        raise ValueError(f"mesh {settings.mesh} needs {settings.num_devices} devices, only {len(devices)} visible "
+                         f"(run as `python -m bioinstruct_jax.plan`, which sets up virtual devices)")
+    mesh = parallel.make_mesh(settings.mesh, devices=devices[: settings.num_devices])
+    parallel.check_batch((micro, settings.seq), mesh, what="micro-batch [batch/grad_accum, length]")
+    model = build_abstract_model(settings)
+    parallel.set_constraint(model, parallel.activation_constraint(mesh))
+    trainable, total = parameter_summary(model)
+    graphdef, _, lora, rng, base = train_step.split_for_modes(model)
+
+    lora_sds = parallel.abstract_sharded_state(lora, mesh)
+    rng_sds = parallel.abstract_sharded_state(rng, mesh)
+    base_sds = parallel.abstract_sharded_state(base, mesh)
+    # The optimizer's state does not depend on lr / schedule values, only on its structure.
+    tx = train_step.make_optimizer(OptimConfig(grad_accum=k), total_steps=1000)
+    opt_sds = optimizer_state_shapes(tx, lora_sds, mesh)
+    sh = train_step.step_shardings(mesh, lora, opt_sds, base, rng)
+    batch_sds = {key: jax.ShapeDtypeStruct((k, micro, settings.seq), BATCH_DTYPES.get(key, "int32"),
+                                           sharding=sh.batch)
+                 for key in train_step.BATCH_KEYS}
+    step = train_step.build_train_step(graphdef, tx, shardings=sh)
+    start = time.perf_counter()
+    with llama.accelerator_dot_forms():  # the step of the target accelerator, not of XLA:CPU's forms
+        compiled = step.lower(lora_sds, opt_sds, base_sds, rng_sds, batch_sds).compile()
+    seconds = time.perf_counter() - start
+    mem = compiled.memory_analysis()
+    peak = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+    return PlanResult(
+        settings=settings,
+        params_bytes=parallel.per_device_bytes(base_sds),
+        lora_bytes=parallel.per_device_bytes(lora_sds),
+        optimizer_bytes=parallel.per_device_bytes(opt_sds),
+        batch_bytes=parallel.per_device_bytes(batch_sds),
+        argument_bytes=mem.argument_size_in_bytes,
+        output_bytes=mem.output_size_in_bytes,
+        alias_bytes=mem.alias_size_in_bytes,
+        temp_bytes=mem.temp_size_in_bytes,
+        peak_bytes=peak,
+        capacity_bytes=capacity,
+        accelerator=accel_name,
+        compile_seconds=seconds,
+        trainable_params=trainable,
+        total_params=total,
+        compiled_for=compiled_for,
+    )
+
+
+# dtypes of the data pipeline's batch arrays (`data.pipeline`): everything int32 but the mask.
+BATCH_DTYPES = {"loss_mask": "float32"}
+
+
+def optimizer_state_shapes(tx, lora_sds, mesh):
+    """Sharded ShapeDtypeStructs of `tx.init(lora)`: moments shard like their parameter, counters replicate.
+
+    The shardings are the ones XLA propagates through `tx.init` from the parameters' shardings.
+    """
+    import jax
+
+    shapes = jax.eval_shape(tx.init, lora_sds)
+    compiled = jax.jit(tx.init, in_shardings=(jax.tree.map(lambda x: x.sharding, lora_sds),)).lower(lora_sds).compile()
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def one(x, s):
+        s = s if isinstance(s, jax.sharding.NamedSharding) and s.mesh.shape == mesh.shape else replicated
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+
+    return jax.tree.map(one, shapes, compiled.output_shardings)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def _settings_from_config(path: str | None, overrides: Sequence[str]) -> dict[str, Any]:
+    """PlanSettings fields read from a run YAML (model/lora/mesh/data/optim/train sections) + overrides."""
+    from bioinstruct_jax.config import apply_overrides, load_yaml
+
+    data = apply_overrides(load_yaml(path) if path else {}, overrides)
+    model, lora, mesh = data.get("model", {}) or {}, data.get("lora", {}) or {}, data.get("mesh", {}) or {}
+    dat, train, optim = data.get("data", {}) or {}, data.get("train", {}) or {}, data.get("optim", {}) or {}
+
+    def first(*candidates):
+        for section, key in candidates:
+            if key in section and section[key] is not None:
+                return section[key]
+        return None
+
+    out: dict[str, Any] = {}
+    pairs = {
+        "preset": first((model, "preset"), (model, "name")),
+        "dtype": first((model, "param_dtype"), (model, "dtype")),
+        "remat": first((model, "remat"), (train, "remat")),
+        "lora_r": first((lora, "r"), (lora, "rank")),
+        "lora_alpha": first((lora, "alpha"),),
+        "lora_dropout": first((lora, "dropout"),),
+        "targets": first((lora, "targets"),),
+        "batch": first((dat, "batch_size"), (train, "global_batch_size"), (train, "batch_size"),
+                       (dat, "global_batch_size")),
+        "grad_accum": first((optim, "grad_accum"), (train, "grad_accum")),
+        "seq": first((dat, "max_length"), (dat, "seq_len"), (dat, "max_seq_len"), (train, "seq_len")),
+        "accelerator": first((train, "accelerator"), (data, "accelerator"), (mesh, "accelerator")),
+    }
+    if str(pairs["accelerator"]).lower() in ("auto", "cpu"):  # train.accelerator's MFU setting, not a chip
+        pairs["accelerator"] = None  # --accelerator (default tpu-v3) decides
+    out.update({k: v for k, v in pairs.items() if v is not None})
+    if isinstance(out.get("targets"), str):
+        out["targets"] = tuple(t.strip() for t in out["targets"].split(",") if t.strip())
+    elif out.get("targets") is not None:
+        out["targets"] = tuple(out["targets"])
+    if mesh:
+        sizes = {"data": mesh.get("data", 1), "fsdp": mesh.get("fsdp", -1), "tensor": mesh.get("tensor", 1)}
+        if -1 not in sizes.values():
+            out["mesh"] = (sizes["data"], sizes["fsdp"], sizes["tensor"])
+        else:
+            out["mesh_free"] = sizes
+    return out
+
+
+def parse_args(argv: Sequence[str]) -> tuple[PlanSettings, argparse.Namespace]:
+    p = argparse.ArgumentParser(prog="python -m bioinstruct_jax.plan", description=__doc__.split("\n\n")[0])
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the --config file (e.g. data.max_length=1024)")
+    p.add_argument("--config", help="run config YAML (sections model/lora/mesh/data/train)")
+    p.add_argument("--preset", help="model preset (llama2-7b, llama2-13b, llama1-7b, tiny, ...)")
+    p.add_argument("--mesh", help="data,fsdp,tensor sizes, e.g. 1,8,1 (one may be -1 with --devices)")
+    p.add_argument("--devices", type=int, default=8, help="device count used to resolve a -1 mesh axis (default 8)")
+    p.add_argument("--batch", type=int, help="global batch: rows per optimizer step (data.batch_size)")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per step (optim.grad_accum); batch must divide by it")
+    p.add_argument("--seq", type=int, help="sequence length")
+    p.add_argument("--lora-r", type=int)
+    p.add_argument("--lora-alpha", type=float)
+    p.add_argument("--targets", help="comma-separated projections, e.g. q_proj,k_proj,v_proj,o_proj")
+    p.add_argument("--remat", action=argparse.BooleanOptionalAction, default=None, help="rematerialise each layer")
+    p.add_argument("--dtype", help="frozen parameter / compute dtype (bfloat16, float32)")
+    p.add_argument("--accelerator", help=f"one of {', '.join(ACCELERATORS)} (aliases like v3-8, a100) or e.g. 12GiB")
+    p.add_argument("--tpu-aot", action="store_true",
+                   help="for a TPU target: compile for that TPU slice ahead of time with libtpu (the TPU "
+                        "compiler's own figures; several times slower than the default XLA:CPU estimate)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    cli_errors.add_debug_argument(p)
+    args = p.parse_args(argv)
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        p.error(f"expected key=value overrides, got {bad}")
+    fields = _settings_from_config(args.config, args.overrides) if (args.config or args.overrides) else {}
+    free = fields.pop("mesh_free", None)
+    if free is not None:
+        from bioinstruct_jax.parallel.sharding import MeshConfig
+
+        fields["mesh"] = MeshConfig(**free).resolve(args.devices)
+    flag_values = {"preset": args.preset, "batch": args.batch, "grad_accum": args.grad_accum, "seq": args.seq,
+                   "lora_r": args.lora_r, "lora_alpha": args.lora_alpha, "remat": args.remat, "dtype": args.dtype,
+                   "accelerator": args.accelerator, "tpu_aot": args.tpu_aot or None}
+    fields.update({k: v for k, v in flag_values.items() if v is not None})
+    if args.targets:
+        fields["targets"] = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    if args.mesh:
+        try:
+            sizes = [int(x) for x in args.mesh.split(",")]
+        except ValueError:
+            p.error(f"--mesh {args.mesh!r}: expected three integers data,fsdp,tensor")
+        if len(sizes) != 3:
+            p.error(f"--mesh {args.mesh!r}: expected three sizes data,fsdp,tensor")
+        from bioinstruct_jax.parallel.sharding import MeshConfig
+
+        # a fully given mesh needs exactly its own device count; --devices only resolves a -1 axis
+        fields["mesh"] = MeshConfig(*sizes).resolve(args.devices if -1 in sizes else math.prod(sizes))
+    if "mesh" in fields:
+        fields["mesh"] = tuple(fields["mesh"])
+    known = {f.name for f in dataclasses.fields(PlanSettings)}
+    return PlanSettings(**{k: v for k, v in fields.items() if k in known}), args
+
+
+# XLA:CPU's default "concurrency optimized" scheduler starts independent work (every layer's weight
+# all-gather) as early as possible, which says nothing about an accelerator's memory and makes
+# rematerialisation look harmful; the plain memory-minimising scheduler is the faithful model.
+PLANNER_XLA_FLAGS = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
+def _ensure_virtual_devices(needed: int, argv: Sequence[str]) -> None:
+    """Re-exec with enough virtual CPU devices unless this process already has them configured."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    m = re.search(r"--xla_force_host_platform_device_count=(\d+)", flags)
+    if (m and int(m.group(1)) >= needed and os.environ.get("JAX_PLATFORMS", "") == "cpu"
+            and PLANNER_XLA_FLAGS in flags):
+        return
+    if os.environ.get("_BIOINSTRUCT_PLAN_CHILD"):
+        raise RuntimeError(f"re-executed planner still lacks {needed} virtual CPU devices (XLA_FLAGS={flags!r})")
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", flags).replace(PLANNER_XLA_FLAGS, "").strip()
+    env = dict(os.environ, JAX_PLATFORMS="cpu", _BIOINSTRUCT_PLAN_CHILD="1",
+               XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={needed} {PLANNER_XLA_FLAGS}".strip())
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "bioinstruct_jax.plan", *argv], env)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    settings, args = parse_args(argv)
+    _ensure_virtual_devices(settings.num_devices, argv)
+    start = time.perf_counter()
+    try:
+        result = plan(settings)
+    except ValueError as err:  # a batch / mesh that training would refuse too (ShardingError is one)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(result.report())
+        print(f"  total planner time {time.perf_counter() - start:.1f}s")
+    return 0
+
