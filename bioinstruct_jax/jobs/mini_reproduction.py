@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from bioinstruct_jax.eval import compare, paper_results, runner
 from bioinstruct_jax.eval import tasks as tasks_mod
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "smollm2.yaml"
 PAPER_BASE, PAPER_TUNED = "LLaMA 2 7B", "LLaMA 2 7B + BioInstruct"
 SUBSET_SEED = 0

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 from bioinstruct_jax.cli import errors as cli_errors
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "configs" / "tiny.yaml"
 SMOLLM2_CONFIG = REPO / "configs" / "smollm2.yaml"
 SEEDS = REPO / "seeds" / "bioinstruct_seeds.jsonl"
