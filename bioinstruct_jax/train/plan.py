@@ -244,7 +244,7 @@ def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanRe
     from bioinstruct_jax.train import step as train_step
     from bioinstruct_jax.model import llama
     from bioinstruct_jax.model.lora import parameter_summary
-    from bioinstruct_jax.train_config import OptimConfig
+    from bioinstruct_jax.config.sections import OptimConfig
 
     accel_name, capacity = accelerator_bytes(settings.accelerator)
     k, micro = settings.grad_accum, settings.micro_batch
