@@ -1,12 +1,17 @@
-"""YAML + key=value config loading: types, nesting, and errors that name the key and file."""
+"""YAML + key=value config loading: types, nesting, `extends:` base files, and errors that name the key and file."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import pathlib
 
 import pytest
 
+import bioinstruct_jax.config as config_pkg
 from bioinstruct_jax.config import ConfigError, config_files, dump_yaml, load_config, load_yaml, resolve_yaml
+from bioinstruct_jax.config.sections import CHAT_TEMPLATE, TEMPLATE_NAMES
+from bioinstruct_jax.data import templates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,18 +139,10 @@ def test_errors_in_a_base_name_the_base_file(tmp_path):
 
 
 def test_run_config_template_names_are_the_rendered_templates():
-    from bioinstruct_jax.config.sections import CHAT_TEMPLATE, TEMPLATE_NAMES
-    from bioinstruct_jax.data import templates
-
     assert (*templates.TEMPLATES, CHAT_TEMPLATE) == TEMPLATE_NAMES == templates.TEMPLATE_NAMES
 
 
 def test_config_imports_nothing_else_of_the_project():
-    import ast
-    import pathlib
-
-    import bioinstruct_jax.config as config_pkg
-
     for path in pathlib.Path(config_pkg.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
