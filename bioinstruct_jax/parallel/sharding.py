@@ -16,7 +16,6 @@ the logical axis and both sizes: large weights are never silently replicated.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Callable, Mapping, Sequence
 
