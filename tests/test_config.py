@@ -9,7 +9,8 @@ import pathlib
 import pytest
 
 import bioinstruct_jax.config as config_pkg
-from bioinstruct_jax.config import ConfigError, config_files, dump_yaml, load_config, load_yaml, resolve_yaml
+from bioinstruct_jax.config import (ConfigError, config_files, dump_yaml, load_config, load_run_config, load_yaml,
+                                    resolve_yaml)
 from bioinstruct_jax.config.sections import CHAT_TEMPLATE, TEMPLATE_NAMES
 from bioinstruct_jax.data import templates
 
@@ -136,6 +137,10 @@ def test_errors_in_a_base_name_the_base_file(tmp_path):
     assert load_config(Outer, tmp_path / "run", ["steps=3"]).steps == 3
     with pytest.raises(ConfigError, match=r"run \+ command line: steps = 'x'; expected an integer"):
         load_config(Outer, tmp_path / "run", ["steps=x"])
+    # a section's own check (RunConfig's lora) names the base file that set the section's keys
+    _files(tmp_path, base="lora: {r: 0}\n", run="extends: base\ntrain: {steps: 3}\n")
+    with pytest.raises(ConfigError, match=r"base \(extended by .*run\): lora: lora.r must be >= 1, got 0"):
+        load_run_config(tmp_path / "run")
 
 
 def test_run_config_template_names_are_the_rendered_templates():

@@ -182,14 +182,18 @@ def from_dict(cls: type[T], data: dict[str, Any], origin: str | _Origin = "confi
     except (ValueError, TypeError) as err:
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError(f"{origin}: {prefix.rstrip('.') or cls.__name__}: {err}") from None
+        where = str(origin)
+        if isinstance(origin, _Origin) and prefix and kwargs:  # a section's check: the file that set all its keys
+            files = {origin.at(prefix + name) for name in kwargs}
+            where = files.pop() if len(files) == 1 else where
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or cls.__name__}: {err}") from None
 
 
 def load_config(cls: type[T], path: str | pathlib.Path | None = None, overrides: Sequence[str] = ()) -> T:
     """`cls` from an optional YAML file (and its bases) and `key=value` overrides (overrides win)."""
     resolved = resolve_yaml(path) if path else ResolvedYaml({}, {}, [])
-    top = str(path) if path else "defaults"
-    label = top
+    top = str(pathlib.Path(path)) if path else "defaults"  # as the resolved sources spell it
+    label = str(path) if path else "defaults"
     sources = dict(resolved.sources)
     if overrides:
         for item in overrides:  # validate override keys against the schema, naming the command line
