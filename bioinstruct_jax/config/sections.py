@@ -19,7 +19,7 @@ _DTYPES = ("bfloat16", "float32", "float16")
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # Prompt template names a run may choose (`data.template`); `data.templates` holds what each one
-# renders and checks that it renders exactly these.
+# renders (tests/test_config.py checks that it renders exactly these).
 DEFAULT_TEMPLATE = "alpaca"
 CHAT_TEMPLATE = "chat"
 TEMPLATE_NAMES: tuple[str, ...] = ("alpaca", "bioinstruct_paper", CHAT_TEMPLATE)
@@ -179,7 +179,8 @@ class LoraConfig:
 
 
 class ShardingError(ValueError):
-    """A mesh, parameter or batch that cannot be laid out on the devices as asked."""
+    """A mesh, parameter or batch that cannot be laid out on the devices as asked (raised here by
+    `MeshConfig.resolve`, and by `parallel.sharding` for parameters, activations and batches)."""
 
 
 @dataclasses.dataclass(frozen=True)
