@@ -352,7 +352,7 @@ class OursTrain:
 
         from bioinstruct_jax.train import step as ts
         from bioinstruct_jax.model.lora import LoraConfig, apply_lora
-        from bioinstruct_jax.train_config import OptimConfig
+        from bioinstruct_jax.config.sections import OptimConfig
 
         apply_lora(model, LoraConfig(r=lora_r, alpha=2.0 * lora_r, dropout=0.0), nnx.Rngs(1))
         graphdef, self.lora, self.rng, self.base = ts.split_model(model)
@@ -413,7 +413,7 @@ def tiny_compile_seconds() -> float:
     from bioinstruct_jax.train import step as ts
     from bioinstruct_jax.model.llama import Llama, LlamaConfig
     from bioinstruct_jax.model.lora import LoraConfig, apply_lora
-    from bioinstruct_jax.train_config import OptimConfig
+    from bioinstruct_jax.config.sections import OptimConfig
 
     cfg = LlamaConfig.preset("tiny")
     model = Llama(cfg, rngs=nnx.Rngs(0))

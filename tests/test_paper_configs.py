@@ -1,6 +1,7 @@
-"""What the paper configs state about themselves: the template they train with and why, the 2%
-validation hold-out, and (16 GiB TPU configs) what max_length 512 drops — the last re-measured
-with the real LLaMA tokenizer on the 25K-like files in ../shared when they are present."""
+"""What the paper configs state about themselves (in the file or the base files it extends): the
+template they train with and why, the 2% validation hold-out, and (16 GiB TPU configs) what
+max_length 512 drops — the last re-measured with the real LLaMA tokenizer on the 25K-like files in
+../shared when they are present. Each paper config is a short overlay on a hardware base."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import re
 
 import pytest
 
-from bioinstruct_jax.config import load_run_config
+from bioinstruct_jax.config import config_files, load_run_config
 from conftest import shared_path
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -20,7 +21,7 @@ SHORT = [p for p in PAPER_CONFIGS if "tpu-v3-8" in p.stem or "tpu-v5e-8" in p.st
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.stem)
 def test_config_states_template_and_validation_hold_out(path):
     cfg = load_run_config(path)
-    text = path.read_text()
+    text = "\n".join(p.read_text() for p in config_files(path))  # the overlay and its bases
     assert cfg.data.template == "bioinstruct_paper"
     assert re.search(r"template: bioinstruct_paper\s+# the paper's own prompt", text)
     assert cfg.data.val_fraction == 0.02 and "24,505 train" in text
@@ -28,6 +29,14 @@ def test_config_states_template_and_validation_hold_out(path):
         assert cfg.data.max_length == 512 and "512 drops 89" in text and "1024 drops 10" in text
     else:
         assert cfg.data.max_length == 1024
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.stem)
+def test_config_is_a_short_overlay_on_a_hardware_base(path):
+    files = config_files(path)
+    assert files[0] == REPO / "configs" / "paper" / "base" / "common.yaml" and files[-1] == path
+    assert files[-2].parent.name == "base" and files[-2].stem in path.stem  # e.g. base/tpu-v3-8.yaml
+    assert len(path.read_text().splitlines()) <= 20
 
 
 @pytest.mark.slow  # tokenizes 11,394 records twice: ~1 min on the 2-core machine

@@ -9,7 +9,7 @@ import jax
 import pytest
 
 from bioinstruct_jax.train import plan as planner
-from bioinstruct_jax.config import load_run_config
+from bioinstruct_jax.config import ConfigError, config_files, load_run_config
 from bioinstruct_jax.model.llama import LlamaConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -51,9 +51,9 @@ def test_settings_from_flags_and_run_config(tmp_path):
         "model: {preset: llama2-13b, param_dtype: bfloat16, remat: true}\n"
         "lora: {r: 16, alpha: 32, targets: [q_proj, v_proj]}\n"
         "mesh: {data: 1, fsdp: -1, tensor: 2}\n"
-        "data: {max_length: 1024}\n"
+        "data: {max_length: 1024, batch_size: 16}\n"
         "optim: {grad_accum: 4}\n"
-        "train: {global_batch_size: 16, accelerator: tpu-v4}\n"
+        "train: {accelerator: tpu-v4}\n"
     )
     settings, _ = planner.parse_args(["--config", str(config), "data.max_length=512", "--batch", "8"])
     assert settings == planner.PlanSettings(preset="llama2-13b", mesh=(1, 4, 2), batch=8, seq=512, grad_accum=4,
@@ -64,6 +64,28 @@ def test_settings_from_flags_and_run_config(tmp_path):
     settings, _ = planner.parse_args(["--preset", "tiny", "--mesh", "2,-1,1", "--devices", "8", "--no-remat",
                                       "--targets", "q_proj,k_proj"])
     assert settings.mesh == (2, 4, 1) and settings.targets == ("q_proj", "k_proj") and not settings.remat
+
+    assert planner.parse_args([])[0] == planner.PlanSettings()  # without --config: the planner's own defaults
+
+
+def test_plan_reads_the_config_as_training_does(tmp_path):
+    """The run config goes through the typed loader: the keys training rejects (old aliases like
+    train.global_batch_size) are refused with training's error, and base files apply."""
+    config = tmp_path / "run.yaml"
+    config.write_text("train: {global_batch_size: 16}\n")
+    with pytest.raises(ConfigError) as plan_err:
+        planner.parse_args(["--config", str(config)])
+    with pytest.raises(ConfigError) as train_err:
+        load_run_config(config)
+    assert str(plan_err.value) == str(train_err.value) and "unknown key 'train.global_batch_size'" in str(plan_err.value)
+    with pytest.raises(ConfigError, match=r"command-line override 'data.seq_len=5': unknown key 'seq_len' in DataConfig"):
+        planner.parse_args(["--config", str(config), "data.seq_len=5"])
+    with pytest.raises(ConfigError, match="lora.r must be >= 1"):  # a flag is checked like its config key
+        planner.parse_args(["--lora-r", "0"])
+    (tmp_path / "base.yaml").write_text("model: {preset: llama2-7b}\ndata: {batch_size: 32}\n")
+    config.write_text("extends: base.yaml\noptim: {grad_accum: 4}\n")
+    settings, _ = planner.parse_args(["--config", str(config)])
+    assert (settings.preset, settings.batch, settings.grad_accum) == ("llama2-7b", 32, 4)
 
 
 def test_grad_accum_plans_the_micro_batch_layout_training_compiles():
@@ -121,7 +143,7 @@ def test_paper_config_is_a_valid_run_and_plans_as_written(path):
         cfg.data.batch_size, cfg.data.max_length, cfg.optim.grad_accum)
     assert settings.lora_r == cfg.lora.r and settings.targets == cfg.lora.targets
     assert settings.micro_batch % (cfg.mesh.data * cfg.mesh.fsdp) == 0, "micro-batch must split over data x fsdp"
-    assert cfg.data.train_file and "does not report" in path.read_text().lower()
+    assert cfg.data.train_file and "does not report" in "".join(p.read_text() for p in config_files(path)).lower()
     if "tpu-v4-8" in path.stem:  # v4: one JAX device per chip (megacore), 4 chips in a v4-8
         assert settings.num_devices == 4
     elif "tpu-v3-8" in path.stem or "tpu-v5e-8" in path.stem:

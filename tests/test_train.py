@@ -15,7 +15,7 @@ from bioinstruct_jax.checkpoint.orbax import CheckpointMismatchError  # noqa: E4
 from bioinstruct_jax.config import ConfigError, load_run_config  # noqa: E402
 from bioinstruct_jax.model.llama import Llama, LlamaConfig  # noqa: E402
 from bioinstruct_jax.model.lora import LoraConfig, apply_lora  # noqa: E402
-from bioinstruct_jax.train_config import OptimConfig  # noqa: E402
+from bioinstruct_jax.config.sections import OptimConfig  # noqa: E402
 from train_helpers import tiny_overrides, write_task  # noqa: E402
 
 

@@ -38,55 +38,12 @@ from typing import Any
 import grain
 import numpy as np
 
+from bioinstruct_jax.config.sections import DataConfig
 from bioinstruct_jax.data import templates
 from bioinstruct_jax.data.records import read_instruction_file
 
 BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
 _PACK_KEYS = ("input_ids", "targets", "loss_mask")
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """The `data:` section of a run config.
-
-    train_file: JSON array or JSON lines of instruction records (the published 25K file, generated
-      data, the seeds). val_file: a separate validation file; empty = hold out `val_fraction` of
-      train_file by record hash.
-    tfds_config: empty = read train_file directly; else a `bioinstruct` TFDS config (`all`, `qa`,
-      `ie`, `gen`, `other`, `all_5k` ... `all_25k`, `<category>_<n>[k]`) built from train_file
-      (labels from labels_file when the file has no categories) into tfds_data_dir.
-    template: a name in `templates.TEMPLATES`. max_length: input positions per row.
-    batch_size: global rows per step (split over hosts). packing: several examples per row.
-    num_epochs: passes over the training split (None = repeat forever); validation is one pass.
-    shuffle: reshuffle the training split every epoch (seeded). skip_malformed: skip (and count)
-      bad records instead of failing. pad_id: None = the tokenizer's pad id.
-    """
-
-    train_file: str = "seeds/bioinstruct_seeds.jsonl"
-    val_file: str = ""
-    val_fraction: float = 0.1
-    labels_file: str = ""
-    tfds_config: str = ""
-    tfds_data_dir: str = ""
-    template: str = templates.DEFAULT_TEMPLATE
-    max_length: int = 256
-    batch_size: int = 8
-    packing: bool = False
-    seed: int = 0
-    num_epochs: int | None = None
-    shuffle: bool = True
-    skip_malformed: bool = False
-    pad_id: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_length < 2:
-            raise ValueError(f"data.batch_size={self.batch_size} / data.max_length={self.max_length} too small")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction={self.val_fraction} must be in [0, 1)")
-        if self.template not in templates.TEMPLATE_NAMES:
-            raise ValueError(f"data.template={self.template!r}; known: {sorted(templates.TEMPLATE_NAMES)}")
-        if self.num_epochs is not None and self.num_epochs < 1:
-            raise ValueError(f"data.num_epochs={self.num_epochs} must be >= 1 (or null = forever)")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from tqdm import tqdm
 from bioinstruct_jax.cli import errors as cli_errors
 from bioinstruct_jax.cli import arguments as cli_types
 from bioinstruct_jax.cli.arguments import non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
+from bioinstruct_jax.config.flags import Flag, add_flags, flag_field, from_args
 from bioinstruct_jax.data.filters import REJECT_REASONS, RougePool, heuristic_reject
 from bioinstruct_jax.data.journal import append_lines, read_jsonl_tail_safe, write_json_atomic, write_text_atomic
 from bioinstruct_jax.data.labels import LabelSettings, label_key, read_label_file, run_label_pass
@@ -163,35 +164,50 @@ def parse_generation_reply(text: str, first_number: int = 4, truncated: bool = F
 # --------------------------------------------------------------------------------------------
 # Config and run state
 # --------------------------------------------------------------------------------------------
+_DEFAULT_OUTPUT = "data/bioinstruct_generated.jsonl"
+
+
 @dataclasses.dataclass
 class GenerateConfig:
-    output: str = "data/bioinstruct_generated.jsonl"
-    seeds_path: str = str(DEFAULT_SEEDS_PATH)
-    num_instructions: int = PAPER_NUM_INSTRUCTIONS
-    model: str = "gpt-4"
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 4
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 3072
-    num_prompt_seeds: int = 3
-    seed: int = 0
-    rouge_threshold: float = 0.7
-    min_words: int = 3
-    max_words: int = 150
-    label_with_model: bool = True
-    label_batch_size: int = 20
-    label_attempts: int = 2
-    timeout_s: float = 120.0
-    max_retries: int = 6
-    backoff_s: float = 1.0
-    backoff_max_s: float = 30.0
-    max_requests: int | None = None  # per invocation; None: no limit
-    max_unproductive_requests: int = 200  # consecutive requests with nothing accepted -> stop
-    progress: bool = True
-    label_only: bool = False  # label `input` into `output` (a labels file); no generation
-    input: str | None = None
+    """The settings of one generation (or --label-only) run; each field declares its own flag(s)."""
+
+    output: str = flag_field(_DEFAULT_OUTPUT, Flag(default=None, help=(
+        f"JSONL to append to, resumed if it exists (default {_DEFAULT_OUTPUT}); with --label-only the "
+        "labels file (default: <input stem>.labels.jsonl beside the input)")))
+    label_only: bool = flag_field(False, Flag(action="store_true", help=(  # label `input` into `output`; no generation
+        "only label the tasks of --input (no generation); resumable like generation")))
+    input: str | None = flag_field(None, Flag(help="with --label-only: the instruction file (JSON array or JSON lines)"))
+    seeds_path: str = flag_field(str(DEFAULT_SEEDS_PATH), Flag("--seeds"))
+    num_instructions: int = flag_field(PAPER_NUM_INSTRUCTIONS, Flag(type=positive_int, help=(
+        f"tasks to generate (default {PAPER_NUM_INSTRUCTIONS:,}, the paper's count)")))
+    model: str = flag_field("gpt-4")
+    base_url: str | None = flag_field(None, Flag(help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1"))
+    api_key_env: str = flag_field("OPENAI_API_KEY", Flag(help="environment variable holding the API key"))
+    concurrency: int = flag_field(4, Flag(type=positive_int))
+    temperature: float = flag_field(1.0, Flag(type=non_negative_float))
+    top_p: float = flag_field(1.0, Flag(type=unit_interval))
+    max_tokens: int = flag_field(3072, Flag(type=positive_int))
+    num_prompt_seeds: int = flag_field(3, Flag(type=positive_int))
+    seed: int = flag_field(0, Flag(type=int))
+    rouge_threshold: float = flag_field(0.7, Flag(type=unit_interval))
+    min_words: int = flag_field(3, Flag(type=positive_int))
+    max_words: int = flag_field(150, Flag(type=positive_int))
+    label_with_model: bool = flag_field(True, Flag(action="store_true"), Flag("--no-label", action="store_false", help=(
+        "keep labels the model gave (if any) instead of a labelling pass")))
+    label_batch_size: int = flag_field(20, Flag(type=positive_int))
+    label_attempts: int = flag_field(2, Flag(type=positive_int, help=(
+        "rounds of the labelling pass: a task left unlabelled is asked again in a smaller batch")))
+    timeout_s: float = flag_field(120.0, Flag("--timeout", type=positive_float))
+    max_retries: int = flag_field(6, Flag(type=non_negative_int))
+    backoff_s: float = flag_field(1.0, Flag("--backoff", type=non_negative_float))
+    backoff_max_s: float = flag_field(30.0, Flag("--backoff-max", type=non_negative_float))
+    max_requests: int | None = flag_field(None, Flag(type=positive_int))  # per invocation; None: no limit
+    # consecutive requests with nothing accepted -> stop
+    max_unproductive_requests: int = flag_field(200, Flag(type=positive_int))
+    progress: bool = flag_field(True, Flag("--no-progress", action="store_false"))
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         """ValueError naming the first setting out of range (the CLI's types refuse them earlier)."""
@@ -546,52 +562,18 @@ def label_only(cfg: GenerateConfig, client: LLMClient | None = None) -> dict[str
 # CLI
 # --------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> GenerateConfig:
-    d = GenerateConfig()
     p = cli_types.ArgumentParser(prog="python -m bioinstruct_jax.data.generate",
                                 description="Generate BioInstruct-style tasks from seeds with an OpenAI-compatible "
                                             "model and label them; or (--label-only) label an existing file.")
-    p.add_argument("--output", default=None,
-                   help=f"JSONL to append to, resumed if it exists (default {d.output}); with --label-only the "
-                        "labels file (default: <input stem>.labels.jsonl beside the input)")
-    p.add_argument("--label-only", action="store_true",
-                   help="only label the tasks of --input (no generation); resumable like generation")
-    p.add_argument("--input", help="with --label-only: the instruction file (JSON array or JSON lines)")
-    p.add_argument("--seeds", dest="seeds_path", default=d.seeds_path)
-    p.add_argument("--num-instructions", type=positive_int, default=d.num_instructions,
-                   help=f"tasks to generate (default {d.num_instructions:,}, the paper's count)")
-    p.add_argument("--model", default=d.model)
-    p.add_argument("--base-url", default=d.base_url, help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
-    p.add_argument("--api-key-env", default=d.api_key_env, help="environment variable holding the API key")
-    p.add_argument("--concurrency", type=positive_int, default=d.concurrency)
-    p.add_argument("--temperature", type=non_negative_float, default=d.temperature)
-    p.add_argument("--top-p", type=unit_interval, default=d.top_p)
-    p.add_argument("--max-tokens", type=positive_int, default=d.max_tokens)
-    p.add_argument("--num-prompt-seeds", type=positive_int, default=d.num_prompt_seeds)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--rouge-threshold", type=unit_interval, default=d.rouge_threshold)
-    p.add_argument("--min-words", type=positive_int, default=d.min_words)
-    p.add_argument("--max-words", type=positive_int, default=d.max_words)
-    p.add_argument("--label-with-model", dest="label_with_model", action="store_true", default=d.label_with_model)
-    p.add_argument("--no-label", dest="label_with_model", action="store_false",
-                   help="keep labels the model gave (if any) instead of a labelling pass")
-    p.add_argument("--label-batch-size", type=positive_int, default=d.label_batch_size)
-    p.add_argument("--label-attempts", type=positive_int, default=d.label_attempts,
-                   help="rounds of the labelling pass: a task left unlabelled is asked again in a smaller batch")
-    p.add_argument("--timeout", dest="timeout_s", type=positive_float, default=d.timeout_s)
-    p.add_argument("--max-retries", type=non_negative_int, default=d.max_retries)
-    p.add_argument("--backoff", dest="backoff_s", type=non_negative_float, default=d.backoff_s)
-    p.add_argument("--backoff-max", dest="backoff_max_s", type=non_negative_float, default=d.backoff_max_s)
-    p.add_argument("--max-requests", type=positive_int, default=d.max_requests)
-    p.add_argument("--max-unproductive-requests", type=positive_int, default=d.max_unproductive_requests)
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=d.progress)
+    add_flags(p, GenerateConfig)
     args = p.parse_args(argv)
     if args.input and not args.label_only:
         p.error("--input is only used with --label-only")
     if args.label_only and not args.input:
         p.error("--label-only needs --input FILE")
     if args.output is None:
-        args.output = str(pathlib.Path(args.input).with_suffix(".labels.jsonl")) if args.label_only else d.output
-    return GenerateConfig(**vars(args))
+        args.output = str(pathlib.Path(args.input).with_suffix(".labels.jsonl")) if args.label_only else _DEFAULT_OUTPUT
+    return from_args(GenerateConfig, args)
 
 
 def _interrupted_line(cfg: GenerateConfig, s: dict[str, Any]) -> str:

@@ -17,8 +17,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-DEFAULT_TEMPLATE = "alpaca"
-CHAT_TEMPLATE = "chat"
+from bioinstruct_jax.config.sections import CHAT_TEMPLATE, DEFAULT_TEMPLATE, TEMPLATE_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +53,6 @@ TEMPLATES: Mapping[str, PromptTemplate] = {
     "bioinstruct_paper": PromptTemplate("bioinstruct_paper", _ALPACA_WITH_INPUT, _ALPACA_NO_INPUT,
                                         response_header="### Output::"),
 }
-
-
-TEMPLATE_NAMES: tuple[str, ...] = (*TEMPLATES, CHAT_TEMPLATE)
 
 
 def get_template(name: str = DEFAULT_TEMPLATE) -> PromptTemplate:

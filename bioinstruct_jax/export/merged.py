@@ -42,12 +42,13 @@ import numpy as np
 from flax import nnx
 
 from bioinstruct_jax.cli import errors as cli_errors
+from bioinstruct_jax.config.sections import ALL_TARGETS
 from bioinstruct_jax.checkpoint.hf import CheckpointError, hf_name, is_transposed, named_params
 from bioinstruct_jax.checkpoint.paths import inside
 from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsError, SafetensorsFile, write_streamed
 from bioinstruct_jax.parallel.distributed import refuse_multi_process
 from bioinstruct_jax.model.llama import Linear, Llama, dtype_from_name
-from bioinstruct_jax.model.lora import ALL_TARGETS, LoraConfig, apply_lora, lora_modules
+from bioinstruct_jax.model.lora import LoraConfig, apply_lora, lora_modules
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 PEFT_PREFIX = "base_model.model."

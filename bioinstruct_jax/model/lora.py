@@ -9,63 +9,19 @@ adapters by that type and never touch the frozen base `nnx.Param`s.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import re
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bioinstruct_jax.config.sections import LoraConfig
 from bioinstruct_jax.model.llama import Linear
-
-ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class LoRAParam(nnx.Variable):
     """A trainable adapter weight (the only thing the optimizer updates)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class LoraConfig:
-    """Which projections get adapters and how they are scaled.
-
-    targets: module names (any of ALL_TARGETS); target_regex, when set, replaces them and is
-    matched against the '/'-joined module path, e.g. `layers/\\d+/self_attn/(q|v)_proj`.
-    rslora: scale alpha / sqrt(r) instead of alpha / r.
-    """
-
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
-    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    target_regex: str = ""
-    rslora: bool = False
-
-    def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ValueError(f"lora.r must be >= 1, got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
-        unknown = [t for t in self.targets if t not in ALL_TARGETS]
-        if unknown and not self.target_regex:
-            raise ValueError(f"lora.targets: unknown module name(s) {unknown}; choose from {list(ALL_TARGETS)}")
-        if self.target_regex:
-            try:
-                re.compile(self.target_regex)
-            except re.error as err:
-                raise ValueError(f"lora.target_regex {self.target_regex!r} is not a valid regex: {err}") from None
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / (math.sqrt(self.r) if self.rslora else self.r)
-
-    def matches(self, path: tuple[Any, ...]) -> bool:
-        """Whether the module at `path` (e.g. ('layers', 0, 'self_attn', 'q_proj')) is targeted."""
-        if self.target_regex:
-            return re.fullmatch(self.target_regex, "/".join(map(str, path))) is not None
-        return bool(path) and path[-1] in self.targets
 
 
 class LoRALinear(Linear):

@@ -16,7 +16,6 @@ the logical axis and both sizes: large weights are never silently replicated.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -24,6 +23,8 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
+
+from bioinstruct_jax.config.sections import MeshConfig, ShardingError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -54,46 +55,6 @@ DEFAULT_RULES: dict[str, MeshAxes] = {
     "act_mlp": "tensor",
     "act_vocab": "tensor",
 }
-
-
-class ShardingError(ValueError):
-    """A mesh or rule that cannot shard the model as asked: names the axis and the sizes."""
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshConfig:
-    """Mesh axis sizes; at most one may be -1, meaning "all remaining devices"."""
-
-    data: int = 1
-    fsdp: int = -1
-    tensor: int = 1
-
-    def resolve(self, num_devices: int) -> tuple[int, int, int]:
-        """(data, fsdp, tensor) sizes for `num_devices` devices; errors name the bad axis."""
-        sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
-        for name, size in sizes.items():
-            if size == 0 or size < -1:
-                raise ShardingError(f"mesh.{name}={size}: axis sizes must be >= 1 (or -1 for the rest)")
-        free = [n for n, s in sizes.items() if s == -1]
-        if len(free) > 1:
-            raise ShardingError(f"mesh: only one axis may be -1, got {', '.join(free)} = -1")
-        fixed = math.prod(s for s in sizes.values() if s != -1)
-        if free:
-            if num_devices % fixed:
-                raise ShardingError(
-                    f"mesh: {num_devices} devices are not divisible by the fixed axes "
-                    f"({_describe(sizes)}, product {fixed}), so mesh.{free[0]}=-1 cannot take the rest"
-                )
-            sizes[free[0]] = num_devices // fixed
-        elif fixed != num_devices:
-            raise ShardingError(
-                f"mesh: {_describe(sizes)} needs {fixed} devices but {num_devices} are available"
-            )
-        return sizes["data"], sizes["fsdp"], sizes["tensor"]
-
-
-def _describe(sizes: Mapping[str, int]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sizes.items())
 
 
 def make_mesh(cfg: MeshConfig | Sequence[int] = MeshConfig(), devices: Sequence[Any] | None = None) -> jax.sharding.Mesh:

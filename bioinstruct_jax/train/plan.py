@@ -27,8 +27,10 @@ target whose slice is in `TPU_TOPOLOGIES` (v3-8, v4-8, v5e-8, v5p-8, ...) is com
 MaxText's train_compile does; `pip install -e '.[plan]'`): the TPU compiler's own figures, several
 times slower to compile. The report says which compiler answered.
 
-`--config FILE [key=value ...]` reads the run YAML (sections model/lora/mesh/data/optim/train); flags
-given on the command line override the file.
+`--config FILE [key=value ...]` reads the run YAML (sections model/lora/mesh/data/optim/train) through
+the typed run config, as training does: the same keys, base files and errors. Each flag overrides one
+config key (`SETTING_KEYS`: --batch is data.batch_size, --seq data.max_length, ...) and wins over the
+file; without --config the planner's own defaults (`PlanSettings`) stand in for the file.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import time
 from typing import Any, Sequence
 
 from bioinstruct_jax.cli import errors as cli_errors
+from bioinstruct_jax.config import RunConfig, load_run_config
 
 GiB = 1024**3
 
@@ -244,7 +247,7 @@ def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanRe
     from bioinstruct_jax.train import step as train_step
     from bioinstruct_jax.model import llama
     from bioinstruct_jax.model.lora import parameter_summary
-    from bioinstruct_jax.train_config import OptimConfig
+    from bioinstruct_jax.config.sections import OptimConfig
 
     accel_name, capacity = accelerator_bytes(settings.accelerator)
     k, micro = settings.grad_accum, settings.micro_batch
@@ -333,49 +336,43 @@ def optimizer_state_shapes(tx, lora_sds, mesh):
 # Command line
 
 
-def _settings_from_config(path: str | None, overrides: Sequence[str]) -> dict[str, Any]:
-    """PlanSettings fields read from a run YAML (model/lora/mesh/data/optim/train sections) + overrides."""
-    from bioinstruct_jax.config import apply_overrides, load_yaml
+# Each planner flag is an override of one run-config key, so `--config FILE key=value --flag ...` reads
+# exactly what training reads (same keys, bases and errors); flags win over the file and overrides.
+SETTING_KEYS: dict[str, str] = {
+    "preset": "model.preset", "batch": "data.batch_size", "seq": "data.max_length", "grad_accum": "optim.grad_accum",
+    "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout", "targets": "lora.targets",
+    "remat": "model.remat", "dtype": "model.param_dtype", "accelerator": "train.accelerator",
+}
+MESH_KEYS = ("mesh.data", "mesh.fsdp", "mesh.tensor")
+# train.accelerator values that pick the MFU peak rather than name a chip: the planner's default target then
+_NOT_A_CHIP = ("auto", "cpu")
 
-    data = apply_overrides(load_yaml(path) if path else {}, overrides)
-    model, lora, mesh = data.get("model", {}) or {}, data.get("lora", {}) or {}, data.get("mesh", {}) or {}
-    dat, train, optim = data.get("data", {}) or {}, data.get("train", {}) or {}, data.get("optim", {}) or {}
 
-    def first(*candidates):
-        for section, key in candidates:
-            if key in section and section[key] is not None:
-                return section[key]
-        return None
+def _override(key: str, value: Any) -> str:
+    """`key=value` with the value written as JSON (which YAML reads back as the same value)."""
+    return f"{key}={json.dumps(list(value) if isinstance(value, tuple) else value)}"
 
-    out: dict[str, Any] = {}
-    pairs = {
-        "preset": first((model, "preset"), (model, "name")),
-        "dtype": first((model, "param_dtype"), (model, "dtype")),
-        "remat": first((model, "remat"), (train, "remat")),
-        "lora_r": first((lora, "r"), (lora, "rank")),
-        "lora_alpha": first((lora, "alpha"),),
-        "lora_dropout": first((lora, "dropout"),),
-        "targets": first((lora, "targets"),),
-        "batch": first((dat, "batch_size"), (train, "global_batch_size"), (train, "batch_size"),
-                       (dat, "global_batch_size")),
-        "grad_accum": first((optim, "grad_accum"), (train, "grad_accum")),
-        "seq": first((dat, "max_length"), (dat, "seq_len"), (dat, "max_seq_len"), (train, "seq_len")),
-        "accelerator": first((train, "accelerator"), (data, "accelerator"), (mesh, "accelerator")),
-    }
-    if str(pairs["accelerator"]).lower() in ("auto", "cpu"):  # train.accelerator's MFU setting, not a chip
-        pairs["accelerator"] = None  # --accelerator (default tpu-v3) decides
-    out.update({k: v for k, v in pairs.items() if v is not None})
-    if isinstance(out.get("targets"), str):
-        out["targets"] = tuple(t.strip() for t in out["targets"].split(",") if t.strip())
-    elif out.get("targets") is not None:
-        out["targets"] = tuple(out["targets"])
-    if mesh:
-        sizes = {"data": mesh.get("data", 1), "fsdp": mesh.get("fsdp", -1), "tensor": mesh.get("tensor", 1)}
-        if -1 not in sizes.values():
-            out["mesh"] = (sizes["data"], sizes["fsdp"], sizes["tensor"])
-        else:
-            out["mesh_free"] = sizes
-    return out
+
+def plan_defaults() -> list[str]:
+    """Overrides that give a plan without --config the planner's own defaults (`PlanSettings`)."""
+    d = PlanSettings()
+    return ([_override(key, getattr(d, name)) for name, key in SETTING_KEYS.items()]
+            + [_override(key, size) for key, size in zip(MESH_KEYS, d.mesh)])
+
+
+def settings_from_run(run: RunConfig, devices: int, tpu_aot: bool = False) -> PlanSettings:
+    """What to plan for a run config: its model, adapters, mesh (a -1 axis takes the rest of `devices`),
+    batch layout and target accelerator."""
+    sizes = (run.mesh.data, run.mesh.fsdp, run.mesh.tensor)
+    # a fully given mesh needs exactly its own device count; `devices` only resolves a -1 axis
+    mesh = run.mesh.resolve(devices if -1 in sizes else math.prod(sizes))
+    accelerator = run.train.accelerator
+    return PlanSettings(
+        preset=run.model.preset, mesh=mesh, batch=run.data.batch_size, seq=run.data.max_length,
+        grad_accum=run.optim.grad_accum, lora_r=run.lora.r, lora_alpha=run.lora.alpha, lora_dropout=run.lora.dropout,
+        targets=tuple(run.lora.targets), remat=run.model.remat, dtype=run.model.param_dtype,
+        accelerator=PlanSettings.accelerator if accelerator.lower() in _NOT_A_CHIP else accelerator, tpu_aot=tpu_aot,
+    )
 
 
 def parse_args(argv: Sequence[str]) -> tuple[PlanSettings, argparse.Namespace]:
@@ -403,18 +400,12 @@ def parse_args(argv: Sequence[str]) -> tuple[PlanSettings, argparse.Namespace]:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         p.error(f"expected key=value overrides, got {bad}")
-    fields = _settings_from_config(args.config, args.overrides) if (args.config or args.overrides) else {}
-    free = fields.pop("mesh_free", None)
-    if free is not None:
-        from bioinstruct_jax.parallel.sharding import MeshConfig
-
-        fields["mesh"] = MeshConfig(**free).resolve(args.devices)
-    flag_values = {"preset": args.preset, "batch": args.batch, "grad_accum": args.grad_accum, "seq": args.seq,
-                   "lora_r": args.lora_r, "lora_alpha": args.lora_alpha, "remat": args.remat, "dtype": args.dtype,
-                   "accelerator": args.accelerator, "tpu_aot": args.tpu_aot or None}
-    fields.update({k: v for k, v in flag_values.items() if v is not None})
+    flags = {name: getattr(args, name) for name in SETTING_KEYS if getattr(args, name, None) is not None}
+    flags.pop("targets", None)
     if args.targets:
-        fields["targets"] = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+        flags["targets"] = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    overrides = [*(plan_defaults() if not args.config else ()), *args.overrides,
+                 *(_override(SETTING_KEYS[name], value) for name, value in flags.items())]
     if args.mesh:
         try:
             sizes = [int(x) for x in args.mesh.split(",")]
@@ -422,14 +413,9 @@ def parse_args(argv: Sequence[str]) -> tuple[PlanSettings, argparse.Namespace]:
             p.error(f"--mesh {args.mesh!r}: expected three integers data,fsdp,tensor")
         if len(sizes) != 3:
             p.error(f"--mesh {args.mesh!r}: expected three sizes data,fsdp,tensor")
-        from bioinstruct_jax.parallel.sharding import MeshConfig
-
-        # a fully given mesh needs exactly its own device count; --devices only resolves a -1 axis
-        fields["mesh"] = MeshConfig(*sizes).resolve(args.devices if -1 in sizes else math.prod(sizes))
-    if "mesh" in fields:
-        fields["mesh"] = tuple(fields["mesh"])
-    known = {f.name for f in dataclasses.fields(PlanSettings)}
-    return PlanSettings(**{k: v for k, v in fields.items() if k in known}), args
+        overrides += [_override(key, size) for key, size in zip(MESH_KEYS, sizes)]
+    run = load_run_config(args.config, overrides)
+    return settings_from_run(run, args.devices, args.tpu_aot), args
 
 
 # XLA:CPU's default "concurrency optimized" scheduler starts independent work (every layer's weight

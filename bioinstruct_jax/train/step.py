@@ -32,7 +32,7 @@ import optax
 from flax import nnx
 
 from bioinstruct_jax.model.lora import LoRAParam
-from bioinstruct_jax.train_config import OptimConfig
+from bioinstruct_jax.config.sections import OptimConfig
 
 BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
 

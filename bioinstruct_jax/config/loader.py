@@ -1,10 +1,16 @@
-"""Typed dataclass configs from YAML files plus `key=value` command-line overrides.
+"""The generic typed loader: YAML files (with `extends:` base files) plus `key=value` overrides.
 
 `load_config(RunConfig, "configs/tiny.yaml", ["optim.lr=3e-4", "lora.targets=[q_proj,v_proj]"])`
 reads the YAML, applies the overrides (dotted keys, values parsed as YAML scalars/lists), and
 builds the nested dataclasses, checking every value against its annotation. An unknown key or a
 value of the wrong type is a `ConfigError` that names the key, where it came from (file or
 command line) and, for a typo, the closest valid keys.
+
+A file may start from base files: `extends: base.yaml` (or a list, merged in order), each path
+relative to the including file. Bases are resolved recursively and deep-merged under the file's
+own keys (mappings merge key by key; any other value, lists included, replaces the base's). A
+missing base or a cycle is a `ConfigError` naming the including file; an error in a key that a
+base file set names that base file. This module imports nothing else of the project.
 """
 
 from __future__ import annotations
@@ -12,14 +18,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import pathlib
 import types
 import typing
-from typing import Any, Sequence, TypeVar, Union
+from typing import Any, Mapping, Sequence, TypeVar, Union
 
 import yaml
 
 T = TypeVar("T")
+
+EXTENDS_KEY = "extends"
 
 
 class ConfigError(ValueError):
@@ -27,7 +36,7 @@ class ConfigError(ValueError):
 
 
 def load_yaml(path: str | pathlib.Path) -> dict[str, Any]:
-    """A YAML mapping from `path` (an empty file is an empty mapping)."""
+    """The YAML mapping of one file as written (an empty file is an empty mapping; `extends` kept)."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -40,6 +49,96 @@ def load_yaml(path: str | pathlib.Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
     return data
+
+
+@dataclasses.dataclass
+class ResolvedYaml:
+    """A file merged over its bases: the data, which file set each dotted key, and the files in merge order."""
+
+    data: dict[str, Any]
+    sources: dict[str, str]
+    files: list[pathlib.Path]
+
+
+def resolve_yaml(path: str | pathlib.Path) -> ResolvedYaml:
+    """The mapping of `path` with its `extends:` bases merged in (recursively), `extends` removed."""
+    return _resolve(pathlib.Path(path), ())
+
+
+def config_files(path: str | pathlib.Path) -> list[pathlib.Path]:
+    """`path` and every base file it extends, bases first (the order they are merged in)."""
+    return resolve_yaml(path).files
+
+
+def _resolve(path: pathlib.Path, chain: tuple[pathlib.Path, ...]) -> ResolvedYaml:
+    raw = load_yaml(path)
+    bases = raw.pop(EXTENDS_KEY, None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{path}: {EXTENDS_KEY} must be a file name or a list of file names, got {bases!r}")
+    chain = (*chain, path)
+    merged = ResolvedYaml({}, {}, [])
+    for base in bases:
+        base_path = pathlib.Path(os.path.normpath(path.parent / base))
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: {EXTENDS_KEY} {base!r}, but {base_path} does not exist")
+        if any(base_path.resolve() == p.resolve() for p in chain):
+            cycle = " -> ".join(str(p) for p in (*chain, base_path))
+            raise ConfigError(f"{path}: {EXTENDS_KEY} cycle {cycle}")
+        resolved = _resolve(base_path, chain)
+        _merge(merged.data, resolved.data, resolved.sources, merged.sources, "")
+        merged.files += [f for f in resolved.files if f not in merged.files]
+    _merge(merged.data, raw, _key_paths(raw, str(path)), merged.sources, "")
+    merged.files.append(path)
+    return merged
+
+
+def _key_paths(data: Mapping[str, Any], source: str, prefix: str = "") -> dict[str, str]:
+    """{dotted key: source} for every section and value in `data`."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        out[prefix + str(key)] = source
+        if isinstance(value, dict):
+            out.update(_key_paths(value, source, f"{prefix}{key}."))
+    return out
+
+
+def _merge(dst: dict[str, Any], src: Mapping[str, Any], src_sources: Mapping[str, str],
+           dst_sources: dict[str, str], prefix: str) -> None:
+    """Deep-merge `src` into `dst` (mappings key by key, anything else replaced), keeping sources."""
+    for key, value in src.items():
+        path = prefix + str(key)
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            dst_sources[path] = src_sources.get(path, dst_sources.get(path, ""))
+            _merge(dst[key], value, src_sources, dst_sources, path + ".")
+            continue
+        for stale in [k for k in dst_sources if k.startswith(path + ".")]:
+            del dst_sources[stale]
+        dst[key] = _deep_copy(value)
+        dst_sources.update({k: v for k, v in src_sources.items() if k == path or k.startswith(path + ".")})
+
+
+class _Origin:
+    """Where a config came from, per key: the top file (and command line), or the base file that set it."""
+
+    def __init__(self, label: str, top: str, sources: Mapping[str, str]):
+        self.label, self.top, self.sources = label, top, sources
+
+    def at(self, key: str) -> str:
+        source = self.sources.get(key.split("[")[0])
+        if not source or source == self.top:
+            return self.label
+        return f"{source} (extended by {self.top})"
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def _where(origin: str | _Origin, key: str) -> str:
+    return origin.at(key) if isinstance(origin, _Origin) else origin
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -64,10 +163,11 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return result
 
 
-def from_dict(cls: type[T], data: dict[str, Any], origin: str = "config", prefix: str = "") -> T:
+def from_dict(cls: type[T], data: dict[str, Any], origin: str | _Origin = "config", prefix: str = "") -> T:
     """Build dataclass `cls` from a mapping, type-checking every field."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{origin}: {prefix or 'top level'} must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{_where(origin, prefix.rstrip('.'))}: {prefix or 'top level'} must be a mapping, "
+                          f"got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
@@ -75,26 +175,34 @@ def from_dict(cls: type[T], data: dict[str, Any], origin: str = "config", prefix
         key = unknown[0]
         close = difflib.get_close_matches(key, list(fields), n=3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else f"; valid keys: {', '.join(fields)}"
-        raise ConfigError(f"{origin}: unknown key {prefix + key!r}{hint}")
+        raise ConfigError(f"{_where(origin, prefix + str(key))}: unknown key {prefix + key!r}{hint}")
     kwargs = {name: _convert(hints[name], data[name], origin, prefix + name) for name in fields if name in data}
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError(f"{origin}: {prefix.rstrip('.') or cls.__name__}: {err}") from None
+        where = str(origin)
+        if isinstance(origin, _Origin) and prefix and kwargs:  # a section's check: the file that set all its keys
+            files = {origin.at(prefix + name) for name in kwargs}
+            where = files.pop() if len(files) == 1 else where
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or cls.__name__}: {err}") from None
 
 
 def load_config(cls: type[T], path: str | pathlib.Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """`cls` from an optional YAML file and `key=value` overrides (overrides win)."""
-    data = load_yaml(path) if path else {}
-    origin = str(path) if path else "defaults"
+    """`cls` from an optional YAML file (and its bases) and `key=value` overrides (overrides win)."""
+    resolved = resolve_yaml(path) if path else ResolvedYaml({}, {}, [])
+    top = str(pathlib.Path(path)) if path else "defaults"  # as the resolved sources spell it
+    label = str(path) if path else "defaults"
+    sources = dict(resolved.sources)
     if overrides:
         for item in overrides:  # validate override keys against the schema, naming the command line
             key = item.partition("=")[0]
             _check_key_path(cls, key.split("."), f"command-line override {item!r}")
-        origin += " + command line"
-    return from_dict(cls, apply_overrides(data, overrides), origin)
+            for stale in [k for k in sources if k == key or k.startswith(key + ".")]:
+                del sources[stale]
+        label += " + command line"
+    return from_dict(cls, apply_overrides(resolved.data, overrides), _Origin(label, top, sources))
 
 
 def to_dict(config: Any) -> Any:
@@ -136,7 +244,7 @@ def _dataclass_of(annotation: Any) -> Any:
     return None
 
 
-def _convert(annotation: Any, value: Any, origin: str, key: str) -> Any:
+def _convert(annotation: Any, value: Any, origin: str | _Origin, key: str) -> Any:
     """Check `value` against `annotation`, converting lists to tuples and ints to floats."""
     origin_type = typing.get_origin(annotation)
     if annotation is Any:
@@ -154,12 +262,12 @@ def _convert(annotation: Any, value: Any, origin: str, key: str) -> Any:
             except ConfigError as err:
                 errors.append(err)
         raise errors[0] if len(errors) == 1 else ConfigError(
-            f"{origin}: {key} = {value!r} matches none of {_type_name(annotation)}"
+            f"{_where(origin, key)}: {key} = {value!r} matches none of {_type_name(annotation)}"
         )
     if origin_type is typing.Literal:
         choices = typing.get_args(annotation)
         if value not in choices:
-            raise ConfigError(f"{origin}: {key} = {value!r}; expected one of {list(choices)}")
+            raise ConfigError(f"{_where(origin, key)}: {key} = {value!r}; expected one of {list(choices)}")
         return value
     if dataclasses.is_dataclass(annotation):
         return from_dict(annotation, value if value is not None else {}, origin, key + ".")
@@ -167,14 +275,14 @@ def _convert(annotation: Any, value: Any, origin: str, key: str) -> Any:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{origin}: {key} = {value!r}; expected a list ({_type_name(annotation)})")
+            raise ConfigError(f"{_where(origin, key)}: {key} = {value!r}; expected a list ({_type_name(annotation)})")
         args = typing.get_args(annotation)
         item_type = args[0] if args else Any
         items = [_convert(item_type, v, origin, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin_type is tuple else items
     if origin_type is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{origin}: {key} = {value!r}; expected a mapping")
+            raise ConfigError(f"{_where(origin, key)}: {key} = {value!r}; expected a mapping")
         return dict(value)
     if annotation is float:
         if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
@@ -183,21 +291,21 @@ def _convert(annotation: Any, value: Any, origin: str, key: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{origin}: {key} = {value!r}; expected a number")
+            raise ConfigError(f"{_where(origin, key)}: {key} = {value!r}; expected a number")
         if not math.isfinite(value):  # YAML reads .nan / .inf as floats
-            raise ConfigError(f"{origin}: {key} = {value!r}; expected a finite number")
+            raise ConfigError(f"{_where(origin, key)}: {key} = {value!r}; expected a finite number")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{origin}: {key} = {value!r}; expected an integer")
+            raise ConfigError(f"{_where(origin, key)}: {key} = {value!r}; expected an integer")
         return value
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{origin}: {key} = {value!r}; expected true or false")
+            raise ConfigError(f"{_where(origin, key)}: {key} = {value!r}; expected true or false")
         return value
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{origin}: {key} = {value!r}; expected a string")
+            raise ConfigError(f"{_where(origin, key)}: {key} = {value!r}; expected a string")
         return value
     return value
 
@@ -212,31 +320,3 @@ def _deep_copy(data: Any) -> Any:
     if isinstance(data, list):
         return [_deep_copy(v) for v in data]
     return data
-
-
-# ----------------------------------------------------------------------------------------------
-# The training run config (`python -m bioinstruct_jax.train --config FILE key=value ...`).
-# Sections live with their components; this is only their composition.
-
-from bioinstruct_jax.model.lora import LoraConfig  # noqa: E402
-from bioinstruct_jax.parallel.sharding import MeshConfig  # noqa: E402
-from bioinstruct_jax.train_config import ModelConfig, OptimConfig, TrainConfig  # noqa: E402
-
-from bioinstruct_jax.data.pipeline import DataConfig  # noqa: E402
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """One LoRA training run: model, adapters, mesh, data, optimizer and loop settings."""
-
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
-    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-
-
-def load_run_config(path: str | pathlib.Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
-    """`RunConfig` from a YAML file plus `key=value` overrides."""
-    return load_config(RunConfig, path, overrides)
