@@ -39,9 +39,9 @@ import grain
 import numpy as np
 
 from bioinstruct_jax.data import templates
+from bioinstruct_jax.data.batch import BATCH_DTYPES, BATCH_KEYS
 from bioinstruct_jax.data.records import read_instruction_file
 
-BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
 _PACK_KEYS = ("input_ids", "targets", "loss_mask")
 
 
@@ -250,9 +250,8 @@ def load_split(cfg: DataConfig, split: str) -> Sequence[Mapping[str, Any]]:
 
 
 def _pad_rows(rows: Sequence[Mapping[str, np.ndarray]], n_rows: int, length: int, pad_id: int) -> dict[str, np.ndarray]:
-    out = {"input_ids": np.full((n_rows, length), pad_id, np.int32), "targets": np.zeros((n_rows, length), np.int32),
-           "loss_mask": np.zeros((n_rows, length), np.float32), "segment_ids": np.zeros((n_rows, length), np.int32),
-           "positions": np.zeros((n_rows, length), np.int32)}
+    out = {key: np.zeros((n_rows, length), BATCH_DTYPES[key]) for key in BATCH_KEYS}
+    out["input_ids"][:] = pad_id
     for i, r in enumerate(rows):
         if not r:  # a padding row
             continue
