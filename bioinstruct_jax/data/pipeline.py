@@ -36,11 +36,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grain
+import jax
 import numpy as np
 
-from bioinstruct_jax.data import templates
+from bioinstruct_jax.data import chat, templates
 from bioinstruct_jax.data.batch import BATCH_DTYPES, BATCH_KEYS
-from bioinstruct_jax.data.records import read_instruction_file
+from bioinstruct_jax.data.records import InstructionRecord, read_instruction_file
+from bioinstruct_jax.data.tfds import bioinstruct
+from bioinstruct_jax.data.tfds.bioinstruct import SPLIT_SALT, record_from_example, record_key
+from bioinstruct_jax.data.tfds.common import hash_split
 
 _PACK_KEYS = ("input_ids", "targets", "loss_mask")
 
@@ -146,8 +150,6 @@ class ExampleEncoder:
         """The record as a user turn + assistant turn in the tokenizer's chat template; the loss
         covers the reply and its end-of-turn token (EOS appended when the template has none).
         A long prompt loses the end of its user message (instruction / input), never the template."""
-        from bioinstruct_jax.data import chat
-
         instruction, input_text = (templates._field(record, k).strip() for k in ("instruction", "input"))
         reply = {"role": "assistant", "content": templates._field(record, "output")}
 
@@ -210,8 +212,6 @@ class _DecodedSource:
         return len(self.source)
 
     def __getitem__(self, i: int) -> dict[str, str]:
-        from bioinstruct_jax.data.tfds.bioinstruct import record_from_example
-
         return record_from_example(self.source[i])
 
 
@@ -223,8 +223,6 @@ def load_split(cfg: DataConfig, split: str) -> Sequence[Mapping[str, Any]]:
     if not cfg.train_file:
         raise ValueError("data.train_file is not set")
     if cfg.tfds_config:
-        from bioinstruct_jax.data.tfds import bioinstruct
-
         data_dir = cfg.tfds_data_dir or str(pathlib.Path.home() / "tensorflow_datasets")
         _, sources = bioinstruct.data_sources(data_dir, cfg.tfds_config, source_path=cfg.train_file,
                                               labels_path=cfg.labels_file or None, skip_malformed=cfg.skip_malformed,
@@ -234,10 +232,6 @@ def load_split(cfg: DataConfig, split: str) -> Sequence[Mapping[str, Any]]:
         return _DecodedSource(sources[split])
     if split == "validation" and cfg.val_file:
         return read_records(cfg.val_file, skip_malformed=cfg.skip_malformed)
-    from bioinstruct_jax.data.tfds.bioinstruct import SPLIT_SALT, record_key
-    from bioinstruct_jax.data.records import InstructionRecord
-    from bioinstruct_jax.data.tfds.common import hash_split
-
     records = read_records(cfg.train_file, skip_malformed=cfg.skip_malformed)
     if cfg.val_file:
         return records  # the whole file trains
@@ -407,8 +401,6 @@ def make_batch_iterator(cfg: DataConfig, tokenizer: Any, split: str = "train", *
     the last batch padded). `records` overrides the config's source (any random-access sequence);
     `host_rows` the rows of each global batch this host loads (see `build_dataset`)."""
     if process_index is None or process_count is None:
-        import jax
-
         process_index, process_count = jax.process_index(), jax.process_count()
     train = split == "train"
     if records is None:

@@ -136,10 +136,9 @@ class SentencePieceTokenizer:
         names = {"bos_token": self.sp.id_to_piece(self.bos_id), "eos_token": self.sp.id_to_piece(self.eos_id),
                  "unk_token": self.sp.id_to_piece(self.unk_id) if self.unk_id >= 0 else None}
         has_pad = int(self.sp.pad_id()) >= 0
-        write_json_atomic(d / "special_tokens_map.json",
-                    {k: v for k, v in {**names, "pad_token": self.sp.id_to_piece(self.pad_id) if has_pad else None}.items()
-                     if v is not None})
-        write_json_atomic(d / "tokenizer_config.json", {
+        specials = {**names, "pad_token": self.sp.id_to_piece(self.pad_id) if has_pad else None}
+        _write_json(d / "special_tokens_map.json", {k: v for k, v in specials.items() if v is not None})
+        _write_json(d / "tokenizer_config.json", {
             "tokenizer_class": "LlamaTokenizer", **{k: v for k, v in names.items() if v is not None},
             "pad_token": self.sp.id_to_piece(self.pad_id) if has_pad else None,
             "add_bos_token": self.adds_bos, "add_eos_token": self.adds_eos, "legacy": True,
@@ -215,8 +214,8 @@ class HFTokenizer:
         names = {"bos_token": self.bos_token, "eos_token": self.eos_token}
         if self.unk_token:
             names["unk_token"] = self.unk_token
-        write_json_atomic(d / "special_tokens_map.json", names)
-        write_json_atomic(d / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast", **names,
+        _write_json(d / "special_tokens_map.json", names)
+        _write_json(d / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast", **names,
                                                   "add_bos_token": self.adds_bos, "add_eos_token": self.adds_eos,
                                                   "clean_up_tokenization_spaces": False,
                                                   "model_max_length": 1_000_000_000,
@@ -271,6 +270,11 @@ class AutoTokenizerAdapter:
         d = pathlib.Path(directory)
         self.tok.save_pretrained(str(d))
         return d
+
+
+def _write_json(path: pathlib.Path, obj: Any) -> None:
+    """A tokenizer file in transformers' key order (`journal.write_json_atomic`, keys unsorted)."""
+    write_json_atomic(path, obj, sort_keys=False)
 
 
 def _tokenizer_config(directory: pathlib.Path) -> dict[str, Any]:
