@@ -21,10 +21,12 @@ from bioinstruct_jax.cli import errors as cli_errors
 from bioinstruct_jax.cli import arguments as cli_types
 from bioinstruct_jax.cli.arguments import positive_int
 from bioinstruct_jax.data import templates
+from bioinstruct_jax.data.llm_client import LLMClient, LLMClientConfig
 from bioinstruct_jax.parallel.distributed import refuse_multi_process
 from bioinstruct_jax.eval import paper_results, report, runner, tasks as tasks_mod
 from bioinstruct_jax.eval.bertscore import BERTScorer
 from bioinstruct_jax.eval.concepts import ConceptScorer, load_extractor
+from bioinstruct_jax.eval.judge import Judge
 from bioinstruct_jax.eval.predictor import Predictor, load_predictor
 
 
@@ -115,10 +117,6 @@ def main(argv: Sequence[str] | None = None, predictor: Predictor | None = None) 
                             max_new_tokens=args.max_new_tokens)
     judge = None
     if args.judge_model:
-        # optional: only with --judge-model (the client imports openai, about a second)
-        from bioinstruct_jax.eval.judge import Judge
-        from bioinstruct_jax.data.llm_client import LLMClient, LLMClientConfig
-
         client = LLMClient(LLMClientConfig(model=args.judge_model, base_url=args.judge_base_url))
         judge = Judge(client, args.judge_model, pathlib.Path(args.output) / "judge_cache.jsonl")
     runner.check_data(task_list, data, cfg, skip_missing=args.skip_missing)  # data errors before the (slow) model load
