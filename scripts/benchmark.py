@@ -20,7 +20,7 @@ section the 1/5/15-minute load average (before, after) and the cores other proce
   every MFU below is against the measured f32 figure on the CPU (the larger of jax's and torch's
   best-of-N, as both time the same cores and the larger is the one least disturbed by other
   load); with `--device`, against the chip's datasheet bf16 peak.
-- train: our jitted LoRA train step (`train_step.build_train_step`) vs transformers + peft + torch
+- train: our jitted LoRA train step (`train.step.build_train_step`) vs transformers + peft + torch
   AdamW on the same model (an HF `LlamaForCausalLM` with random weights, saved with
   `save_pretrained` and loaded by us with `checkpoint.hf.load_pretrained`), same batch, LoRA r=16 /
   alpha 32 on q,k,v,o, dropout 0 on both sides (dropout only adds RNG noise), grad-norm clip 1.0.
@@ -29,7 +29,7 @@ section the 1/5/15-minute load average (before, after) and the cores other proce
 - bandwidth: main-memory GB/s (a large numpy copy, read + write; jax and torch reductions, read
   only); the largest is the limit decode is measured against.
 - generate: greedy, prompt P, N new tokens (no EOS stop), batch 1/8/32, f32 and bf16 weights, ours
-  (`generate.Generator`: jitted prefill + `lax.while_loop` decode with a KV cache) vs
+  (`infer.engine.Generator`: jitted prefill + `lax.while_loop` decode with a KV cache) vs
   `transformers.generate` (KV cache) in the same dtype on the same weights. TTFT = prefill + first
   token; decode tok/s = batch * (N - 1) / (total - TTFT); achieved GB/s = (weight + filled KV-cache
   bytes per step) / step time, and the roofline fraction against the measured bandwidth and peak.
@@ -38,12 +38,11 @@ section the 1/5/15-minute load average (before, after) and the cores other proce
 - memory: peak host RSS (VmHWM) of a fresh process running the train step, and the peak growth of a merged export.
 - plan: `bioinstruct_jax.train.plan` for LLaMA-2 7B/13B on v3-8, v4-8, one A100-80 and one H100.
 
-FLOP convention for LoRA training (frozen base): per token, forward 2*N + backward activation
-gradients 2*N (no weight gradients for the frozen base), N = matmul parameters (every projection
-and the LM head, not the embedding lookup); plus LoRA adapters 2*r*(in+out) forward, twice that
-backward (activation and weight gradients); plus attention 4*T*d per layer forward (QK^T and PV
-over the full T x T, PaLM's convention; a causal kernel may skip half) and twice that backward.
-The "6*N*T" figure (the full-fine-tuning convention) is printed for reference.
+FLOP convention for LoRA training: training's own (`train.metrics.flops_per_token`, where it is
+written out): forward 2*N + backward activation gradients 2*N over the frozen matmul weights N
+(every projection and the LM head, not the embedding lookup), 6 per LoRA weight, attention over the
+full T x T (PaLM's convention). N and the LoRA weights are counted here from the config's shapes
+(`matmul_params`). The "6*N*T" figure (the full-fine-tuning convention) is printed for reference.
 
 Dtypes: on the CPU everything runs in float32 on both sides (parameters, activations, matmuls),
 because the comparison must be like with like and f32 is the dtype both libraries run well here;
