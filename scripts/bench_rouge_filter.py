@@ -34,6 +34,17 @@ def synthetic(n: int, seed: int) -> list[str]:
     return out
 
 
+def time_pool(pool_texts: list[str], cands: list[str]) -> tuple[RougePool, float, float, int]:
+    """(the pool, seconds to build it from `pool_texts`, seconds to check every candidate against
+    it, candidates found near-duplicate)."""
+    t0 = time.perf_counter()
+    pool = RougePool(pool_texts)
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rejected = sum(pool.is_near_duplicate(c) for c in cands)
+    return pool, build_s, time.perf_counter() - t0, int(rejected)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pool", type=int, default=25000)
@@ -50,17 +61,13 @@ def main() -> None:
         for _ in range(2):
             words[int(rng.integers(len(words)))] = "changed"
         cands[j] = " ".join(words)
-    t0 = time.perf_counter()
-    pool = RougePool(pool_texts)
-    t_build = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    rejected = sum(pool.is_near_duplicate(c) for c in cands)
-    t_query = time.perf_counter() - t0
+    pool, t_build, t_query, rejected = time_pool(pool_texts, cands)
     print(f"pool {len(pool)} built in {t_build:.2f} s ({len(pool) / t_build:,.0f} instr/s)")
     print(f"{len(cands)} candidates in {t_query:.2f} s: {len(cands) / t_query:,.0f} candidates/s; "
           f"{rejected} near-duplicates; exact LCS on {pool.stats.exact_lcs / len(cands):.1f} pool entries per candidate")
     if args.reference:
-        from rouge_score import rouge_scorer
+        from rouge_score import rouge_scorer  # optional (a test extra): only for --reference
+
         scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
         t0 = time.perf_counter()
         for c in cands[: args.reference]:

@@ -20,7 +20,7 @@ section the 1/5/15-minute load average (before, after) and the cores other proce
   every MFU below is against the measured f32 figure on the CPU (the larger of jax's and torch's
   best-of-N, as both time the same cores and the larger is the one least disturbed by other
   load); with `--device`, against the chip's datasheet bf16 peak.
-- train: our jitted LoRA train step (`train_step.build_train_step`) vs transformers + peft + torch
+- train: our jitted LoRA train step (`train.step.build_train_step`) vs transformers + peft + torch
   AdamW on the same model (an HF `LlamaForCausalLM` with random weights, saved with
   `save_pretrained` and loaded by us with `checkpoint.hf.load_pretrained`), same batch, LoRA r=16 /
   alpha 32 on q,k,v,o, dropout 0 on both sides (dropout only adds RNG noise), grad-norm clip 1.0.
@@ -29,7 +29,7 @@ section the 1/5/15-minute load average (before, after) and the cores other proce
 - bandwidth: main-memory GB/s (a large numpy copy, read + write; jax and torch reductions, read
   only); the largest is the limit decode is measured against.
 - generate: greedy, prompt P, N new tokens (no EOS stop), batch 1/8/32, f32 and bf16 weights, ours
-  (`generate.Generator`: jitted prefill + `lax.while_loop` decode with a KV cache) vs
+  (`infer.engine.Generator`: jitted prefill + `lax.while_loop` decode with a KV cache) vs
   `transformers.generate` (KV cache) in the same dtype on the same weights. TTFT = prefill + first
   token; decode tok/s = batch * (N - 1) / (total - TTFT); achieved GB/s = (weight + filled KV-cache
   bytes per step) / step time, and the roofline fraction against the measured bandwidth and peak.
@@ -38,12 +38,11 @@ section the 1/5/15-minute load average (before, after) and the cores other proce
 - memory: peak host RSS (VmHWM) of a fresh process running the train step, and the peak growth of a merged export.
 - plan: `bioinstruct_jax.train.plan` for LLaMA-2 7B/13B on v3-8, v4-8, one A100-80 and one H100.
 
-FLOP convention for LoRA training (frozen base): per token, forward 2*N + backward activation
-gradients 2*N (no weight gradients for the frozen base), N = matmul parameters (every projection
-and the LM head, not the embedding lookup); plus LoRA adapters 2*r*(in+out) forward, twice that
-backward (activation and weight gradients); plus attention 4*T*d per layer forward (QK^T and PV
-over the full T x T, PaLM's convention; a causal kernel may skip half) and twice that backward.
-The "6*N*T" figure (the full-fine-tuning convention) is printed for reference.
+FLOP convention for LoRA training: training's own (`train.metrics.flops_per_token`, where it is
+written out): forward 2*N + backward activation gradients 2*N over the frozen matmul weights N
+(every projection and the LM head, not the embedding lookup), 6 per LoRA weight, attention over the
+full T x T (PaLM's convention). N and the LoRA weights are counted here from the config's shapes
+(`matmul_params`). The "6*N*T" figure (the full-fine-tuning convention) is printed for reference.
 
 Dtypes: on the CPU everything runs in float32 on both sides (parameters, activations, matmuls),
 because the comparison must be like with like and f32 is the dtype both libraries run well here;
@@ -87,17 +86,26 @@ import bioinstruct_jax  # noqa: E402,F401 - before jax: keeps libtpu away withou
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+import export_memory  # noqa: E402 - scripts/export_memory.py, beside this file
+from bioinstruct_jax.checkpoint.hf import load_pretrained  # noqa: E402
+from bioinstruct_jax.data.pipeline import DataConfig, make_batch_iterator  # noqa: E402
+from bioinstruct_jax.data.tokenizer import load_tokenizer, train_sentencepiece  # noqa: E402
+from bioinstruct_jax.infer.engine import Generator  # noqa: E402
+from bioinstruct_jax.model.llama import Llama, LlamaConfig  # noqa: E402
+from bioinstruct_jax.model.lora import LoraConfig, apply_lora  # noqa: E402
+from bioinstruct_jax.parallel import accelerators  # noqa: E402
+from bioinstruct_jax.train import metrics as train_metrics  # noqa: E402
+from bioinstruct_jax.train import step as ts  # noqa: E402
+from bioinstruct_jax.config.sections import OptimConfig  # noqa: E402
+
+# torch, transformers and peft (the side we compare with) are imported in the functions that use
+# them: each costs seconds to import, and a `--device` run or the `plan` section never needs them.
 
 SECTIONS = ("peak", "bandwidth", "train", "generate", "data", "memory", "plan")
 # The planner compiles 7B/13B steps for ~1-2 min each on 2 cores, so it runs only when asked.
 DEFAULT_SECTIONS = ("peak", "bandwidth", "train", "generate", "data", "memory")
-
-# Dense bf16 peak FLOP/s per JAX device, by device_kind substring (datasheets).
-CHIP_PEAK_BF16 = {
-    "TPU v2": 22.5e12, "TPU v3": 61.5e12, "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12,
-    "TPU v5p": 459e12, "TPU v5": 459e12, "TPU v6": 918e12, "H200": 989e12, "H100": 989e12,
-    "A100": 312e12, "L4": 121e12, "A10": 125e12, "V100": 125e12,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,12 +219,7 @@ def matmul_peak(n: int, reps: int = 5) -> dict[str, float]:
     out = {}
     flops = 2.0 * n**3
     for name, dt in (("f32", jnp.float32), ("bf16", jnp.bfloat16)):
-        a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dt)
-        b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dt)
-        f = jax.jit(jnp.dot)
-        f(a, b).block_until_ready()
-        best = min(_timeit(lambda: f(a, b).block_until_ready()) for _ in range(reps))
-        out[f"jax_{name}_gflops"] = flops / best / 1e9
+        out[f"jax_{name}_gflops"] = train_metrics.matmul_flops(n, reps, dt, jax.devices()[0]) / 1e9
     for name, dt in (("f32", torch.float32), ("bf16", torch.bfloat16)):
         a, b = torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)
         a @ b
@@ -267,8 +270,6 @@ def hf_model(preset: str, seed: int = 0):
     import torch
     import transformers
 
-    from bioinstruct_jax.model.llama import LlamaConfig
-
     cfg = LlamaConfig.preset(preset)
     hf_cfg = transformers.LlamaConfig(**{k: v for k, v in cfg.to_hf("float32").items()
                                          if k not in ("architectures", "model_type", "torch_dtype", "dtype")})
@@ -282,8 +283,6 @@ def prepare_model(sizes: Sizes, workdir: pathlib.Path):
     when given, else the random-weight preset saved once under `workdir`."""
     import torch
     import transformers
-
-    from bioinstruct_jax.model.llama import LlamaConfig
 
     if sizes.model and pathlib.Path(sizes.model).suffix == ".gguf":
         # A GGUF file: dequantized once by transformers' own GGUF loader and saved as an f32 HF
@@ -315,22 +314,28 @@ def save_hf(model, directory: pathlib.Path) -> None:
 
 
 def load_ours(directory: pathlib.Path, dtype=jnp.float32):
-    from bioinstruct_jax.checkpoint.hf import load_pretrained
-
     return load_pretrained(directory, dtype=dtype)
 
 
-def train_flops_per_token(cfg, seq: int, lora_r: int, lora_targets: int = 4) -> dict[str, float]:
+def matmul_params(cfg, lora_r: int, lora_targets: int = 4) -> tuple[int, int]:
+    """(matmul weights: every projection and the LM head, LoRA weights on the first `lora_targets`
+    of q, k, v, o) of a LlamaConfig, counted from its shapes."""
     d, f, v, hd = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.resolved_head_dim
     L, nh, nkv = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads
     attn_params = d * hd * (2 * nh + 2 * nkv)
     n_mm = L * (attn_params + 3 * d * f) + d * v  # projections + LM head
     q, kv, o = (d, nh * hd), (d, nkv * hd), (nh * hd, d)
     lora_in_out = sum(i + o_ for i, o_ in (q, kv, kv, o)[:lora_targets])
-    lora = L * lora_r * lora_in_out
-    attn_fwd = 4 * L * seq * nh * hd  # per token: QK^T and PV over the full T x T
-    ours = 2 * n_mm + 2 * n_mm + 2 * lora + 4 * lora + attn_fwd + 2 * attn_fwd
-    return {"n_matmul_params": n_mm, "lora_flops_per_token": ours, "six_n_per_token": 6 * n_mm + 3 * attn_fwd}
+    return n_mm, L * lora_r * lora_in_out
+
+
+def train_flops_per_token(cfg, seq: int, lora_r: int, lora_targets: int = 4) -> dict[str, float]:
+    """Training FLOPs per token by `train.metrics.flops_per_token` (the convention training's MFU
+    uses): with LoRA on a frozen base, and with every matmul weight trained (the 6N figure)."""
+    n_mm, n_lora = matmul_params(cfg, lora_r, lora_targets)
+    return {"n_matmul_params": n_mm,
+            "lora_flops_per_token": train_metrics.flops_per_token(cfg, n_mm, n_lora, seq),
+            "six_n_per_token": train_metrics.flops_per_token(cfg, 0, n_mm, seq)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -348,12 +353,6 @@ class OursTrain:
     """Our jitted LoRA step on a loaded model; `step()` runs one and blocks."""
 
     def __init__(self, model, cfg, batch_np, lora_r: int, dtype=jnp.float32):
-        from flax import nnx
-
-        from bioinstruct_jax.train import step as ts
-        from bioinstruct_jax.model.lora import LoraConfig, apply_lora
-        from bioinstruct_jax.config.sections import OptimConfig
-
         apply_lora(model, LoraConfig(r=lora_r, alpha=2.0 * lora_r, dropout=0.0), nnx.Rngs(1))
         graphdef, self.lora, self.rng, self.base = ts.split_model(model)
         tx = ts.make_optimizer(OptimConfig(lr=1e-4, warmup_steps=0, schedule="constant", grad_clip=1.0), 1000)
@@ -408,13 +407,6 @@ class TheirsTrain:
 def tiny_compile_seconds() -> float:
     """Fresh compile of the tiny default's train step (configs/tiny.yaml shapes: batch 8, seq 384,
     adapters on every projection and the LM head)."""
-    from flax import nnx
-
-    from bioinstruct_jax.train import step as ts
-    from bioinstruct_jax.model.llama import Llama, LlamaConfig
-    from bioinstruct_jax.model.lora import LoraConfig, apply_lora
-    from bioinstruct_jax.config.sections import OptimConfig
-
     cfg = LlamaConfig.preset("tiny")
     model = Llama(cfg, rngs=nnx.Rngs(0))
     apply_lora(model, LoraConfig(r=16, alpha=32, dropout=0.05,
@@ -486,7 +478,7 @@ def decode_traffic(cfg, batch: int, prompt: int, new: int, bytes_per_param: int)
     weight dtype (as `Generator` allocates it).
     """
     d, hd, kv, L = cfg.hidden_size, cfg.resolved_head_dim, cfg.num_key_value_heads, cfg.num_hidden_layers
-    n_mm = train_flops_per_token(cfg, prompt, 1)["n_matmul_params"]
+    n_mm, _ = matmul_params(cfg, 1)
     norms = (2 * L + 1) * d
     weight_bytes = (n_mm + norms) * bytes_per_param + batch * d * bytes_per_param
     avg_slots = prompt + new / 2
@@ -518,8 +510,6 @@ class OursGenerate:
     new-token bucket is pinned to `new`, so both calls share shapes and program)."""
 
     def __init__(self, model, ids_np: np.ndarray, new: int):
-        from bioinstruct_jax.infer.engine import Generator
-
         self.gen = Generator(model, max_batch_size=max(32, len(ids_np)), eos_ids=(), min_new_bucket=new)
         self.prompts = [list(map(int, r)) for r in ids_np]
         self.new = new
@@ -646,17 +636,10 @@ def _load_script(name: str):
 
 
 def bench_data(sizes: Sizes, train_res: dict[str, Any] | None) -> dict[str, Any]:
-    from bioinstruct_jax.data.filters import RougePool
-
-    synth = _load_script("bench_rouge_filter").synthetic
-    pool_texts = synth(sizes.rouge_pool, 0)
-    cands = synth(sizes.rouge_candidates, 1)
-    t0 = time.perf_counter()
-    pool = RougePool(pool_texts)
-    build_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    rejected = sum(pool.is_near_duplicate(c) for c in cands)
-    query_s = time.perf_counter() - t0
+    rouge = _load_script("bench_rouge_filter")
+    pool_texts = rouge.synthetic(sizes.rouge_pool, 0)
+    cands = rouge.synthetic(sizes.rouge_candidates, 1)
+    _, build_s, query_s, rejected = rouge.time_pool(pool_texts, cands)
     res: dict[str, Any] = {"rouge_pool": len(pool_texts), "rouge_candidates": len(cands),
                            "rouge_build_instr_per_s": len(pool_texts) / build_s,
                            "rouge_instr_per_s": len(cands) / query_s, "rouge_rejected": int(rejected)}
@@ -671,9 +654,6 @@ def bench_data(sizes: Sizes, train_res: dict[str, Any] | None) -> dict[str, Any]
 def bench_pipeline(sizes: Sizes) -> dict[str, Any]:
     """Seed records repeated to n examples, a SentencePiece tokenizer trained on them, batches of
     the train benchmark's shape (batch x seq) from `make_batch_iterator`."""
-    from bioinstruct_jax.data.pipeline import DataConfig, make_batch_iterator
-    from bioinstruct_jax.data.tokenizer import load_tokenizer, train_sentencepiece
-
     lines = (REPO / "seeds" / "bioinstruct_seeds.jsonl").read_text().splitlines()
     records = [json.loads(x) for x in lines if x.strip()]
     n = 2000 if sizes.rouge_pool < 25000 else 20000
@@ -709,8 +689,6 @@ def _child_rss(args: list[str]) -> dict[str, Any]:
 
 def child_train_rss(sizes: Sizes, workdir: pathlib.Path) -> dict[str, Any]:
     """(run in a fresh process) load the HF dir, 3 train steps, report its peak RSS (VmHWM)."""
-    from bioinstruct_jax.model.llama import LlamaConfig
-
     cfg = LlamaConfig.preset(sizes.preset)
     start = _maxrss()
     model, _ = load_ours(workdir / "hf_model")
@@ -724,8 +702,6 @@ def child_train_rss(sizes: Sizes, workdir: pathlib.Path) -> dict[str, Any]:
 def child_export_rss(workdir: pathlib.Path) -> dict[str, Any]:
     """(run in a fresh process) peak host-memory growth of a merged export of a 1.33 GB float32
     LLaMA into 5 shards: `scripts/export_memory.py`'s measurement (VmHWM reset + sampler)."""
-    import export_memory
-
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         return export_memory.measure(2048, 5504, 4, 32000, 300.0, pathlib.Path(tmp) / "merged")
 
@@ -733,8 +709,6 @@ def child_export_rss(workdir: pathlib.Path) -> dict[str, Any]:
 def _maxrss() -> int:
     """This process's peak RSS (VmHWM): unlike ru_maxrss, it is not inherited from the parent
     across fork + exec, so a child's figure is its own."""
-    import export_memory
-
     return (export_memory.status_kib("VmHWM") or 0) * 1024
 
 
@@ -936,7 +910,8 @@ def main(argv=None) -> int:
     peak_flops = None
     if args.device:
         kind = jax.devices()[0].device_kind
-        peak_flops = next((v for k, v in CHIP_PEAK_BF16.items() if k.lower() in kind.lower()), None)
+        canon = accelerators.canonical_name(kind)
+        peak_flops = accelerators.ACCELERATORS[canon].peak_flops if canon else None
         out["chip_peak_bf16_flops"] = peak_flops
     if "peak" in only or ("train" in only and peak_flops is None):
         with section("peak"):

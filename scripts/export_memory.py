@@ -22,6 +22,16 @@ import psutil
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+import bioinstruct_jax  # noqa: E402,F401 - before jax: keeps libtpu away without a TPU (parallel/platforms.py)
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsFile  # noqa: E402
+from bioinstruct_jax.export.merged import export_merged  # noqa: E402
+from bioinstruct_jax.model.llama import Llama, LlamaConfig  # noqa: E402
+from bioinstruct_jax.model.lora import LoraConfig, apply_lora, lora_modules  # noqa: E402
+
 
 def status_kib(field: str) -> int | None:
     try:
@@ -56,13 +66,6 @@ class _Sampler(threading.Thread):
 
 def measure(hidden: int, intermediate: int, layers: int, vocab: int, max_shard_mb: float, out_dir: pathlib.Path,
             dtype: str | None = None) -> dict:
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from bioinstruct_jax.export.merged import export_merged
-    from bioinstruct_jax.model.llama import Llama, LlamaConfig
-    from bioinstruct_jax.model.lora import LoraConfig, apply_lora, lora_modules
-
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
                          num_attention_heads=hidden // 128, num_key_value_heads=hidden // 128)
     t0 = time.perf_counter()
@@ -72,7 +75,7 @@ def measure(hidden: int, intermediate: int, layers: int, vocab: int, max_shard_m
     for _, m in lora_modules(model):  # non-zero B so every adapted tensor really is merged
         m.lora_b.set_value(jnp.full(m.lora_b.shape, 1e-3, jnp.float32))
     build_s = time.perf_counter() - t0
-    model_bytes = sum(int(x.nbytes) for x in __import__("jax").tree.leaves(nnx.state(model)))
+    model_bytes = sum(int(x.nbytes) for x in jax.tree.leaves(nnx.state(model)))
 
     proc = psutil.Process()
     base_rss = proc.memory_info().rss
@@ -85,8 +88,6 @@ def measure(hidden: int, intermediate: int, layers: int, vocab: int, max_shard_m
     sampler.stop.set()
     sampler.join()
     peak = max(sampler.peak, (status_kib("VmHWM") or 0) * 1024 if kernel_peak else 0)
-
-    from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsFile
 
     shards = sorted(out.glob("*.safetensors"))
     sizes = []

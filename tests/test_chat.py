@@ -16,7 +16,8 @@ import pytest
 from bioinstruct_jax.data import chat
 from bioinstruct_jax.data import templates
 from bioinstruct_jax.data.pipeline import ExampleEncoder
-from bioinstruct_jax.data.tokenizer import load_tokenizer, train_sentencepiece
+from bioinstruct_jax.checkpoint.tokenizer import load_tokenizer
+from bioinstruct_jax.data.tokenizer import train_sentencepiece
 from gguf_fixtures import CHATML, TEXTS, write_tiny_gguf
 
 RECORD = {"instruction": "What is metformin used for?", "input": "Patient with type 2 diabetes.",

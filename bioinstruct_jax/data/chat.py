@@ -19,6 +19,8 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
+from bioinstruct_jax.data.tokenizer import SentencePieceTokenizer
+
 Message = dict[str, str]
 
 _REPLY_MARK = "\x00REPLY\x00"
@@ -47,6 +49,7 @@ def render(tokenizer: Any, messages: Sequence[Message], *, add_generation_prompt
     hf = getattr(tokenizer, "tok", None)
     if hf is not None and hasattr(hf, "apply_chat_template"):
         return hf.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    # costly (transformers, seconds): only for a template without a transformers tokenizer to render it
     from transformers.utils.chat_template_utils import render_jinja_template
 
     piece = getattr(tokenizer, "id_to_piece")
@@ -60,8 +63,6 @@ def render(tokenizer: Any, messages: Sequence[Message], *, add_generation_prompt
 
 def _special_strings(tokenizer: Any) -> dict[str, int]:
     """Special tokens a plain `encode` would spell out as text (SentencePiece control pieces)."""
-    from bioinstruct_jax.data.tokenizer import SentencePieceTokenizer
-
     if not isinstance(tokenizer, SentencePieceTokenizer):
         return {}  # tokenizers / transformers match added special tokens themselves
     return {tokenizer.id_to_piece(i): i for i in (tokenizer.bos_id, tokenizer.eos_id)}

@@ -6,7 +6,8 @@
   dropped (and the file rewritten without it, atomically); a broken line anywhere else is an error
   naming file and line;
 - `write_json_atomic`: write a JSON file through a temporary file, fsync and `os.replace`, so a
-  reader sees the old or the new content, never half of it.
+  reader sees the old or the new content, never half of it (every JSON file the package writes
+  goes through it).
 
 A kill (SIGKILL, Ctrl-C; a power loss too, as far as fsync is honoured) at any moment leaves
 every file either as it was or with whole new lines, plus at most one torn last line that the
@@ -34,9 +35,9 @@ def append_lines(path: pathlib.Path, lines: Iterable[str]) -> None:
         os.fsync(f.fileno())
 
 
-def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-    """Replace `path` with `obj` as indented JSON, atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+def write_json_atomic(path: pathlib.Path, obj: Any, *, indent: int = 2, sort_keys: bool = True) -> None:
+    """Replace `path` with `obj` as indented UTF-8 JSON (NaN / Infinity allowed), atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=False) + "\n")
 
 
 def write_text_atomic(path: pathlib.Path, text: str) -> None:

@@ -36,13 +36,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grain
+import jax
 import numpy as np
 
 from bioinstruct_jax.config.sections import DataConfig
-from bioinstruct_jax.data import templates
-from bioinstruct_jax.data.records import read_instruction_file
+from bioinstruct_jax.data import chat, templates
+from bioinstruct_jax.data.batch import BATCH_DTYPES, BATCH_KEYS
+from bioinstruct_jax.data.records import InstructionRecord, read_instruction_file
+from bioinstruct_jax.data.tfds import bioinstruct
+from bioinstruct_jax.data.tfds.bioinstruct import SPLIT_SALT, record_from_example, record_key
+from bioinstruct_jax.data.tfds.common import hash_split
 
-BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
 _PACK_KEYS = ("input_ids", "targets", "loss_mask")
 
 
@@ -103,8 +107,6 @@ class ExampleEncoder:
         """The record as a user turn + assistant turn in the tokenizer's chat template; the loss
         covers the reply and its end-of-turn token (EOS appended when the template has none).
         A long prompt loses the end of its user message (instruction / input), never the template."""
-        from bioinstruct_jax.data import chat
-
         instruction, input_text = (templates._field(record, k).strip() for k in ("instruction", "input"))
         reply = {"role": "assistant", "content": templates._field(record, "output")}
 
@@ -167,8 +169,6 @@ class _DecodedSource:
         return len(self.source)
 
     def __getitem__(self, i: int) -> dict[str, str]:
-        from bioinstruct_jax.data.tfds.bioinstruct import record_from_example
-
         return record_from_example(self.source[i])
 
 
@@ -180,8 +180,6 @@ def load_split(cfg: DataConfig, split: str) -> Sequence[Mapping[str, Any]]:
     if not cfg.train_file:
         raise ValueError("data.train_file is not set")
     if cfg.tfds_config:
-        from bioinstruct_jax.data.tfds import bioinstruct
-
         data_dir = cfg.tfds_data_dir or str(pathlib.Path.home() / "tensorflow_datasets")
         _, sources = bioinstruct.data_sources(data_dir, cfg.tfds_config, source_path=cfg.train_file,
                                               labels_path=cfg.labels_file or None, skip_malformed=cfg.skip_malformed,
@@ -191,10 +189,6 @@ def load_split(cfg: DataConfig, split: str) -> Sequence[Mapping[str, Any]]:
         return _DecodedSource(sources[split])
     if split == "validation" and cfg.val_file:
         return read_records(cfg.val_file, skip_malformed=cfg.skip_malformed)
-    from bioinstruct_jax.data.tfds.bioinstruct import SPLIT_SALT, record_key
-    from bioinstruct_jax.data.records import InstructionRecord
-    from bioinstruct_jax.data.tfds.common import hash_split
-
     records = read_records(cfg.train_file, skip_malformed=cfg.skip_malformed)
     if cfg.val_file:
         return records  # the whole file trains
@@ -207,9 +201,8 @@ def load_split(cfg: DataConfig, split: str) -> Sequence[Mapping[str, Any]]:
 
 
 def _pad_rows(rows: Sequence[Mapping[str, np.ndarray]], n_rows: int, length: int, pad_id: int) -> dict[str, np.ndarray]:
-    out = {"input_ids": np.full((n_rows, length), pad_id, np.int32), "targets": np.zeros((n_rows, length), np.int32),
-           "loss_mask": np.zeros((n_rows, length), np.float32), "segment_ids": np.zeros((n_rows, length), np.int32),
-           "positions": np.zeros((n_rows, length), np.int32)}
+    out = {key: np.zeros((n_rows, length), BATCH_DTYPES[key]) for key in BATCH_KEYS}
+    out["input_ids"][:] = pad_id
     for i, r in enumerate(rows):
         if not r:  # a padding row
             continue
@@ -365,8 +358,6 @@ def make_batch_iterator(cfg: DataConfig, tokenizer: Any, split: str = "train", *
     the last batch padded). `records` overrides the config's source (any random-access sequence);
     `host_rows` the rows of each global batch this host loads (see `build_dataset`)."""
     if process_index is None or process_count is None:
-        import jax
-
         process_index, process_count = jax.process_index(), jax.process_count()
     train = split == "train"
     if records is None:

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bioinstruct_jax.config.sections import CHAT_TEMPLATE, DEFAULT_TEMPLATE, TEMPLATE_NAMES
+from bioinstruct_jax.data import chat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +69,6 @@ def render_prompt(template: str, instruction: str, input_text: str = "", *,
     demonstrations: for text templates each shot is its prompt + answer + a blank line; for `chat`
     each shot is a user turn and an assistant turn before the question's user turn."""
     if template == CHAT_TEMPLATE:
-        from bioinstruct_jax.data import chat
-
         if tokenizer is None:
             raise ValueError("the chat template needs the tokenizer whose chat template renders it")
         messages = []

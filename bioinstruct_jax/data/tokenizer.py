@@ -18,9 +18,9 @@ Backends:
 - `AutoTokenizerAdapter`: any other directory of tokenizer files, via
   `transformers.AutoTokenizer.from_pretrained(dir, local_files_only=True)` (never the network).
 
-- `GGUFTokenizer`: the tokenizer stored in a llama.cpp GGUF file's metadata (the `gpt2` BPE and
-  `llama` SentencePiece kinds), converted by transformers (`AutoTokenizer.from_pretrained(folder,
-  gguf_file=name)`), with the file's BOS / EOS / pad ids and chat template.
+A llama.cpp GGUF model file carries its tokenizer in its metadata: `checkpoint.tokenizer` reads it
+(`GGUFTokenizer`, an `AutoTokenizerAdapter`) where GGUF files are read, and its `load_tokenizer`
+takes a model path of any kind, GGUF included.
 
 Each tokenizer's own convention says whether a text for the model starts with BOS / ends with EOS:
 `adds_bos` / `adds_eos` come from `tokenizer_config.json` (`add_bos_token` / `add_eos_token`),
@@ -30,8 +30,7 @@ SentencePiece models without a config keep LLaMA 1/2's rule: BOS, no EOS. `chat_
 tokenizer's jinja chat template or None (`bioinstruct_jax.data.chat` renders it).
 
 `load_tokenizer(path)` picks the backend from what is at `path` (a directory holding both a
-`tokenizer.model` and a `tokenizer.json` uses the SentencePiece model: exact LLaMA 1/2 ids; a
-`.gguf` file, or a folder with one and no other tokenizer files, uses its metadata).
+`tokenizer.model` and a `tokenizer.json` uses the SentencePiece model: exact LLaMA 1/2 ids).
 """
 
 from __future__ import annotations
@@ -43,6 +42,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import sentencepiece as spm
+from tokenizers import Tokenizer as _Tok
+
+from bioinstruct_jax.data.journal import write_json_atomic
 
 
 @runtime_checkable
@@ -72,10 +74,6 @@ def _wrap(ids: list[int], bos: int, eos: int, add_bos: bool, add_eos: bool) -> l
     if add_eos:
         ids = ids + [eos]
     return ids
-
-
-def _write_json(path: pathlib.Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 class TokenizerFileError(ValueError):
@@ -138,9 +136,8 @@ class SentencePieceTokenizer:
         names = {"bos_token": self.sp.id_to_piece(self.bos_id), "eos_token": self.sp.id_to_piece(self.eos_id),
                  "unk_token": self.sp.id_to_piece(self.unk_id) if self.unk_id >= 0 else None}
         has_pad = int(self.sp.pad_id()) >= 0
-        _write_json(d / "special_tokens_map.json",
-                    {k: v for k, v in {**names, "pad_token": self.sp.id_to_piece(self.pad_id) if has_pad else None}.items()
-                     if v is not None})
+        specials = {**names, "pad_token": self.sp.id_to_piece(self.pad_id) if has_pad else None}
+        _write_json(d / "special_tokens_map.json", {k: v for k, v in specials.items() if v is not None})
         _write_json(d / "tokenizer_config.json", {
             "tokenizer_class": "LlamaTokenizer", **{k: v for k, v in names.items() if v is not None},
             "pad_token": self.sp.id_to_piece(self.pad_id) if has_pad else None,
@@ -158,8 +155,6 @@ class HFTokenizer:
 
     def __init__(self, json_file: str | pathlib.Path, *, bos_token: str | None = None, eos_token: str | None = None,
                  pad_id: int | None = None):
-        from tokenizers import Tokenizer as _Tok
-
         self.json_file = pathlib.Path(json_file)
         if not self.json_file.is_file():
             raise FileNotFoundError(f"tokenizer.json {self.json_file} does not exist")
@@ -236,7 +231,7 @@ class AutoTokenizerAdapter:
     def __init__(self, directory: str | pathlib.Path, *, pad_id: int | None = None, loader: Any = None,
                  **from_pretrained: Any):
         if loader is None:
-            from transformers import AutoTokenizer as loader
+            from transformers import AutoTokenizer as loader  # costly (seconds): only for this backend
 
         self.directory = pathlib.Path(directory)
         where = self.directory / from_pretrained["gguf_file"] if "gguf_file" in from_pretrained else self.directory
@@ -277,64 +272,9 @@ class AutoTokenizerAdapter:
         return d
 
 
-class GGUFTokenizer(AutoTokenizerAdapter):
-    """The tokenizer in a GGUF file's metadata, converted by transformers (ids, special tokens,
-    `tokenizer.ggml.add_bos_token`, chat template exactly as transformers reads the file).
-
-    Built with `TokenizersBackend.from_pretrained(folder, gguf_file=name)`, the class
-    `AutoTokenizer` picks for llama GGUF files, called directly: `AutoTokenizer` first parses the
-    whole file again to choose the class (19 s vs 1.7 s for SmolLM2's 49k-token vocabulary on the
-    loaded 2-core machine). transformers' own GGUF metadata reader imports torch; without torch the
-    same conversion (`convert_gguf_tokenizer`) runs on metadata read by the `gguf` package
-    (`gguf_tokenizer_backend`)."""
-
-    def __init__(self, gguf_file: str | pathlib.Path, *, pad_id: int | None = None):
-        f = pathlib.Path(gguf_file)
-        if not f.is_file():
-            raise FileNotFoundError(f"GGUF file {f} does not exist")
-        self.gguf_file = f
-        import importlib.util
-
-        from transformers import TokenizersBackend
-
-        if importlib.util.find_spec("torch") is not None:
-            super().__init__(f.parent, pad_id=pad_id, loader=TokenizersBackend, gguf_file=f.name)
-        else:
-            super().__init__(f.parent, pad_id=pad_id, loader=_Prebuilt(gguf_tokenizer_backend(f)))
-
-
-class _Prebuilt:
-    """A `from_pretrained` that returns an already built transformers tokenizer."""
-
-    def __init__(self, tok: Any):
-        self.tok = tok
-
-    def from_pretrained(self, *_: Any, **__: Any) -> Any:
-        return self.tok
-
-
-def gguf_tokenizer_backend(gguf_file: str | pathlib.Path) -> Any:
-    """transformers' tokenizer for a GGUF file without torch: the metadata read by the `gguf`
-    package, grouped and converted as `TokenizersBackend.from_pretrained(gguf_file=...)` does
-    (transformers' `GGUF_TOKENIZER_MAPPING` / `convert_gguf_tokenizer`)."""
-    from transformers import TokenizersBackend
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
-
-    from bioinstruct_jax.checkpoint.gguf import open_reader
-
-    reader = open_reader(gguf_file)
-    meta = {k: f.contents() for k, f in reader.fields.items() if k.startswith(("tokenizer.", "general.arch"))}
-    grouped = {group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items() if f"tokenizer.{key}" in meta}
-               for group, renames in GGUF_TOKENIZER_MAPPING.items()}
-    tokenizer, config = grouped["tokenizer"], grouped["tokenizer_config"]
-    if tokenizer.get("tokenizer_type") == "llama":
-        config.setdefault("add_bos_token", True)  # llama.cpp's default for SentencePiece vocabularies
-    for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
-                      ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
-        token_id = meta.get(f"tokenizer.ggml.{key}")
-        config[name] = tokenizer["tokens"][token_id] if token_id is not None else None
-    fast, extra = convert_gguf_tokenizer(meta["general.architecture"], tokenizer)
-    return TokenizersBackend(tokenizer_object=fast, **config, **extra)
+def _write_json(path: pathlib.Path, obj: Any) -> None:
+    """A tokenizer file in transformers' key order (`journal.write_json_atomic`, keys unsorted)."""
+    write_json_atomic(path, obj, sort_keys=False)
 
 
 def _tokenizer_config(directory: pathlib.Path) -> dict[str, Any]:
@@ -396,13 +336,21 @@ def _first_present(tok: Any, names: Iterable[str]) -> str | None:
     return None
 
 
+def has_tokenizer_files(directory: str | pathlib.Path) -> bool:
+    """Whether `load_tokenizer` finds tokenizer files in `directory`."""
+    d = pathlib.Path(directory)
+    names = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
+    return d.is_dir() and (any((d / name).is_file() for name in names) or len(list(d.glob("*.model"))) == 1)
+
+
 def load_tokenizer(path: str | pathlib.Path, *, pad_id: int | None = None) -> Tokenizer:
     """The tokenizer at `path`: a `.model` file, a `tokenizer.json`, or a directory holding one
     (SentencePiece preferred), or else any directory AutoTokenizer reads offline."""
     p = pathlib.Path(path)
     if p.is_file():
         if p.suffix.lower() == ".gguf":
-            return GGUFTokenizer(p, pad_id=pad_id)
+            raise ValueError(f"{p}: a GGUF model file; its tokenizer loads with "
+                             "bioinstruct_jax.checkpoint.tokenizer.load_tokenizer")
         if p.suffix == ".json":
             return HFTokenizer(p, pad_id=pad_id)
         return SentencePieceTokenizer(p, pad_id=pad_id)
@@ -416,9 +364,6 @@ def load_tokenizer(path: str | pathlib.Path, *, pad_id: int | None = None) -> To
             return SentencePieceTokenizer(models[0], pad_id=pad_id)
         if (p / "tokenizer_config.json").is_file():
             return AutoTokenizerAdapter(p, pad_id=pad_id)
-        ggufs = sorted(p.glob("*.gguf"))
-        if len(ggufs) == 1:
-            return GGUFTokenizer(ggufs[0], pad_id=pad_id)
         raise FileNotFoundError(f"{p}: no tokenizer.model, tokenizer.json or tokenizer_config.json in it "
                                 f"(found: {sorted(x.name for x in p.iterdir())[:20]})")
     raise FileNotFoundError(f"tokenizer path {p} does not exist")
@@ -456,5 +401,5 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, out_dir: str | pa
     return out / f"{model_prefix}.model"
 
 
-__all__ = ["Tokenizer", "SentencePieceTokenizer", "HFTokenizer", "AutoTokenizerAdapter", "GGUFTokenizer", "load_tokenizer",
-           "train_sentencepiece"]
+__all__ = ["Tokenizer", "SentencePieceTokenizer", "HFTokenizer", "AutoTokenizerAdapter", "has_tokenizer_files",
+           "load_tokenizer", "train_sentencepiece"]

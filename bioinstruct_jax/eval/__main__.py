@@ -11,15 +11,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import pathlib
 import sys
 from typing import Any, Sequence
+
+import yaml
 
 from bioinstruct_jax.cli import errors as cli_errors
 from bioinstruct_jax.cli import arguments as cli_types
 from bioinstruct_jax.cli.arguments import positive_int
 from bioinstruct_jax.data import templates
+from bioinstruct_jax.data.llm_client import LLMClient, LLMClientConfig
 from bioinstruct_jax.parallel.distributed import refuse_multi_process
 from bioinstruct_jax.eval import paper_results, report, runner, tasks as tasks_mod
+from bioinstruct_jax.eval.bertscore import BERTScorer
+from bioinstruct_jax.eval.concepts import ConceptScorer, load_extractor
+from bioinstruct_jax.eval.judge import Judge
 from bioinstruct_jax.eval.predictor import Predictor, load_predictor
 
 
@@ -34,8 +41,6 @@ def _kv(items: Sequence[str], flag: str) -> dict[str, str]:
 
 
 def _scalar(v: str) -> Any:
-    import yaml
-
     return yaml.safe_load(v)
 
 
@@ -93,12 +98,8 @@ def build_text_scorers(args: argparse.Namespace) -> dict[str, Any]:
     """The optional free-text metrics the flags ask for, loaded before any model (fail early)."""
     scorers: dict[str, Any] = {}
     if args.bertscore_model:
-        from bioinstruct_jax.eval.bertscore import BERTScorer  # optional: torch
-
         scorers["bertscore"] = BERTScorer(args.bertscore_model, layer=args.bertscore_layer)
     if args.concept_extractor:
-        from bioinstruct_jax.eval.concepts import ConceptScorer, load_extractor
-
         scorers["concept_f1"] = ConceptScorer(load_extractor(args.concept_extractor))
     return scorers
 
@@ -116,11 +117,6 @@ def main(argv: Sequence[str] | None = None, predictor: Predictor | None = None) 
                             max_new_tokens=args.max_new_tokens)
     judge = None
     if args.judge_model:
-        import pathlib
-
-        from bioinstruct_jax.eval.judge import Judge
-        from bioinstruct_jax.data.llm_client import LLMClient, LLMClientConfig
-
         client = LLMClient(LLMClientConfig(model=args.judge_model, base_url=args.judge_base_url))
         judge = Judge(client, args.judge_model, pathlib.Path(args.output) / "judge_cache.jsonl")
     runner.check_data(task_list, data, cfg, skip_missing=args.skip_missing)  # data errors before the (slow) model load

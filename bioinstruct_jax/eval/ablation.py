@@ -25,6 +25,10 @@ import re
 import sys
 from typing import Any, Sequence
 
+from bioinstruct_jax.config import load_run_config
+from bioinstruct_jax.data.journal import write_json_atomic
+from bioinstruct_jax.data.pipeline import load_split
+from bioinstruct_jax.data.records import read_instruction_file
 from bioinstruct_jax.eval import paper_results, report
 
 GROUP_NAMES = {"qa": "QA", "ie": "IE", "gen": "GEN"}
@@ -39,9 +43,6 @@ def _results(run_dir: pathlib.Path) -> dict[str, Any]:
 
 def run_size(run_dir: pathlib.Path) -> dict[str, Any]:
     """{"steps", "batch_size", "train_records", "epochs", "epochs_setting"} of a finished run."""
-    from bioinstruct_jax.config import load_run_config
-    from bioinstruct_jax.data.pipeline import load_split
-
     cfg_path = run_dir / "run_config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run_dir}: no run_config.yaml (did its training run?)")
@@ -153,9 +154,6 @@ def plot_data_size(points: dict[str, list[tuple[int, float, str]]], paper: dict[
 
 def labels_needed(config: str | None, overrides: Sequence[str], default: str) -> str | None:
     """The labels file to create for category configs, or None when none is needed."""
-    from bioinstruct_jax.config import load_run_config
-    from bioinstruct_jax.data.tfds.bioinstruct import read_instruction_file
-
     cfg = load_run_config(config, overrides)
     if cfg.data.labels_file:
         return None if pathlib.Path(cfg.data.labels_file).exists() else cfg.data.labels_file
@@ -200,7 +198,7 @@ def _run(args: argparse.Namespace) -> int:
             _size_value(s)
         text, data = data_size_report(args.runs, args.sizes, args.png or args.runs / "data_size.png")
         out = args.runs / "data_size.json"
-    out.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    write_json_atomic(out, data, indent=1, sort_keys=False)
     print(text)
     print(f"\n{out}", file=sys.stderr)
     return 0

@@ -54,7 +54,7 @@ class BERTScorer:
     def __init__(self, model_dir: str | pathlib.Path, *, layer: int | None = None, batch_size: int = 16,
                  max_length: int = 510):
         torch = _torch()
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel, AutoTokenizer  # costly (seconds), and needs torch (optional)
 
         model_dir = pathlib.Path(model_dir)
         if not model_dir.is_dir():

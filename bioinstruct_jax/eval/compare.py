@@ -19,8 +19,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from bioinstruct_jax.data.journal import write_json_atomic
 from bioinstruct_jax.eval import metrics, runner
 from bioinstruct_jax.eval.tasks import Task, TextTask
+from bioinstruct_jax.train.metrics import read_metrics
 
 MEAN_METRICS = ("accuracy", "loglik_accuracy", "loglik_accuracy_norm", "rouge1", "rouge2", "rougeL",
                 "exact_match")
@@ -154,19 +156,17 @@ def write_json(rows: Sequence[Row], path: str | pathlib.Path, meta: dict[str, An
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"meta": {**(meta or {}), "interval": "percentile bootstrap 95%, paired over the same items"},
            "rows": [r.as_dict() for r in rows]}
-    path.write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n", encoding="utf-8")
+    write_json_atomic(path, doc, indent=1, sort_keys=False)
     return path
 
 
 def plot(rows: Sequence[Row], png: str | pathlib.Path, metrics_jsonl: str | pathlib.Path | None = None,
          title: str = "") -> pathlib.Path:
     """Left: before/after bars with 95% intervals per task-metric; right: the training loss curve."""
-    import matplotlib
+    import matplotlib  # costly (about a second): only when a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from bioinstruct_jax.train.metrics import read_metrics
 
     png = pathlib.Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,9 @@ import re
 import statistics
 from typing import Any, Iterable
 
+from bioinstruct_jax.data.journal import append_lines, read_jsonl_tail_safe
+from bioinstruct_jax.data.llm_client import LLMError
+
 CRITERIA = ("coherence", "completeness", "naturalness")
 
 JUDGE_SYSTEM = "You are an experienced physician who grades responses written for clinical text tasks."
@@ -92,23 +95,15 @@ class Judge:
         self.client = client
         self.model = model
         self.cache_path = pathlib.Path(cache_path)
-        self._cache: dict[str, dict[str, Any]] = {}
-        if self.cache_path.exists():
-            with self.cache_path.open(encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                        self._cache[rec["key"]] = rec
-                    except (json.JSONDecodeError, KeyError):
-                        continue  # a line cut short by an interrupted run
+        rows, _ = read_jsonl_tail_safe(self.cache_path)  # drops a line cut short by an interrupted run
+        self._cache: dict[str, dict[str, Any]] = {rec["key"]: rec for _, rec in rows
+                                                  if isinstance(rec, dict) and "key" in rec}
 
     def key(self, prompt: str, prediction: str, reference: str) -> str:
         blob = json.dumps([self.model, prompt, prediction, reference], ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def judge(self, *, instruction: str, input_text: str, reference: str, prediction: str) -> JudgeResult:
-        from bioinstruct_jax.data.llm_client import LLMError
-
         prompt = JUDGE_PROMPT.format(instruction=instruction, input=input_text,
                                      reference=reference, prediction=prediction)
         key = self.key(prompt, prediction, reference)
@@ -123,8 +118,7 @@ class Judge:
         rec = {"key": key, "model": self.model, "raw": raw, "scores": parse_judge_reply(raw)}
         self._cache[key] = rec
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.cache_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        append_lines(self.cache_path, [json.dumps(rec, ensure_ascii=False)])
         return JudgeResult(rec["scores"], raw, cached=False)
 
 

@@ -2,7 +2,7 @@
 
 Every function reads one local file (or folder) in the format its dataset is published in and
 returns plain `Example`s; prompts, parsing and scoring live elsewhere (`tasks.py`). The TFDS
-builders in `bioinstruct_jax/data/tfds/eval_sets.py` and the tests call these same functions.
+builders in `bioinstruct_jax/eval/tfds_sets.py` and the tests call these same functions.
 Nothing here downloads anything.
 """
 
@@ -388,7 +388,7 @@ def load_instruction_jsonl(path: PathLike, prefix: str = "") -> list[Example]:
 def load_meqsum(path: PathLike) -> list[Example]:
     """MeQSum xlsx (first sheet; columns File, CHQ, Summary): question => summary."""
     try:
-        import openpyxl
+        import openpyxl  # costly to import for every task; only MeQSum's .xlsx needs it
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("reading MeQSum's .xlsx needs openpyxl (pip install openpyxl)") from e
     p = _path(path)

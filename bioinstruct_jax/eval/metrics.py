@@ -67,7 +67,7 @@ def micro_prf_labels(preds: Sequence[str | None], golds: Sequence[str],
 
 def rouge(preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
     """Mean ROUGE-1/2/L F-measure (rouge-score, Porter stemming)."""
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer  # costly (nltk, about a second): only text tasks score ROUGE
 
     if len(preds) != len(refs):
         raise ValueError(f"rouge: {len(preds)} predictions vs {len(refs)} references")
@@ -82,7 +82,7 @@ def rouge(preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
 
 def bleu(preds: Sequence[str], refs: Sequence[str]) -> float:
     """Corpus BLEU (sacrebleu defaults: 13a tokenisation, 4-grams, exponential smoothing off)."""
-    import sacrebleu
+    import sacrebleu  # costly: only text tasks score BLEU
 
     if len(preds) != len(refs):
         raise ValueError(f"bleu: {len(preds)} predictions vs {len(refs)} references")

@@ -16,6 +16,7 @@ from typing import Any, Protocol, Sequence
 
 from tqdm.auto import tqdm
 
+from bioinstruct_jax.data.journal import read_jsonl_tail_safe, write_json_atomic
 from bioinstruct_jax.eval import paper_results
 from bioinstruct_jax.eval.judge import Judge, aggregate
 from bioinstruct_jax.eval.loaders import Example
@@ -81,28 +82,10 @@ def _modes(task: Task, qa_mode: str) -> tuple[bool, bool]:
 
 
 def read_predictions(path: pathlib.Path) -> dict[str, dict[str, Any]]:
-    """id -> record from a predictions file; a last line cut short by an interruption is ignored."""
-    done: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return done
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and "id" in rec:
-                done[str(rec["id"])] = rec
-    return done
-
-
-def _drop_partial_line(path: pathlib.Path) -> None:
-    """Cut a last line left unfinished by an interrupted write, so appends start on a fresh line."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
+    """id -> record from a predictions file. A last line cut short by an interruption is dropped
+    from the file (`journal.read_jsonl_tail_safe`), so appends start on a fresh line."""
+    rows, _ = read_jsonl_tail_safe(path)
+    return {str(rec["id"]): rec for _, rec in rows if isinstance(rec, dict) and "id" in rec}
 
 
 def _check_settings(path: pathlib.Path, settings: dict[str, Any]) -> None:
@@ -116,7 +99,7 @@ def _check_settings(path: pathlib.Path, settings: dict[str, Any]) -> None:
                 f"{ {k: f'{a!r} -> {b!r}' for k, (a, b) in diff.items()} }; "
                 "use another --output dir or delete that task's files")
         return
-    path.write_text(json.dumps(settings, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json_atomic(path, settings, indent=1, sort_keys=False)
 
 
 def _predict_batch(task: Task, predictor: Predictor, batch: Sequence[Example], prompts: list[str],
@@ -174,7 +157,6 @@ def run_task(task: Task, predictor: Predictor, data: DataSource, cfg: EvalConfig
     _check_settings(out_dir / f"{task.name}.run.json", settings)
 
     pred_path = out_dir / f"{task.name}.predictions.jsonl"
-    _drop_partial_line(pred_path)
     done = read_predictions(pred_path)
     todo = [e for e in examples if e.id not in done]
     stops = stop_strings(cfg.template)
@@ -276,10 +258,7 @@ def run_eval(tasks: Sequence[Task], predictor: Predictor, data: DataSource, cfg:
     model_id = str((meta or {}).get("model", ""))
 
     def write() -> None:
-        tmp = results_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False, allow_nan=True) + "\n",
-                       encoding="utf-8")
-        tmp.replace(results_path)
+        write_json_atomic(results_path, results, indent=1, sort_keys=False)
 
     for task in tasks:
         if skip_missing:

@@ -15,18 +15,13 @@ import random
 import statistics
 from typing import Any, Callable, Sequence
 
+# format_prompt: the training template, owned by the data stage (imported, never copied)
+from bioinstruct_jax.data.templates import DEFAULT_TEMPLATE, format_prompt, render_prompt  # noqa: F401
 from bioinstruct_jax.eval import loaders, metrics, parsing
 from bioinstruct_jax.eval.loaders import Example
 
 QA, IE, GEN, USER = "qa", "ie", "gen", "user"
 CONTEXT_CHARS = 6000  # supporting text (abstract, snippets) is cut to this many characters
-
-
-def format_prompt(instruction: str, input_text: str = "") -> str:
-    """The training template (owned by the data pipeline; imported, never copied)."""
-    from bioinstruct_jax.data.templates import format_prompt as _fmt
-
-    return _fmt(instruction, input_text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,12 +65,21 @@ class Task(abc.ABC):
     def load(self, data: DataSource) -> list[Example]:
         return self._test(data)
 
+    @property
+    def has_train(self) -> bool:
+        """Whether the task has a training split (the one-shot pool)."""
+        return self._train is not None
+
+    def load_train(self, data: DataSource) -> list[Example]:
+        """The training split (the one-shot pool); ValueError when the task has none."""
+        if self._train is None:
+            raise ValueError(f"task {self.name!r} has no training split for a one-shot example")
+        return self._train(data)
+
     def shot(self, data: DataSource, seed: int = 0) -> Example:
         """The one-shot example: seeded choice from the training split among examples with a
         non-empty answer and an input no longer than the median (keeps prompts short)."""
-        if self._train is None:
-            raise ValueError(f"task {self.name!r} has no training split for a one-shot example")
-        pool = [e for e in self._train(data) if e.answer not in ("", [], None)]
+        pool = [e for e in self.load_train(data) if e.answer not in ("", [], None)]
         if not pool:
             raise ValueError(f"task {self.name!r}: training split has no usable one-shot example")
         med = statistics.median(len(self.format_input(e)) for e in pool)
@@ -97,8 +101,6 @@ class Task(abc.ABC):
         """Zero-shot: the training template for `ex`. One-shot: the template filled with the
         shot and its answer, a blank line, then the template for `ex` (with `chat`: the shot as a
         user and an assistant turn before the question's turn, through `tokenizer`'s template)."""
-        from bioinstruct_jax.data.templates import DEFAULT_TEMPLATE, render_prompt
-
         shots = [] if shot is None else [(self.instruction_for(shot), self.format_input(shot),
                                            self.format_target(shot))]
         return render_prompt(template or DEFAULT_TEMPLATE, self.instruction_for(ex), self.format_input(ex),

@@ -292,7 +292,7 @@ def _save_tokenizer(tokenizer: Any, out_dir: pathlib.Path) -> list[str]:
             for f in copied:
                 shutil.copyfile(src / f, out_dir / f)
         else:
-            from bioinstruct_jax.data.tokenizer import load_tokenizer
+            from bioinstruct_jax.checkpoint.tokenizer import load_tokenizer
 
             load_tokenizer(src).save(out_dir)
     return sorted(set(os.listdir(out_dir)) - before)

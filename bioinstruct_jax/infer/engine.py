@@ -527,7 +527,7 @@ def load_predictor(model: str, lora: str | None = None, *, dtype: str | None = N
     tok_path = tokenizer or tok_path or (model if _is_hf_dir(pathlib.Path(model)) else None)
     if tok_path is None:
         raise ValueError(f"no tokenizer for {model}: pass tokenizer=PATH")
-    from bioinstruct_jax.data.tokenizer import load_tokenizer
+    from bioinstruct_jax.checkpoint.tokenizer import load_tokenizer
 
     from bioinstruct_jax.data import chat
 

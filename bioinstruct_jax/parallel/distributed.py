@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from bioinstruct_jax.parallel.sharding import batch_sharding
 
@@ -132,8 +133,6 @@ def any_process(flag: bool) -> bool:
     """True when `flag` is true on at least one process (a collective: every process must call it)."""
     if jax.process_count() == 1:
         return bool(flag)
-    from jax.experimental import multihost_utils
-
     return bool(np.asarray(multihost_utils.process_allgather(np.array([int(flag)], np.int32))).any())
 
 

@@ -53,7 +53,7 @@ def load_run_tokenizer(cfg: RunConfig):
         return None
     if not pathlib.Path(path).exists() and "://" not in path:
         raise ConfigError(f"model.tokenizer: {path} does not exist")
-    from bioinstruct_jax.data.tokenizer import load_tokenizer
+    from bioinstruct_jax.checkpoint.tokenizer import load_tokenizer
 
     return load_tokenizer(path)
 

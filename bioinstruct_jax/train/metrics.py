@@ -12,7 +12,7 @@ so FLOPs/token = 4 * N_frozen_matmul + 6 * N_lora + 12 * L * T * H * d_head. N_m
 embedding table (a gather), includes the LM head. With full fine-tuning this reduces to the usual
 6N + attention. Tokens = all positions of the batch (padding included: the device computes them).
 
-Peak FLOP/s per device come from `PEAK_FLOPS` by accelerator kind (bf16 dense, per JAX device:
+Peak FLOP/s per device come from `parallel.accelerators` by accelerator kind (bf16 dense, per JAX device:
 one TensorCore on TPU v2/v3, one chip from v4 on, one GPU); on a CPU the peak is measured once per
 process by timing a large f32 matmul on all cores.
 """
@@ -21,36 +21,26 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
-PEAK_FLOPS: dict[str, float] = {
-    "tpu-v2": 22.5e12,      # per core
-    "tpu-v3": 61.5e12,      # per core (123 TFLOP/s per chip)
-    "tpu-v4": 275e12,       # per chip (megacore)
-    "tpu-v5e": 197e12,
-    "tpu-v5p": 459e12,
-    "tpu-v6e": 918e12,
-    "a100": 312e12,
-    "h100": 989e12,
-    "h200": 989e12,
-}
-_KIND_PATTERNS = (("v6", "tpu-v6e"), ("v5p", "tpu-v5p"), ("v5", "tpu-v5e"), ("v4", "tpu-v4"),
-                  ("v3", "tpu-v3"), ("v2", "tpu-v2"), ("a100", "a100"), ("h100", "h100"), ("h200", "h200"))
+from bioinstruct_jax.data.journal import read_jsonl_tail_safe, write_text_atomic
+from bioinstruct_jax.model.lora import LoRAParam
+from bioinstruct_jax.parallel import accelerators
+
 _MEASURED_CPU_PEAK: list[float] = []
 
 
-def measure_cpu_peak(n: int = 1024, repeats: int = 3) -> float:
-    """FLOP/s of an n x n f32 matmul on this host (best of `repeats`), cached per process."""
-    if _MEASURED_CPU_PEAK:
-        return _MEASURED_CPU_PEAK[0]
-    cpu = jax.devices("cpu")[0]
-    a = jax.device_put(jnp.ones((n, n), jnp.float32), cpu)
+def matmul_flops(n: int = 1024, repeats: int = 3, dtype: Any = jnp.float32, device: Any = None) -> float:
+    """FLOP/s of a jitted n x n matmul in `dtype` on `device` (default: the first CPU device), best
+    of `repeats` timed calls after one compiling call."""
+    device = jax.devices("cpu")[0] if device is None else device
+    a = jax.device_put(jnp.ones((n, n), dtype), device)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
     best = math.inf
@@ -58,31 +48,30 @@ def measure_cpu_peak(n: int = 1024, repeats: int = 3) -> float:
         start = time.perf_counter()
         f(a).block_until_ready()
         best = min(best, time.perf_counter() - start)
-    _MEASURED_CPU_PEAK.append(2 * n**3 / best)
+    return 2 * n**3 / best
+
+
+def measure_cpu_peak(n: int = 1024, repeats: int = 3) -> float:
+    """FLOP/s of an n x n f32 matmul on this host (`matmul_flops`), measured once per process."""
+    if not _MEASURED_CPU_PEAK:
+        _MEASURED_CPU_PEAK.append(matmul_flops(n, repeats))
     return _MEASURED_CPU_PEAK[0]
 
 
 def peak_flops_per_device(accelerator: str = "auto") -> tuple[str, float]:
     """(name, peak FLOP/s of one device); `auto` reads `jax.devices()[0].device_kind`."""
-    name = accelerator.lower()
+    name = accelerator.strip().lower()
     if name == "auto":
         device = jax.devices()[0]
-        if device.platform == "cpu":
-            name = "cpu"
-        else:
-            kind = device.device_kind.lower()
-            name = next((canon for pat, canon in _KIND_PATTERNS if pat in kind), kind)
+        name = "cpu" if device.platform == "cpu" else device.device_kind
     if name == "cpu":
         # Virtual CPU devices share the host's cores: the host peak is split between them.
         return "cpu (measured)", measure_cpu_peak() / max(len(jax.devices("cpu")), 1)
-    for pat, canon in _KIND_PATTERNS:
-        if pat in name:
-            name = canon
-            break
-    if name not in PEAK_FLOPS:
+    canon = accelerators.canonical_name(name)
+    if canon is None:
         raise ValueError(f"train.accelerator={accelerator!r}: no peak FLOP/s known; use auto, cpu or one of "
-                         f"{', '.join(PEAK_FLOPS)}")
-    return name, PEAK_FLOPS[name]
+                         f"{', '.join(accelerators.ACCELERATORS)}")
+    return canon, accelerators.ACCELERATORS[canon].peak_flops
 
 
 def flops_per_token(config: Any, n_frozen_matmul: int, n_lora: int, seq_len: int) -> float:
@@ -93,10 +82,6 @@ def flops_per_token(config: Any, n_frozen_matmul: int, n_lora: int, seq_len: int
 
 def matmul_param_counts(model: Any) -> tuple[int, int]:
     """(frozen matmul weights, LoRA weights) of a LoRA-wrapped Llama (embedding table excluded)."""
-    from flax import nnx
-
-    from bioinstruct_jax.model.lora import LoRAParam
-
     frozen = 0
     for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param)):
         names = [str(getattr(p, "key", p)) for p in path]
@@ -128,7 +113,7 @@ class MetricsLogger:
                 drop_records_after(pathlib.Path(output_dir) / "metrics.jsonl", resume_step)
             self._jsonl = open(pathlib.Path(output_dir) / "metrics.jsonl", "a")
         if tensorboard:
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter  # optional: only runs that write TensorBoard events
 
             self._tb = SummaryWriter(f"{output_dir}/tensorboard")
 
@@ -158,25 +143,22 @@ class MetricsLogger:
 
 def drop_records_after(path: pathlib.Path, step: int) -> int:
     """Rewrite a metrics.jsonl without records of steps after `step` (and without a line cut short
-    by a kill); returns how many lines were dropped. The file is replaced atomically."""
+    by a kill, `journal.read_jsonl_tail_safe`); returns how many lines were dropped. The file is
+    replaced atomically."""
     if not path.is_file():
         return 0
-    kept, dropped = [], 0
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-            keep = int(rec["step"]) <= step
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            keep = False
-        if keep:
-            kept.append(line + "\n")
-        elif line.strip():
-            dropped += 1
-    if dropped:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
-    return dropped
+    rows, torn = read_jsonl_tail_safe(path)
+    kept = [rec for _, rec in rows if _step_of(rec) is not None and _step_of(rec) <= step]
+    if len(kept) < len(rows):
+        write_text_atomic(path, "".join(json.dumps(rec) + "\n" for rec in kept))
+    return torn + len(rows) - len(kept)
+
+
+def _step_of(record: Any) -> int | None:
+    try:
+        return int(record["step"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def read_metrics(path: str | pathlib.Path) -> list[dict[str, Any]]:
@@ -191,7 +173,7 @@ def read_metrics(path: str | pathlib.Path) -> list[dict[str, Any]]:
 
 def plot_loss_curve(metrics_path: str | pathlib.Path, png_path: str | pathlib.Path) -> pathlib.Path | None:
     """Train (and validation) loss against step, as a PNG; None when there is nothing to plot."""
-    import matplotlib
+    import matplotlib  # costly (about a second): only when a curve is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -217,5 +199,5 @@ def plot_loss_curve(metrics_path: str | pathlib.Path, png_path: str | pathlib.Pa
     return png_path
 
 
-__all__ = ["PEAK_FLOPS", "measure_cpu_peak", "peak_flops_per_device", "flops_per_token", "matmul_param_counts",
+__all__ = ["matmul_flops", "measure_cpu_peak", "peak_flops_per_device", "flops_per_token", "matmul_param_counts",
            "MetricsLogger", "drop_records_after", "read_metrics", "plot_loss_curve"]

@@ -45,40 +45,27 @@ import sys
 import time
 from typing import Any, Sequence
 
+import jax
+
 from bioinstruct_jax.cli import errors as cli_errors
 from bioinstruct_jax.config import RunConfig, load_run_config
-
-GiB = 1024**3
-
-# Per-device memory (one TPU core for v2/v3, one chip for v4 and later, one GPU).
-ACCELERATORS: dict[str, float] = {
-    "tpu-v2": 8 * GiB,
-    "tpu-v3": 16 * GiB,
-    "tpu-v4": 32 * GiB,
-    "tpu-v5e": 16 * GiB,
-    "tpu-v5p": 95 * GiB,
-    "tpu-v6e": 32 * GiB,
-    "a100-40": 40 * GiB,
-    "a100-80": 80 * GiB,
-    "h100": 80 * GiB,
-    "h200": 141 * GiB,
-}
-_ALIASES = {"v2": "tpu-v2", "v3": "tpu-v3", "v4": "tpu-v4", "v5e": "tpu-v5e", "v5litepod": "tpu-v5e",
-            "v5p": "tpu-v5p", "v6e": "tpu-v6e", "a100": "a100-40", "a100-40gb": "a100-40",
-            "a100-80gb": "a100-80", "h100-80": "h100", "h100-80gb": "h100"}
+from bioinstruct_jax.data.batch import BATCH_DTYPES, BATCH_KEYS
+from bioinstruct_jax.model import llama
+from bioinstruct_jax.model.lora import parameter_summary
+from bioinstruct_jax.parallel import accelerators
+from bioinstruct_jax.parallel import sharding as parallel
+from bioinstruct_jax.parallel.accelerators import GiB
+from bioinstruct_jax.train import step as train_step
+from bioinstruct_jax.config.sections import OptimConfig
 
 
 def accelerator_bytes(name: str) -> tuple[str, float]:
     """(canonical name, bytes per device) for e.g. 'tpu-v3', 'v4-8', 'a100-80', or '12GiB'."""
-    key = name.strip().lower()
-    m = re.fullmatch(r"([\d.]+)\s*(gib|gb|g)", key)
+    m = re.fullmatch(r"([\d.]+)\s*(gib|gb|g)", name.strip().lower())
     if m:
         return f"{m.group(1)} GiB", float(m.group(1)) * GiB
-    key = re.sub(r"^(tpu-)?(v\d+[a-z]*)(-\d+)?$", r"\2", key)  # 'tpu-v3-8' / 'v4-8' -> 'v3' / 'v4'
-    key = _ALIASES.get(key, key)
-    if key not in ACCELERATORS:
-        raise ValueError(f"unknown accelerator {name!r}; known: {', '.join(ACCELERATORS)} (or a size like '12GiB')")
-    return key, ACCELERATORS[key]
+    canon, accelerator = accelerators.lookup(name)
+    return canon, accelerator.memory_bytes
 
 
 # TPU slices the planner can compile for ahead of time with libtpu (no TPU attached): (chip, JAX
@@ -107,10 +94,10 @@ def tpu_aot_devices(accelerator: str, num_devices: int) -> tuple[list[Any] | Non
         known = sorted(n for (a, n) in TPU_TOPOLOGIES if a == accelerator)
         return None, f"no {accelerator} slice with {num_devices} devices in TPU_TOPOLOGIES (known: {known})"
     try:
-        import libtpu  # noqa: F401
+        import libtpu  # noqa: F401 - optional (the plan extra): probe whether it is installed
     except ImportError:
         return None, "libtpu is not installed (pip install -e '.[plan]')"
-    from jax.experimental import topologies
+    from jax.experimental import topologies  # only with libtpu installed (checked above)
 
     tpu_type, topology, options = entry
     # Off a TPU VM libtpu would query a metadata server and log errors; say what it is compiling for,
@@ -241,14 +228,6 @@ def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanRe
     `train_step.split_for_modes`, `train_step.make_optimizer` (clip + AdamW with a schedule), the
     shardings of `train_step.step_shardings`, and a [grad_accum, batch / grad_accum, seq] batch.
     """
-    import jax
-
-    from bioinstruct_jax.parallel import sharding as parallel
-    from bioinstruct_jax.train import step as train_step
-    from bioinstruct_jax.model import llama
-    from bioinstruct_jax.model.lora import parameter_summary
-    from bioinstruct_jax.config.sections import OptimConfig
-
     accel_name, capacity = accelerator_bytes(settings.accelerator)
     k, micro = settings.grad_accum, settings.micro_batch
     compiled_for = "XLA:CPU (virtual devices; an approximation: XLA:CPU runs bf16 dots in f32 and schedules " \
@@ -280,9 +259,8 @@ def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanRe
     tx = train_step.make_optimizer(OptimConfig(grad_accum=k), total_steps=1000)
     opt_sds = optimizer_state_shapes(tx, lora_sds, mesh)
     sh = train_step.step_shardings(mesh, lora, opt_sds, base, rng)
-    batch_sds = {key: jax.ShapeDtypeStruct((k, micro, settings.seq), BATCH_DTYPES.get(key, "int32"),
-                                           sharding=sh.batch)
-                 for key in train_step.BATCH_KEYS}
+    batch_sds = {key: jax.ShapeDtypeStruct((k, micro, settings.seq), BATCH_DTYPES[key], sharding=sh.batch)
+                 for key in BATCH_KEYS}
     step = train_step.build_train_step(graphdef, tx, shardings=sh)
     start = time.perf_counter()
     with llama.accelerator_dot_forms():  # the step of the target accelerator, not of XLA:CPU's forms
@@ -310,24 +288,17 @@ def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanRe
     )
 
 
-# dtypes of the data pipeline's batch arrays (`data.pipeline`): everything int32 but the mask.
-BATCH_DTYPES = {"loss_mask": "float32"}
-
-
 def optimizer_state_shapes(tx, lora_sds, mesh):
     """Sharded ShapeDtypeStructs of `tx.init(lora)`: moments shard like their parameter, counters replicate.
 
-    The shardings are the ones XLA propagates through `tx.init` from the parameters' shardings.
+    The shardings are the ones XLA propagates through `tx.init` from the parameters' shardings,
+    kept or replaced as training keeps them (`train_step.optimizer_leaf_sharding`).
     """
-    import jax
-
     shapes = jax.eval_shape(tx.init, lora_sds)
     compiled = jax.jit(tx.init, in_shardings=(jax.tree.map(lambda x: x.sharding, lora_sds),)).lower(lora_sds).compile()
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
     def one(x, s):
-        s = s if isinstance(s, jax.sharding.NamedSharding) and s.mesh.shape == mesh.shape else replicated
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=train_step.optimizer_leaf_sharding(s, mesh))
 
     return jax.tree.map(one, shapes, compiled.output_shardings)
 
@@ -390,7 +361,7 @@ def parse_args(argv: Sequence[str]) -> tuple[PlanSettings, argparse.Namespace]:
     p.add_argument("--targets", help="comma-separated projections, e.g. q_proj,k_proj,v_proj,o_proj")
     p.add_argument("--remat", action=argparse.BooleanOptionalAction, default=None, help="rematerialise each layer")
     p.add_argument("--dtype", help="frozen parameter / compute dtype (bfloat16, float32)")
-    p.add_argument("--accelerator", help=f"one of {', '.join(ACCELERATORS)} (aliases like v3-8, a100) or e.g. 12GiB")
+    p.add_argument("--accelerator", help=f"one of {', '.join(accelerators.ACCELERATORS)} (aliases like v3-8, a100) or e.g. 12GiB")
     p.add_argument("--tpu-aot", action="store_true",
                    help="for a TPU target: compile for that TPU slice ahead of time with libtpu (the TPU "
                         "compiler's own figures; several times slower than the default XLA:CPU estimate)")

@@ -30,11 +30,12 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
+from bioinstruct_jax.data.batch import BATCH_KEYS
 from bioinstruct_jax.model.lora import LoRAParam
 from bioinstruct_jax.config.sections import OptimConfig
-
-BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
+from bioinstruct_jax.parallel import sharding as parallel
 
 
 def split_model(model: nnx.Module):
@@ -107,10 +108,6 @@ class StepShardings:
 
 def step_shardings(mesh: jax.sharding.Mesh, lora: Any, opt_state: Any, base: Any, rng: Any) -> StepShardings:
     """Shardings from the logical-axis rules (parameters) and propagation (optimizer state)."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from bioinstruct_jax.parallel import sharding as parallel
-
     replicated = NamedSharding(mesh, PartitionSpec())
     batch2 = parallel.batch_sharding(mesh)
     batch3 = NamedSharding(mesh, PartitionSpec(None, *batch2.spec))
@@ -126,15 +123,14 @@ def step_shardings(mesh: jax.sharding.Mesh, lora: Any, opt_state: Any, base: Any
 def optimizer_shardings(opt_state: Any, mesh: jax.sharding.Mesh) -> Any:
     """Each optimizer leaf keeps its NamedSharding on `mesh` (moments follow their parameter, as
     `jax.jit(tx.init)` propagates them); anything else (step counters) is replicated."""
-    from jax.sharding import NamedSharding, PartitionSpec
+    return jax.tree.map(lambda x: optimizer_leaf_sharding(getattr(x, "sharding", None), mesh), opt_state)
 
-    replicated = NamedSharding(mesh, PartitionSpec())
 
-    def one(x):
-        s = getattr(x, "sharding", None)
-        return s if isinstance(s, NamedSharding) and s.mesh.shape == mesh.shape else replicated
-
-    return jax.tree.map(one, opt_state)
+def optimizer_leaf_sharding(sharding: Any, mesh: jax.sharding.Mesh) -> NamedSharding:
+    """`sharding` when it is a NamedSharding on a mesh of `mesh`'s shape, else replicated on `mesh`."""
+    if isinstance(sharding, NamedSharding) and sharding.mesh.shape == mesh.shape:
+        return sharding
+    return NamedSharding(mesh, PartitionSpec())
 
 
 def init_optimizer(tx: optax.GradientTransformation, lora: Any, lora_shardings: Any = None) -> Any:
@@ -231,6 +227,6 @@ def stack_micro_batches(batch: dict[str, Any], grad_accum: int) -> dict[str, Any
 
 __all__ = [
     "BATCH_KEYS", "split_model", "split_for_modes", "make_schedule", "make_optimizer", "loss_fn",
-    "StepShardings", "step_shardings", "optimizer_shardings", "init_optimizer", "build_train_step",
+    "StepShardings", "step_shardings", "optimizer_shardings", "optimizer_leaf_sharding", "init_optimizer", "build_train_step",
     "build_eval_step", "stack_micro_batches",
 ]

@@ -1,4 +1,5 @@
-"""TFDS builders for the evaluation sets (array_record), one per task, over `eval/loaders.py`.
+"""TFDS builders for the evaluation sets (array_record), one per task, over `eval/tasks.py` and
+`eval/loaders.py` (so they live in the eval stage; the instruction-data builders are `data/tfds/`).
 
 Each builder reads the files from `manual_dir` (laid out like ../shared/data: `medqa/...`,
 `pubmedqa/...`), and, for sets with a stable public URL, downloads them when they are not there.
@@ -123,7 +124,7 @@ def split_examples(task_name: str, data_dir: str) -> dict[str, Any]:
     data = eval_tasks.DataSource(data_dir)
     splits: dict[str, Any] = {"test": task.load(data)}
     try:
-        splits["train"] = task._train(data) if task._train else None
+        splits["train"] = task.load_train(data) if task.has_train else None
     except FileNotFoundError:
         splits["train"] = None
     return {k: v for k, v in splits.items() if v}
