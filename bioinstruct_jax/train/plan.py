@@ -212,23 +212,24 @@ def _fmt_bytes(b: float) -> str:
 
 
 def build_abstract_model(settings: PlanSettings):
-    """The LoRA-wrapped model with ShapeDtypeStruct leaves (nothing allocated)."""
+    """The LoRA-wrapped model with ShapeDtypeStruct leaves (nothing allocated): the model factory's
+    `init_model` of the run config these settings describe, under `nnx.eval_shape`."""
+    # Imported here as the planner's other jax users are: the command re-executes itself with its
+    # XLA flags before any of it is needed.
     from flax import nnx
 
-    from bioinstruct_jax.model.llama import Llama, LlamaConfig, dtype_from_name
-    from bioinstruct_jax.model.lora import LoraConfig, apply_lora
+    from bioinstruct_jax.checkpoint import factory
+    from bioinstruct_jax.config import RunConfig
+    from bioinstruct_jax.model.llama import LlamaConfig
+    from bioinstruct_jax.model.lora import LoraConfig
+    from bioinstruct_jax.train_config import ModelConfig
 
+    cfg = RunConfig(model=ModelConfig(preset=settings.preset, param_dtype=settings.dtype, dtype=settings.dtype,
+                                      remat=settings.remat),
+                    lora=LoraConfig(r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout,
+                                    targets=tuple(settings.targets)))
     config = LlamaConfig.preset(settings.preset)
-    dtype = dtype_from_name(settings.dtype)
-    lora = LoraConfig(r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout,
-                      targets=tuple(settings.targets))
-
-    def create():  # the RNG streams of train.build_model, so the dropout RNG state has the same shape
-        model = Llama(config, rngs=nnx.Rngs(params=0), param_dtype=dtype, dtype=dtype, remat=settings.remat)
-        apply_lora(model, lora, nnx.Rngs(params=1, dropout=2))
-        return model
-
-    return nnx.eval_shape(create)
+    return nnx.eval_shape(lambda: factory.init_model(cfg, config))
 
 
 def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanResult:
