@@ -9,7 +9,7 @@ jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bioinstruct_jax.checkpoint import factory  # noqa: E402
+from bioinstruct_jax.checkpoint import factory as model_factory  # noqa: E402
 from bioinstruct_jax.checkpoint.restore import restore_run  # noqa: E402
 from bioinstruct_jax.train import __main__ as train_cli  # noqa: E402
 from bioinstruct_jax.train import loop as train  # noqa: E402
@@ -45,7 +45,7 @@ def learned(tmp_path_factory):
     cfg = load_run_config(None, tiny_overrides(root / "run", train_file, val_file,
                                                **{"train.steps": 400, "optim.lr": 0.003}))
     factory = train.make_data_factory(cfg, tok)
-    before = factory.build_model(cfg, factory.resolve_llama_config(cfg, tok), train.make_run_mesh(cfg))
+    before = model_factory.build_model(cfg, model_factory.resolve_llama_config(cfg, tok), train.make_run_mesh(cfg))
     before.eval()
     em_before = exact_match(before, factory)
     result = train.run(cfg, tokenizer=tok, verbose=False)
@@ -72,7 +72,7 @@ def test_checkpoint_of_a_different_model_fails_before_compile(learned, monkeypat
         raise AssertionError("compiled the step before checking the checkpoint")
 
     monkeypatch.setattr(ts, "build_train_step", boom)
-    monkeypatch.setattr(factory, "build_model", boom)
+    monkeypatch.setattr(model_factory, "build_model", boom)
     other = load_run_config(None, tiny_overrides(cfg.train.output_dir, cfg.data.train_file, cfg.data.val_file,
                                                  **{"lora.r": 4}))
     with pytest.raises(CheckpointMismatchError, match=r"lora.*'r': 16.*'r': 4|different model"):
@@ -83,7 +83,7 @@ def test_config_typo_and_missing_data_fail_fast(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("built the model before validating the config")
 
-    monkeypatch.setattr(factory, "build_model", boom)
+    monkeypatch.setattr(model_factory, "build_model", boom)
     with pytest.raises(ConfigError, match="did you mean 'lr'"):
         load_run_config(None, ["optim.lrr=0.1"])
     cfg_file = tmp_path / "bad.yaml"

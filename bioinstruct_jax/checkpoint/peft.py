@@ -33,6 +33,11 @@ from bioinstruct_jax.model.lora import ALL_TARGETS, LoraConfig, apply_lora, lora
 PEFT_PREFIX = "base_model.model."
 
 
+def is_peft_adapter(path: str | pathlib.Path) -> bool:
+    """Whether `path` is a PEFT adapter folder (it holds adapter_config.json)."""
+    return (pathlib.Path(path) / ADAPTER_CONFIG).is_file()
+
+
 def _peft_target_modules(model: nnx.Module, adapted: Sequence[tuple[Any, ...]]) -> list[str] | str:
     """PEFT's `target_modules`: module names when every module of those names is adapted (PEFT
     matches them as name suffixes), otherwise a regex of the exact module names (full match)."""

@@ -24,7 +24,7 @@ from bioinstruct_jax.checkpoint import gguf, orbax
 from bioinstruct_jax.checkpoint.hf import load_pretrained
 from bioinstruct_jax.checkpoint.integrity import pick_restore_step
 from bioinstruct_jax.checkpoint.orbax import RunCheckpointer
-from bioinstruct_jax.checkpoint.peft import load_peft_adapter
+from bioinstruct_jax.checkpoint.peft import is_peft_adapter, load_peft_adapter
 from bioinstruct_jax.checkpoint.restore import restore_run
 from bioinstruct_jax.data import chat
 from bioinstruct_jax.data.tokenizer import load_tokenizer
@@ -187,7 +187,7 @@ def load_predictor(model: str, lora: str | None = None, *, dtype: str | None = N
     """
     mesh = resolve_mesh(mesh)
     dtype = dtype or _default_dtype()
-    if lora and (pathlib.Path(lora) / "adapter_config.json").is_file():
+    if lora and is_peft_adapter(lora):
         net, tok_path = load_model(model, dtype=dtype, mesh=mesh, step=step)
         _add_peft_adapter(net, pathlib.Path(lora), mesh)
     elif lora:

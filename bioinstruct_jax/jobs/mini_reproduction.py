@@ -31,7 +31,7 @@ from bioinstruct_jax.eval.loaders import seeded_split
 from bioinstruct_jax.infer.predictor import load_predictor
 from bioinstruct_jax.train import loop as train
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "smollm2.yaml"
 PAPER_BASE, PAPER_TUNED = "LLaMA 2 7B", "LLaMA 2 7B + BioInstruct"
 SUBSET_SEED = 0

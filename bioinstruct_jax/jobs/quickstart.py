@@ -42,7 +42,7 @@ from bioinstruct_jax.infer.predictor import JaxPredictor
 from bioinstruct_jax.jobs import mini_reproduction
 from bioinstruct_jax.train import loop as train
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "configs" / "tiny.yaml"
 SMOLLM2_CONFIG = REPO / "configs" / "smollm2.yaml"
 SEEDS = REPO / "seeds" / "bioinstruct_seeds.jsonl"

@@ -43,7 +43,14 @@ import sys
 import time
 from typing import Any, Sequence
 
+from flax import nnx
+
+from bioinstruct_jax.checkpoint import factory
 from bioinstruct_jax.cli import errors as cli_errors
+from bioinstruct_jax.config import RunConfig
+from bioinstruct_jax.model.llama import LlamaConfig
+from bioinstruct_jax.model.lora import LoraConfig
+from bioinstruct_jax.train_config import ModelConfig
 
 GiB = 1024**3
 
@@ -214,16 +221,6 @@ def _fmt_bytes(b: float) -> str:
 def build_abstract_model(settings: PlanSettings):
     """The LoRA-wrapped model with ShapeDtypeStruct leaves (nothing allocated): the model factory's
     `init_model` of the run config these settings describe, under `nnx.eval_shape`."""
-    # Imported here as the planner's other jax users are: the command re-executes itself with its
-    # XLA flags before any of it is needed.
-    from flax import nnx
-
-    from bioinstruct_jax.checkpoint import factory
-    from bioinstruct_jax.config import RunConfig
-    from bioinstruct_jax.model.llama import LlamaConfig
-    from bioinstruct_jax.model.lora import LoraConfig
-    from bioinstruct_jax.train_config import ModelConfig
-
     cfg = RunConfig(model=ModelConfig(preset=settings.preset, param_dtype=settings.dtype, dtype=settings.dtype,
                                       remat=settings.remat),
                     lora=LoraConfig(r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout,
