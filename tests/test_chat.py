@@ -141,7 +141,8 @@ def test_eval_prompts_use_the_chat_template_with_one_shot(bpe_tok):
 
 
 def test_generate_chat_cli_equals_manual_greedy(bpe_gguf, capsys):
-    from bioinstruct_jax.infer import engine as generate
+    from bioinstruct_jax.infer import cli as generate
+    from bioinstruct_jax.infer.engine import Generator
     from bioinstruct_jax.checkpoint.hf import load_pretrained
 
     tok = load_tokenizer(bpe_gguf)
@@ -150,7 +151,7 @@ def test_generate_chat_cli_equals_manual_greedy(bpe_gguf, capsys):
     ids = tok.tok.apply_chat_template([{"role": "user", "content": "What is metformin used for?"}],
                                       tokenize=True, add_generation_prompt=True)
     ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-    gen = generate.Generator(model, max_length=256, eos_ids=[tok.eos_id])
+    gen = Generator(model, max_length=256, eos_ids=[tok.eos_id])
     want = tok.decode(gen.generate([ids], max_new_tokens=12).tokens[0])
     assert generate.main(["--model", str(bpe_gguf), "--chat", "What is metformin used for?", "--max-new-tokens",
                           "12", "--jsonl"]) == 0
@@ -170,7 +171,7 @@ def test_gguf_lora_model_exports_merged_with_tokenizer_and_chat_template(bpe_ggu
     import transformers
     from flax import nnx
 
-    from bioinstruct_jax.export import merged as export
+    from bioinstruct_jax.export import formats as export
     from bioinstruct_jax.checkpoint.hf import load_pretrained
     from bioinstruct_jax.model.lora import LoraConfig, LoRAParam, apply_lora
 
@@ -204,7 +205,7 @@ def test_run_trained_with_chat_on_a_gguf_base_keeps_its_template(bpe_gguf, tmp_p
     from bioinstruct_jax.train import loop as train
     from bioinstruct_jax.config import load_run_config
     from bioinstruct_jax.eval.__main__ import main as eval_main
-    from bioinstruct_jax.infer.engine import load_predictor
+    from bioinstruct_jax.infer.predictor import load_predictor
 
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(dict(RECORD, output=f"Answer {i}.")) + "\n" for i in range(12)))

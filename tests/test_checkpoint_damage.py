@@ -100,15 +100,15 @@ def test_explicit_step_resumes_there(trained, tmp_path, capsys):
 
 
 def test_export_names_the_damaged_step_and_takes_step(trained, tmp_path, capsys):
-    from bioinstruct_jax.export import merged as export
+    from bioinstruct_jax.export import __main__ as export_cli
 
     run = _copy(trained, tmp_path)
     damaged_file = DAMAGES["missing lora/_METADATA"](run / "checkpoints" / "4")
-    rc = export.main(["--checkpoint", str(run), "--out", str(tmp_path / "o"), "--format", "peft"])
+    rc = export_cli.main(["--checkpoint", str(run), "--out", str(tmp_path / "o"), "--format", "peft"])
     err = capsys.readouterr().err
     assert rc == 2 and "step 4" in err and str(damaged_file) in err and "--step 2" in err
     assert not (tmp_path / "o").exists()
-    assert export.main(["--checkpoint", str(run), "--step", "2", "--out", str(tmp_path / "o"),
+    assert export_cli.main(["--checkpoint", str(run), "--step", "2", "--out", str(tmp_path / "o"),
                         "--format", "peft"]) == 0
 
 

@@ -116,7 +116,7 @@ def test_inside_links_and_the_hub_cache_layout_still_load(tiny_hf, tmp_path):
 
 
 def test_peft_adapter_files_linking_outside_are_refused(tmp_path):
-    from bioinstruct_jax.export.merged import read_peft_config
+    from bioinstruct_jax.checkpoint.peft import read_peft_config
 
     outside = tmp_path / "secret.json"
     outside.write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4}))

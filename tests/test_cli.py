@@ -148,7 +148,7 @@ def test_generate_cli_prints_the_predictors_text(trained):
     """The CLI renders each --prompt in the run's own template (alpaca here), then generates as the
     predictor does; `--template raw` sends the text as it is."""
     from bioinstruct_jax.data.templates import render_prompt
-    from bioinstruct_jax.infer.engine import load_predictor
+    from bioinstruct_jax.infer.predictor import load_predictor
 
     pred = load_predictor(str(trained))
     assert pred.template == "alpaca"  # read from the run's saved config
@@ -213,7 +213,7 @@ def test_export_cli_merged_model_loads_in_transformers_with_the_runs_logits(trai
     transformers = pytest.importorskip("transformers")
     import jax.numpy as jnp
 
-    from bioinstruct_jax.train.loop import restore_model
+    from bioinstruct_jax.checkpoint.restore import restore_run
 
     out = tmp_path / "merged"
     _run(_module("export", "--checkpoint", trained, "--out", out, "--format", "merged"))
@@ -222,5 +222,5 @@ def test_export_cli_merged_model_loads_in_transformers_with_the_runs_logits(trai
     ids = tok(f"{INSTRUCTION} s2 s7 s2 s2 s2", return_tensors="np")["input_ids"]
     with torch.no_grad():
         theirs = hf(torch.from_numpy(ids)).logits.numpy()
-    model, _, _ = restore_model(str(trained))
+    model = restore_run(str(trained)).model
     np.testing.assert_allclose(np.asarray(model(jnp.asarray(ids))), theirs, atol=1e-4, rtol=1e-4)

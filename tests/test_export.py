@@ -17,6 +17,9 @@ import optax
 import pytest
 from flax import nnx
 
+from bioinstruct_jax.checkpoint import peft as adapters
+from bioinstruct_jax.checkpoint.output import ExportError
+from bioinstruct_jax.export import __main__ as export_cli
 from bioinstruct_jax.export import merged as export
 from bioinstruct_jax.checkpoint.hf import load_pretrained
 from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsFile
@@ -103,7 +106,7 @@ def test_merged_export_loads_in_transformers_with_equal_logits(trained, tmp_path
 
 def test_peft_export_loads_in_peft_and_imports_back(trained, tmp_path):
     variant, base_dir, model, cfg, logits = trained
-    out = export.export_peft(model, cfg, tmp_path / "adapter", base_model_name_or_path=str(base_dir))
+    out = adapters.write_peft_adapter(model, cfg, tmp_path / "adapter", base_model_name_or_path=str(base_dir))
     acfg = json.loads((out / "adapter_config.json").read_text())
     assert acfg["peft_type"] == "LORA" and acfg["task_type"] == "CAUSAL_LM"
     assert (acfg["r"], acfg["lora_alpha"], acfg["use_rslora"]) == (cfg.r, cfg.alpha, cfg.rslora)
@@ -125,7 +128,7 @@ def test_peft_export_loads_in_peft_and_imports_back(trained, tmp_path):
     np.testing.assert_allclose(torch_logits(peft_model), logits, atol=1e-4, rtol=0)
 
     fresh, _ = load_pretrained(base_dir, dtype="float32")
-    loaded_cfg = export.load_peft_adapter(fresh, out)
+    loaded_cfg = adapters.load_peft_adapter(fresh, out)
     assert (loaded_cfg.r, loaded_cfg.scale) == (cfg.r, cfg.scale)
     assert sorted(p for p, _ in lora_modules(fresh)) == sorted(p for p, _ in lora_modules(model))
     np.testing.assert_allclose(ours(fresh), logits, atol=1e-5, rtol=0)
@@ -133,9 +136,9 @@ def test_peft_export_loads_in_peft_and_imports_back(trained, tmp_path):
 
 def test_cli_base_plus_adapter_merges(trained, tmp_path):
     variant, base_dir, model, cfg, logits = trained
-    adapter = export.export_peft(model, cfg, tmp_path / "adapter", base_model_name_or_path=str(base_dir))
+    adapter = adapters.write_peft_adapter(model, cfg, tmp_path / "adapter", base_model_name_or_path=str(base_dir))
     out = tmp_path / "out"
-    assert export.main(["--base", str(base_dir), "--adapter", str(adapter), "--out", str(out),
+    assert export_cli.main(["--base", str(base_dir), "--adapter", str(adapter), "--out", str(out),
                         "--format", "both"]) == 0
     hf = transformers.AutoModelForCausalLM.from_pretrained(out / "merged").eval()
     np.testing.assert_allclose(torch_logits(hf), logits, atol=1e-4, rtol=0)
@@ -177,7 +180,7 @@ def test_independent_peft_adapter_imports_with_equal_logits(tmp_path):
     want = torch_logits(pm)
     pm.save_pretrained(tmp_path / "adapter")
     model, _ = load_pretrained(base_dir, dtype="float32")
-    cfg = export.load_peft_adapter(model, tmp_path / "adapter")
+    cfg = adapters.load_peft_adapter(model, tmp_path / "adapter")
     assert cfg.targets == ("k_proj", "o_proj", "up_proj") and cfg.rslora and cfg.dropout == 0.1
     model.eval()
     np.testing.assert_allclose(ours(model), want, atol=1e-4, rtol=0)
@@ -192,10 +195,10 @@ def test_existing_output_directory_is_refused_unless_overwrite(trained, tmp_path
     out = tmp_path / "out"
     out.mkdir()
     (out / "stale.safetensors").write_text("x")
-    with pytest.raises(export.ExportError, match=r"already exists.*--overwrite"):
+    with pytest.raises(ExportError, match=r"already exists.*--overwrite"):
         export.export_merged(model, out)
-    with pytest.raises(export.ExportError, match="already exists"):
-        export.export_peft(model, cfg, out)
+    with pytest.raises(ExportError, match="already exists"):
+        adapters.write_peft_adapter(model, cfg, out)
     assert sorted(p.name for p in out.iterdir()) == ["stale.safetensors"]  # untouched
     export.export_merged(model, out, overwrite=True)
     assert not (out / "stale.safetensors").exists() and (out / "config.json").is_file()
@@ -206,19 +209,19 @@ def test_peft_export_without_lora_state_fails(tmp_path):
     base_dir = tmp_path / "base"
     write_tiny_llama(base_dir, "mha_untied")
     model, _ = load_pretrained(base_dir, dtype="float32")
-    with pytest.raises(export.ExportError, match="no LoRA adapters"):
-        export.export_peft(model, LoraConfig(), tmp_path / "adapter")
+    with pytest.raises(ExportError, match="no LoRA adapters"):
+        adapters.write_peft_adapter(model, LoraConfig(), tmp_path / "adapter")
     assert not (tmp_path / "adapter").exists()
-    rc = export.main(["--base", str(base_dir), "--out", str(tmp_path / "p"), "--format", "peft"])
+    rc = export_cli.main(["--base", str(base_dir), "--out", str(tmp_path / "p"), "--format", "peft"])
     assert rc == 2 and not (tmp_path / "p").exists()
 
 
 def test_checkpoint_without_lora_state_fails_clearly(tmp_path, capsys):
     run = tmp_path / "run"
     (run / "checkpoints" / "7" / "meta").mkdir(parents=True)
-    rc = export.main(["--checkpoint", str(run), "--out", str(tmp_path / "o"), "--format", "peft"])
+    rc = export_cli.main(["--checkpoint", str(run), "--out", str(tmp_path / "o"), "--format", "peft"])
     assert rc == 2 and "holds no LoRA state" in capsys.readouterr().err
-    rc = export.main(["--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
+    rc = export_cli.main(["--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
     assert rc == 2 and "no training checkpoint" in capsys.readouterr().err
 
 
@@ -229,25 +232,25 @@ def test_import_into_a_different_base_names_tensor_and_shapes(trained, tmp_path)
     kv_heads = {"mha_untied": 4, "gqa_tied": 2}[variant]
     kv_rows, half = 16 * kv_heads, 16 * kv_heads // 2  # head_dim 16
     proj = {"mha_untied": r"layers\.\d+\.self_attn\.k_proj", "gqa_tied": r"layers\.0\.self_attn\.v_proj"}[variant]
-    adapter = export.export_peft(model, cfg, tmp_path / "adapter")  # no base path: shapes decide
+    adapter = adapters.write_peft_adapter(model, cfg, tmp_path / "adapter")  # no base path: shapes decide
     other_dir = tmp_path / "other"
     write_tiny_llama(other_dir, variant, num_key_value_heads=kv_heads // 2)  # k/v_proj rows halved
     other, _ = load_pretrained(other_dir, dtype="float32")
-    with pytest.raises(export.ExportError,
+    with pytest.raises(ExportError,
                        match=rf"{proj}\.lora_B\.weight.*\({kv_rows}, {cfg.r}\).*\({half}, {cfg.r}\)"):
-        export.load_peft_adapter(other, adapter)
+        adapters.load_peft_adapter(other, adapter)
     assert not lora_modules(other)  # nothing applied on failure
     deeper_dir = tmp_path / "one_layer"
     write_tiny_llama(deeper_dir, variant, num_hidden_layers=1)
     shallow, _ = load_pretrained(deeper_dir, dtype="float32")
-    with pytest.raises(export.ExportError, match=r"model\.layers\.1\..*does not have"):
-        export.load_peft_adapter(shallow, adapter)
+    with pytest.raises(ExportError, match=r"model\.layers\.1\..*does not have"):
+        adapters.load_peft_adapter(shallow, adapter)
     assert not lora_modules(shallow)
     # base_model_name_or_path pointing at a local base of another architecture
-    named = export.export_peft(model, cfg, tmp_path / "named", base_model_name_or_path=str(other_dir))
+    named = adapters.write_peft_adapter(model, cfg, tmp_path / "named", base_model_name_or_path=str(other_dir))
     fresh, _ = load_pretrained(base_dir, dtype="float32")
-    with pytest.raises(export.ExportError, match=f"num_key_value_heads={kv_heads // 2}, this model has {kv_heads}"):
-        export.load_peft_adapter(fresh, named)
+    with pytest.raises(ExportError, match=f"num_key_value_heads={kv_heads // 2}, this model has {kv_heads}"):
+        adapters.load_peft_adapter(fresh, named)
 
 
 
@@ -259,9 +262,9 @@ def test_sharded_model_exports_the_same_bytes(trained, tmp_path):
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 (virtual) devices; tests/conftest.py sets them")
     plain = export.export_merged(model, tmp_path / "plain", max_shard_bytes=150_000)
-    adapter = export.export_peft(model, cfg, tmp_path / "adapter_plain")
+    adapter = adapters.write_peft_adapter(model, cfg, tmp_path / "adapter_plain")
     sharded_model, _ = load_pretrained(base_dir, dtype="float32")
-    export.load_peft_adapter(sharded_model, adapter)
+    adapters.load_peft_adapter(sharded_model, adapter)
     sharded_model = parallel.shard_model(sharded_model, parallel.make_mesh((1, 4, 2), devices=jax.devices()[:8]))
     kernel = dict(lora_modules(sharded_model))[("layers", 0, "self_attn", "q_proj")].kernel[...]
     assert len(kernel.sharding.device_set) == 8 and not kernel.sharding.is_fully_replicated
@@ -270,5 +273,5 @@ def test_sharded_model_exports_the_same_bytes(trained, tmp_path):
     assert files == sorted(p.name for p in sharded.iterdir())
     for name in files:
         assert (plain / name).read_bytes() == (sharded / name).read_bytes(), name
-    again = export.export_peft(sharded_model, cfg, tmp_path / "adapter_sharded")
+    again = adapters.write_peft_adapter(sharded_model, cfg, tmp_path / "adapter_sharded")
     assert (again / "adapter_model.safetensors").read_bytes() == (adapter / "adapter_model.safetensors").read_bytes()

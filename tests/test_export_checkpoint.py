@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bioinstruct_jax.export import __main__ as export_cli
 from bioinstruct_jax.export import merged as export
 from bioinstruct_jax.model.lora import lora_modules
 from test_export import ours, torch_logits
@@ -21,7 +22,7 @@ def test_cli_exports_a_training_checkpoint(tmp_path):
     """train.run (3 steps, preset base, SentencePiece tokenizer) -> `--checkpoint --format both`:
     the merged model and tokenizer load in transformers; the adapter loads in peft on the base."""
     from bioinstruct_jax.train import loop as train
-    from bioinstruct_jax.checkpoint.orbax import restore_for_export
+    from bioinstruct_jax.checkpoint.restore import restore_run
     from bioinstruct_jax.config import load_run_config
     from bioinstruct_jax.data.tokenizer import train_sentencepiece
     from train_helpers import tiny_overrides, write_task
@@ -34,13 +35,14 @@ def test_cli_exports_a_training_checkpoint(tmp_path):
         "train.steps": 3, "train.save_every": 3, "optim.warmup_steps": 0, "optim.lr": 0.05,
         "model.tokenizer": str(sp), "train.async_checkpointing": False}))
     train.run(cfg, verbose=False)
-    model, run_cfg, tok = restore_for_export(str(run_dir))
+    run = restore_run(str(run_dir))
+    model, run_cfg, tok = run.model, run.config, run.tokenizer
     assert tok == str(sp)
     ids = np.array([[1, 17, 200, 45, 9, 120, 2, 33]])
     logits = ours(model, ids)
 
     out = tmp_path / "export"
-    assert export.main(["--checkpoint", str(run_dir), "--out", str(out), "--format", "both"]) == 0
+    assert export_cli.main(["--checkpoint", str(run_dir), "--out", str(out), "--format", "both"]) == 0
     hf = transformers.AutoModelForCausalLM.from_pretrained(out / "merged").eval()
     np.testing.assert_allclose(torch_logits(hf, ids), logits, atol=1e-4, rtol=0)
     hf_tok = transformers.AutoTokenizer.from_pretrained(out / "merged")
@@ -59,5 +61,5 @@ def test_cli_exports_a_training_checkpoint(tmp_path):
     np.testing.assert_allclose(torch_logits(peft.PeftModel.from_pretrained(base, out / "peft").eval(), ids),
                                logits, atol=1e-4, rtol=0)
     # A second export into the same place is refused, and --step picks a step that exists.
-    assert export.main(["--checkpoint", str(run_dir), "--out", str(out), "--format", "both"]) == 2
-    assert export.main(["--checkpoint", str(run_dir), "--step", "2", "--out", str(tmp_path / "x")]) == 2
+    assert export_cli.main(["--checkpoint", str(run_dir), "--out", str(out), "--format", "both"]) == 2
+    assert export_cli.main(["--checkpoint", str(run_dir), "--step", "2", "--out", str(tmp_path / "x")]) == 2

@@ -7,7 +7,8 @@ import pathlib
 
 import pytest
 
-from bioinstruct_jax.export import merged as export
+from bioinstruct_jax.checkpoint import output
+from bioinstruct_jax.export import __main__ as export_cli
 
 
 def _fake_run(path: pathlib.Path) -> pathlib.Path:
@@ -32,7 +33,7 @@ def test_out_overlapping_the_run_is_refused_even_with_overwrite(tmp_path, capsys
         before = _files(tmp_path)
     if where == "checkpoints-folder":
         checkpoint = run / "checkpoints"  # the run is still the folder above it
-    rc = export.main(["--checkpoint", str(checkpoint), "--out", str(out), "--format", "merged", "--overwrite"])
+    rc = export_cli.main(["--checkpoint", str(checkpoint), "--out", str(out), "--format", "merged", "--overwrite"])
     err = capsys.readouterr().err
     assert rc == 2 and "training run" in err and "never writes over its input" in err
     assert {"same": " is the", "symlink": " is the", "inside": "lies inside", "parent": "contains",
@@ -45,9 +46,9 @@ def test_out_inside_the_base_or_adapter_is_refused(tmp_path, capsys):
     base.mkdir()
     adapter.mkdir()
     (base / "config.json").write_text("{}")
-    rc = export.main(["--base", str(base), "--adapter", str(adapter), "--out", str(adapter), "--overwrite"])
+    rc = export_cli.main(["--base", str(base), "--adapter", str(adapter), "--out", str(adapter), "--overwrite"])
     assert rc == 2 and "PEFT adapter" in capsys.readouterr().err
-    rc = export.main(["--base", str(base), "--out", str(base / "merged")])
+    rc = export_cli.main(["--base", str(base), "--out", str(base / "merged")])
     assert rc == 2 and "lies inside the base model" in capsys.readouterr().err
     assert (base / "config.json").read_text() == "{}"
 
@@ -57,10 +58,10 @@ def test_overwrite_refuses_a_folder_that_is_not_a_previous_export(tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     (out / "config.json").write_text("{}")
-    with pytest.raises(export.ExportError, match=r"holds 'notes.txt'.*only a previous export"):
-        export._check_out_dir(out, overwrite=True)
+    with pytest.raises(output.ExportError, match=r"holds 'notes.txt'.*only a previous export"):
+        output.check_out_dir(out, overwrite=True)
     (out / "notes.txt").unlink()
-    export._check_out_dir(out, overwrite=True)  # a previous export (or what looks like one) may go
+    output.check_out_dir(out, overwrite=True)  # a previous export (or what looks like one) may go
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_format_both_into_a_non_empty_folder_keeps_other_files_and_says_so(base_
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    rc = export.main(["--base", str(base), "--adapter", str(adapter), "--out", str(out), "--format", "both"])
+    rc = export_cli.main(["--base", str(base), "--adapter", str(adapter), "--out", str(out), "--format", "both"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert (out / "notes.txt").read_text() == "mine"
@@ -90,10 +91,10 @@ def test_format_both_into_a_non_empty_folder_keeps_other_files_and_says_so(base_
     assert "notes.txt" not in files and "merged/config.json" in files and "peft/adapter_config.json" in files
     # again: merged/ and peft/ hold a previous export, so --overwrite may replace them
     (out / "merged" / "mine.txt").write_text("x")
-    rc = export.main(["--base", str(base), "--adapter", str(adapter), "--out", str(out), "--format", "both",
+    rc = export_cli.main(["--base", str(base), "--adapter", str(adapter), "--out", str(out), "--format", "both",
                       "--overwrite"])
     assert rc == 2 and "holds 'mine.txt'" in capsys.readouterr().err
     (out / "merged" / "mine.txt").unlink()
-    assert export.main(["--base", str(base), "--adapter", str(adapter), "--out", str(out), "--format", "both",
+    assert export_cli.main(["--base", str(base), "--adapter", str(adapter), "--out", str(out), "--format", "both",
                         "--overwrite"]) == 0
     assert (out / "notes.txt").read_text() == "mine"

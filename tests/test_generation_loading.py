@@ -1,4 +1,4 @@
-"""Loading for inference: `load_model_for_inference` / `load_predictor` on an HF directory, a PEFT
+"""Loading for inference: `load_model` / `load_predictor` on an HF directory, a PEFT
 adapter and a LoRA training run (Orbax), and the `python -m bioinstruct_jax.generate` CLI."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ pytest.importorskip("torch", reason="the fixtures are written by transformers (p
 import jax.numpy as jnp  # noqa: E402
 
 from bioinstruct_jax.checkpoint.hf import load_pretrained  # noqa: E402
-from bioinstruct_jax.infer.engine import (  # noqa: E402
-    Generator, JaxPredictor, load_model_for_inference, load_predictor, main,
-)
+from bioinstruct_jax.infer.cli import main  # noqa: E402
+from bioinstruct_jax.infer.engine import Generator  # noqa: E402
+from bioinstruct_jax.infer.predictor import JaxPredictor, load_model, load_predictor  # noqa: E402
 from hf_fixtures import write_tiny_llama  # noqa: E402
 from test_generation import INIT  # noqa: E402
 
@@ -86,7 +86,7 @@ def test_training_run_directory_loads_with_its_lora(hf_with_tokenizer, tmp_path)
         "train.tensorboard=false", "train.plot=false", "train.progress_bar=false",
         "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1"])
     train.run(cfg)
-    model, tok_path = load_model_for_inference(run_dir)
+    model, tok_path = load_model(run_dir)
     assert tok_path and any(float(jnp.abs(m.lora_b[...]).max()) > 0 for _, m in lora_modules(model))
     prompts = ["Summarize the patient note.", "List the drugs."]
     merged = load_predictor(str(run_dir), batch_size=2).generate(prompts, max_new_tokens=6)
@@ -100,7 +100,7 @@ def test_peft_adapter_directory_as_lora(hf_with_tokenizer, tmp_path):
     """--lora PEFT_DIR (written by our exporter) generates what the in-memory LoRA model generates."""
     from flax import nnx
 
-    from bioinstruct_jax.export.merged import export_peft
+    from bioinstruct_jax.checkpoint.peft import write_peft_adapter
     from bioinstruct_jax.model.lora import LoraConfig, apply_lora, lora_modules
     from bioinstruct_jax.data.tokenizer import load_tokenizer
 
@@ -111,7 +111,7 @@ def test_peft_adapter_directory_as_lora(hf_with_tokenizer, tmp_path):
     for _, m in lora_modules(model):
         m.lora_b.set_value(jnp.asarray(rng.normal(size=m.lora_b.shape).astype(np.float32)))
     model.eval()
-    adapter = export_peft(model, lcfg, tmp_path / "adapter", base_model_name_or_path=str(hf_with_tokenizer))
+    adapter = write_peft_adapter(model, lcfg, tmp_path / "adapter", base_model_name_or_path=str(hf_with_tokenizer))
     prompts = ["Summarize the patient note.", "List the drugs."]
     tok = load_tokenizer(hf_with_tokenizer)
     want = JaxPredictor(Generator(model, eos_ids=[tok.eos_id], pad_id=tok.pad_id), tok).generate(prompts, max_new_tokens=6)

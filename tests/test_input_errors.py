@@ -96,7 +96,7 @@ def _argparse_error(parse, argv, capsys) -> str:
                                         ("--batch-size", "0"), ("--top-p", "1.5"), ("--temperature", "-0.1"),
                                         ("--top-k", "-3"), ("--temperature", "nan")])
 def test_generate_cli_refuses_bad_numbers(flag, value, capsys):
-    from bioinstruct_jax.infer.engine import build_parser
+    from bioinstruct_jax.infer.cli import build_parser
 
     err = _argparse_error(build_parser().parse_args, ["--model", "m", "--prompt", "p", flag, value], capsys)
     assert f"argument {flag}:" in err
@@ -159,7 +159,7 @@ def test_eval_cli_data_errors_are_one_line_before_the_model_loads(tmp_path):
 
 
 def test_non_utf8_prompt_file_names_file_and_line(tmp_path):
-    from bioinstruct_jax.infer.engine import _read_prompts, build_parser
+    from bioinstruct_jax.infer.cli import _read_prompts, build_parser
 
     f = tmp_path / "prompts.txt"
     f.write_bytes(b"What is metformin?\nWhat is caf\xe9ine?\n")

@@ -72,12 +72,13 @@ def test_two_processes_equal_one_process_and_only_process_0_logs(runs):
         "process_0-of-2.json", "process_1-of-2.json"]
 
     # the two-process checkpoint restores on one host, one device (the export path)
-    from bioinstruct_jax.checkpoint.orbax import restore_for_export
+    from bioinstruct_jax.checkpoint.restore import restore_run
     from bioinstruct_jax.model.lora import LoRAParam
     from flax import nnx
     import jax
 
-    model, cfg, tok = restore_for_export(str(ref))
+    run = restore_run(str(ref))
+    model, cfg, tok = run.model, run.config, run.tokenizer
     assert cfg.train.steps == STEPS and tok == str(data["tokenizer"])
     loaded = sorted(np.asarray(v.get_value()).tobytes() for _, v in nnx.to_flat_state(nnx.state(model, LoRAParam)))
     saved = sorted(x.tobytes() for x in mh.final_lora(ref, STEPS).values())

@@ -42,9 +42,10 @@ def test_quickstart_trains_checkpoints_evaluates_and_exports(tmp_path, capsys):
              if json.loads(line).get("split", "train") == "train"]
     assert max(steps) == 4
     assert (out / "run" / "loss_curve.png").stat().st_size > 0
-    from bioinstruct_jax.train.loop import restore_model
+    from bioinstruct_jax.checkpoint.restore import restore_run
 
-    model, cfg, tok_path = restore_model(str(out / "run"))
+    run = restore_run(str(out / "run"))
+    model, cfg, tok_path = run.model, run.config, run.tokenizer
     assert cfg.train.steps == 4 and tok_path == str(out / "tokenizer" / "tokenizer.model")
 
     # eval: the held-out split of the seeds, scored before and after, one prediction per example
@@ -64,7 +65,7 @@ def test_quickstart_trains_checkpoints_evaluates_and_exports(tmp_path, capsys):
     assert (out / "before_after.png").stat().st_size > 0
     # each "after" prediction is what the trained run generates for its prompt, called directly
     from bioinstruct_jax.eval.runner import stop_strings
-    from bioinstruct_jax.infer.engine import load_predictor
+    from bioinstruct_jax.infer.predictor import load_predictor
 
     preds = [json.loads(line) for line in
              (out / "eval" / "after" / "user_heldout_seeds.predictions.jsonl").read_text().splitlines()]

@@ -9,6 +9,9 @@ jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from bioinstruct_jax.checkpoint import factory as model_factory  # noqa: E402
+from bioinstruct_jax.checkpoint.restore import restore_run  # noqa: E402
+from bioinstruct_jax.train import __main__ as train_cli  # noqa: E402
 from bioinstruct_jax.train import loop as train  # noqa: E402
 from bioinstruct_jax.train import step as ts
 from bioinstruct_jax.checkpoint.orbax import CheckpointMismatchError  # noqa: E402
@@ -42,7 +45,7 @@ def learned(tmp_path_factory):
     cfg = load_run_config(None, tiny_overrides(root / "run", train_file, val_file,
                                                **{"train.steps": 400, "optim.lr": 0.003}))
     factory = train.make_data_factory(cfg, tok)
-    before = train.build_model(cfg, train.resolve_llama_config(cfg, tok), train.make_run_mesh(cfg))
+    before = model_factory.build_model(cfg, model_factory.resolve_llama_config(cfg, tok), train.make_run_mesh(cfg))
     before.eval()
     em_before = exact_match(before, factory)
     result = train.run(cfg, tokenizer=tok, verbose=False)
@@ -56,7 +59,8 @@ def test_lora_learns_synthetic_task_from_chance_to_95_percent(learned):
     model.eval()
     assert exact_match(model, factory) >= 0.95
     # the saved adapter reproduces it
-    restored, run_cfg, _ = train.restore_model(cfg.train.output_dir)
+    run = restore_run(cfg.train.output_dir)
+    restored, run_cfg = run.model, run.config
     assert run_cfg == cfg
     assert exact_match(restored, factory) >= 0.95
 
@@ -68,7 +72,7 @@ def test_checkpoint_of_a_different_model_fails_before_compile(learned, monkeypat
         raise AssertionError("compiled the step before checking the checkpoint")
 
     monkeypatch.setattr(ts, "build_train_step", boom)
-    monkeypatch.setattr(train, "build_model", boom)
+    monkeypatch.setattr(model_factory, "build_model", boom)
     other = load_run_config(None, tiny_overrides(cfg.train.output_dir, cfg.data.train_file, cfg.data.val_file,
                                                  **{"lora.r": 4}))
     with pytest.raises(CheckpointMismatchError, match=r"lora.*'r': 16.*'r': 4|different model"):
@@ -79,7 +83,7 @@ def test_config_typo_and_missing_data_fail_fast(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("built the model before validating the config")
 
-    monkeypatch.setattr(train, "build_model", boom)
+    monkeypatch.setattr(model_factory, "build_model", boom)
     with pytest.raises(ConfigError, match="did you mean 'lr'"):
         load_run_config(None, ["optim.lrr=0.1"])
     cfg_file = tmp_path / "bad.yaml"
@@ -90,7 +94,7 @@ def test_config_typo_and_missing_data_fail_fast(tmp_path, monkeypatch):
     cfg = load_run_config(None, tiny_overrides(tmp_path / "run", tmp_path / "missing.jsonl", val_file))
     with pytest.raises(ConfigError, match="data.train_file.*missing.jsonl does not exist"):
         train.run(cfg, tokenizer=tok, verbose=False)
-    assert train.main(["train.output_dir=" + str(tmp_path / "r2"), "data.train_file=/nonexistent.jsonl"]) == 2
+    assert train_cli.main(["train.output_dir=" + str(tmp_path / "r2"), "data.train_file=/nonexistent.jsonl"]) == 2
 
 
 def _tiny_split(dropout=0.0):

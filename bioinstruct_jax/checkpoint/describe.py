@@ -22,7 +22,7 @@ import numpy as np
 from bioinstruct_jax.cli import errors as cli_errors
 from bioinstruct_jax.checkpoint.hf import _TensorSource
 from bioinstruct_jax.checkpoint.integrity import DamagedCheckpointError, step_dirs, verify_step
-from bioinstruct_jax.checkpoint.orbax import CHECKPOINT_SUBDIR, checkpoint_dir
+from bioinstruct_jax.checkpoint.orbax import checkpoint_dir, is_run
 from bioinstruct_jax.checkpoint.paths import check_tree, inside
 from bioinstruct_jax.model.llama import LlamaConfig
 
@@ -70,17 +70,13 @@ def describe_run(path: str) -> tuple[str, int]:
     return "\n".join(lines), damaged
 
 
-def _is_run(path: pathlib.Path) -> bool:
-    return (path / CHECKPOINT_SUBDIR).is_dir() or bool(step_dirs(path))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("path", help="an HF LLaMA checkpoint directory, or a training run (output_dir)")
     cli_errors.add_debug_argument(parser)
     args = parser.parse_args(argv)
     try:
-        if _is_run(pathlib.Path(args.path)):
+        if is_run(args.path):
             text, damaged = describe_run(args.path)
             print(text)
             return 1 if damaged else 0

@@ -28,6 +28,7 @@ from bioinstruct_jax.checkpoint.errors import CheckpointError
 from bioinstruct_jax.checkpoint.paths import inside
 from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsError, SafetensorsFile
 from bioinstruct_jax.model.llama import Llama, LlamaConfig, dtype_from_name
+from bioinstruct_jax.parallel.sharding import param_sharding_fn
 
 ParamPath = tuple[Any, ...]
 ShardingFn = Callable[[ParamPath, nnx.Variable], jax.sharding.Sharding]
@@ -237,8 +238,6 @@ def load_pretrained(path: str | pathlib.Path, *, dtype: Any = jnp.bfloat16, comp
     compute = dtype_from_name(compute_dtype) if compute_dtype is not None else param_dtype
     model = abstract_model(config, param_dtype=param_dtype, dtype=compute, **model_kwargs)
     if mesh is not None and sharding_fn is None:
-        from bioinstruct_jax.parallel.sharding import param_sharding_fn
-
         sharding_fn = param_sharding_fn(mesh)
     fill_params(model, source, sharding_fn)
     return model, config

@@ -28,6 +28,8 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bioinstruct_jax.checkpoint.paths import check_tree
+
 ARRAY_ITEMS = ("lora", "opt", "rng")
 _PATH_IN_ERROR = re.compile(r"(?:file://)?(/[^\s\"'\]\[,]+)")
 
@@ -172,8 +174,6 @@ def pick_resume_step(checkpoints: str | pathlib.Path, requested: int | None = No
     """
     if "://" in str(checkpoints):
         return requested
-    from bioinstruct_jax.checkpoint.paths import check_tree
-
     check_tree(checkpoints, "training checkpoint folder")
     step, skipped = choose_step(checkpoints, requested)
     for err in skipped:

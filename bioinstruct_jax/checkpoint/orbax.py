@@ -1,4 +1,4 @@
-"""Training checkpoints with Orbax's `CheckpointManager`: save, keep, resume, restore for inference.
+"""Training checkpoints with Orbax's `CheckpointManager`: save, keep, resume, read back.
 
 One checkpoint per saved step under `<output_dir>/checkpoints/<step>/`, with five items:
   lora   the LoRA weights (`nnx.State` of `LoRAParam`s, f32)        StandardSave
@@ -23,7 +23,9 @@ validation loss (Orbax preservation policies). Paths may be local or `gs://...` 
 
 `check_compatible` compares a checkpoint's model signature (architecture, dtypes, LoRA shape) with
 the current run before anything is compiled, so a directory from a different model fails fast.
-`restore_for_export` and `load_model_for_inference` rebuild base + LoRA from a checkpoint alone.
+`is_run` / `run_root` / `checkpoint_dir` are the one place that tells a training run (its
+output_dir or its `checkpoints/` folder) from other paths. Rebuilding base + LoRA from a checkpoint
+alone is `checkpoint.restore.restore_run`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import errno
 import json
 import logging
 import os
+import pathlib
 import shutil
 from typing import Any
 
@@ -77,6 +80,21 @@ def checkpoint_dir(output_dir: str) -> epath.Path:
 
 def _has_steps(path: epath.Path) -> bool:
     return any(p.name.isdigit() for p in path.iterdir()) if path.is_dir() else False
+
+
+def is_run(path: str | os.PathLike) -> bool:
+    """Whether a local `path` is a training run: an output_dir holding `checkpoints/`, or a
+    checkpoints folder itself (numbered step folders)."""
+    path = pathlib.Path(path)
+    if (path / CHECKPOINT_SUBDIR).is_dir():
+        return True
+    return path.is_dir() and any(p.name.isdigit() and p.is_dir() for p in path.iterdir())
+
+
+def run_root(path: str | os.PathLike) -> pathlib.Path:
+    """A training run's output_dir, from the run folder or its `checkpoints/` folder."""
+    path = pathlib.Path(path)
+    return path.parent if path.name == CHECKPOINT_SUBDIR else path
 
 
 def keys_to_data(tree: Any) -> Any:
@@ -288,26 +306,8 @@ def check_compatible(saved_signature: dict[str, Any], current_signature: dict[st
         )
 
 
-def restore_for_export(checkpoint_dir: str, step: int | None = None):
-    """(model with the checkpoint's LoRA weights, RunConfig, tokenizer path or None).
-
-    `checkpoint_dir` is a run's output_dir (or its `checkpoints/` folder); `step` defaults to the
-    latest. The base model is rebuilt from the saved config (HF path or seeded preset), on one
-    device, in eval mode (dropout off), adapters not merged.
-    """
-    from bioinstruct_jax.train import loop as train  # late import: train imports this module
-
-    return train.restore_model(checkpoint_dir, step=step)
-
-
-def load_model_for_inference(checkpoint_dir: str, step: int | None = None):
-    """(model in eval mode with LoRA loaded, RunConfig) for generation / evaluation."""
-    model, run_config, _ = restore_for_export(checkpoint_dir, step)
-    return model, run_config
-
-
 __all__ = [
     "CHECKPOINT_SUBDIR", "CheckpointMismatchError", "RunCheckpointer", "checkpoint_dir", "check_compatible",
-    "restore_for_export", "load_model_for_inference", "keys_to_data", "data_to_keys", "abstract_like",
+    "is_run", "run_root", "keys_to_data", "data_to_keys", "abstract_like",
     "from_jsonable", "ProcessLocalJsonSave", "ProcessLocalJsonRestore",
 ]

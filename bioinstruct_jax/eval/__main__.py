@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", help="prompt template (alpaca, bioinstruct_paper, chat); default: the one the "
                    "training run (--model or --lora) was trained with, else alpaca")
     p.add_argument("--predictor-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra keyword for bioinstruct_jax.infer.engine.load_predictor (YAML scalar); repeatable")
+                   help="extra keyword for bioinstruct_jax.infer.predictor.load_predictor (YAML scalar); repeatable")
     p.add_argument("--step", type=int, default=None, help="checkpoint step of a training run (default: the latest)")
     cli_errors.add_debug_argument(p)
     return p

@@ -1,12 +1,14 @@
 """The model side of evaluation: the `Predictor` protocol and the one call that builds it.
 
 The evaluation code only ever talks to a `Predictor`. The JAX implementation lives in
-`bioinstruct_jax.infer.engine` (`JaxPredictor`); tests use small deterministic doubles.
+`bioinstruct_jax.infer.predictor` (`JaxPredictor`); tests use small deterministic doubles.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
+
+from bioinstruct_jax.infer import predictor as jax_predictor
 
 
 @runtime_checkable
@@ -29,7 +31,5 @@ class Predictor(Protocol):
 def load_predictor(model: str, lora: str | None = None, **kwargs: Any) -> Predictor:
     """Build the JAX predictor for `model` (HF checkpoint dir or our Orbax checkpoint) with an
     optional LoRA checkpoint. Keyword arguments (dtype, mesh settings, batch size, max length,
-    ...) are passed through unchanged to `bioinstruct_jax.infer.engine.load_predictor`."""
-    from bioinstruct_jax.infer.engine import load_predictor as _load  # the generation engineer's module
-
-    return _load(model, lora=lora, **kwargs)
+    ...) are passed through unchanged to `bioinstruct_jax.infer.predictor.load_predictor`."""
+    return jax_predictor.load_predictor(model, lora=lora, **kwargs)

@@ -1,6 +1,6 @@
-"""Batched generation and continuation scoring for the NNX LLaMA, plus the evaluation predictor.
+"""The decoding engine: batched generation and continuation scoring for the NNX LLaMA, on token ids.
 
-`Generator` works on token ids:
+`Generator`:
   - `generate`: left-pads a batch of prompts, runs one jitted program that does the prefill (all
     prompt tokens into a `KVCache`, first token sampled from the last position) and then a
     `lax.while_loop` decode that stops as soon as every row has produced EOS, matched a stop
@@ -19,28 +19,15 @@ With a mesh (`bioinstruct_jax.parallel.sharding`), the model is expected to be s
 (`shard_model` / `load_pretrained(mesh=...)`, which also set the activation constraints); inputs
 are placed with `batch_sharding` (batch over data x fsdp), the KV cache is constrained to
 (batch, -, kv_heads over tensor, -), and batch buckets are multiples of the data-parallel size.
-Without a mesh nothing from `parallel` is imported.
 
-`JaxPredictor` adds a tokenizer and implements `bioinstruct_jax.eval.predictor.Predictor`;
-`load_predictor` builds it from a path (HF directory, GGUF file, or a training run's Orbax
-checkpoints, see `load_model_for_inference`). Prompts start with BOS exactly when the tokenizer's
-own rule says so (`adds_bos`; never twice when the text already begins with the BOS token), and
-generation stops at every EOS id of the model config / `generation_config.json`, the tokenizer's
-EOS and the chat template's end-of-turn token (`chat.stop_ids`). `python -m
-bioinstruct_jax.generate` prints generations: raw `--prompt` text, a question in the model's chat
-template (`--chat`), or an instruction in a named template (`--template`, by default the one a
-training run was trained with).
+Text in and out (tokenizer, stop strings, the evaluation predictor, loading a model from a path)
+is `infer/predictor.py`; the `generate` command is `infer/cli.py`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
-import os
-import pathlib
-import sys
 import warnings
 from typing import Any, Sequence
 
@@ -49,14 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bioinstruct_jax.cli import errors as cli_errors
-from bioinstruct_jax.cli import arguments as cli_types
-from bioinstruct_jax.cli.arguments import non_negative_float, non_negative_int, positive_int, unit_interval
-from bioinstruct_jax.data.records import read_utf8
-from bioinstruct_jax.parallel.distributed import refuse_multi_process
+from bioinstruct_jax.infer.sampling import SamplingConfig, sample_next
 from bioinstruct_jax.model.llama import (CACHE_KEY_AXES, CACHE_VALUE_AXES, KVCache, Llama, init_cache,
                                          padded_positions)
-from bioinstruct_jax.infer.sampling import SamplingConfig, sample_next
+from bioinstruct_jax.parallel import sharding as parallel
 
 # Stop table fillers: a required slot that no token equals, and a wildcard (shorter sequences are
 # right-aligned and padded on the left with it).
@@ -117,8 +100,6 @@ class Generator:
         self._dp = 1
         self._batch_sharding = None
         if mesh is not None:
-            from bioinstruct_jax.parallel import sharding as parallel
-
             self._batch_sharding = parallel.batch_sharding(mesh)
             self._dp = math.prod(mesh.shape[a] for a in ("data", "fsdp") if a in mesh.shape)
         self.update(model)
@@ -330,358 +311,4 @@ def _ends_with_any(row: list[int], seqs: Sequence[Sequence[int]]) -> bool:
     return any(len(s) and row[-len(s):] == list(s) for s in seqs)
 
 
-# ------------------------------------------------------------------------------------------------
-# Text level: tokenizer + generator = the evaluation predictor
-
-
-def stop_token_sequences(tokenizer: Any, stop: Sequence[str]) -> list[list[int]]:
-    """Token sequences whose appearance in the generated tail means a stop string was produced.
-
-    Each string is encoded alone and after a letter (its in-context form: SentencePiece adds a
-    word-start piece to a string's beginning that the middle of a text does not have). The
-    token-level check only ends decoding early; the text is always cut at the first stop string.
-    """
-    out: list[list[int]] = []
-    anchor = tokenizer.encode("a")
-    for s in stop:
-        if not s:
-            continue
-        variants = [tokenizer.encode(s)]
-        joined = tokenizer.encode("a" + s)
-        if joined[:len(anchor)] == anchor and len(joined) > len(anchor):
-            variants.append(joined[len(anchor):])
-        for v in variants:
-            if v and v not in out:
-                out.append(v)
-    return out
-
-
-def trim_at_stop(text: str, stop: Sequence[str] | None) -> str:
-    """`text` up to the earliest occurrence of any stop string (the stop string removed)."""
-    cut = len(text)
-    for s in stop or ():
-        if s:
-            j = text.find(s)
-            if 0 <= j < cut:
-                cut = j
-    return text[:cut]
-
-
-class JaxPredictor:
-    """`bioinstruct_jax.eval.predictor.Predictor` over a `Generator` and a tokenizer.
-
-    Prompts get BOS when `add_bos` (default: the tokenizer's own rule, `adds_bos`), unless the text
-    already starts with the BOS token (a chat template that writes it); such text is encoded with
-    its special tokens as ids. Generation is greedy unless `sampling` says otherwise; sampled runs
-    are reproducible from `seed` (call n uses fold_in(key(seed), n)). `template`: the prompt
-    template callers should format instructions with (the run's, or "raw").
-    """
-
-    def __init__(self, generator: Generator, tokenizer: Any, *, sampling: SamplingConfig = SamplingConfig(),
-                 seed: int = 0, add_bos: bool | None = None, template: str = "raw"):
-        self.generator = generator
-        self.tokenizer = tokenizer
-        self.sampling = sampling
-        self.add_bos = bool(getattr(tokenizer, "adds_bos", True)) if add_bos is None else add_bos
-        self.template = template
-        self._key = jax.random.key(seed)
-        self._calls = 0
-
-    def _encode_prompt(self, prompt: str) -> list[int]:
-        from bioinstruct_jax.data import chat
-
-        if chat.starts_with_bos_text(self.tokenizer, prompt):
-            return chat.encode_rendered(self.tokenizer, prompt)
-        return self.tokenizer.encode(prompt, add_bos=self.add_bos)
-
-    def generate(self, prompts: list[str], *, max_new_tokens: int, stop: list[str] | None = None) -> list[str]:
-        ids = [self._encode_prompt(p) for p in prompts]
-        key = jax.random.fold_in(self._key, self._calls)
-        self._calls += 1
-        result = self.generator.generate(ids, max_new_tokens=max_new_tokens, sampling=self.sampling, key=key,
-                                         stop_ids=stop_token_sequences(self.tokenizer, stop or ()))
-        return [trim_at_stop(self.tokenizer.decode(t), stop) for t in result.tokens]
-
-    def continuation_ids(self, prompt: str, continuation: str) -> tuple[list[int], list[int]]:
-        """(prompt ids, continuation ids): the continuation's tokens are those of prompt +
-        continuation after the prompt's own tokens (tokenised together, as the model sees them)."""
-        p = self._encode_prompt(prompt)
-        whole = self._encode_prompt(prompt + continuation)
-        if whole[:len(p)] == p:
-            return p, whole[len(p):]
-        return p, self.tokenizer.encode(continuation)
-
-    def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
-        pairs = [self.continuation_ids(p, c) for p, c in zip(prompts, continuations, strict=True)]
-        return self.generator.score_continuations([p for p, _ in pairs], [c for _, c in pairs])
-
-
-# ------------------------------------------------------------------------------------------------
-# Loading
-
-
-def _is_hf_dir(path: pathlib.Path) -> bool:
-    """An HF checkpoint folder, or a GGUF file / a folder holding one."""
-    from bioinstruct_jax.checkpoint.gguf import is_gguf
-
-    if is_gguf(path):
-        return True
-    return (path / "config.json").is_file() and any(
-        (path / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                                       "pytorch_model.bin.index.json"))
-
-
-def _is_orbax_run(path: pathlib.Path) -> bool:
-    from bioinstruct_jax.checkpoint.orbax import CHECKPOINT_SUBDIR
-
-    if (path / CHECKPOINT_SUBDIR).is_dir():
-        return True
-    return path.is_dir() and any(p.name.isdigit() and p.is_dir() for p in path.iterdir())
-
-
-def resolve_mesh(mesh: Any) -> jax.sharding.Mesh | None:
-    """None, a Mesh, a `parallel.MeshConfig`, a (data, fsdp, tensor) tuple / "d,f,t" string, or a dict."""
-    if mesh is None or isinstance(mesh, jax.sharding.Mesh):
-        return mesh
-    from bioinstruct_jax.parallel import sharding as parallel
-
-    if isinstance(mesh, str):
-        mesh = tuple(int(x) for x in mesh.split(","))
-    if isinstance(mesh, dict):
-        mesh = parallel.MeshConfig(**mesh)
-    return parallel.make_mesh(mesh)
-
-
-def load_model_for_inference(path: str | pathlib.Path, *, dtype: Any = "bfloat16", mesh: jax.sharding.Mesh | None = None,
-                             step: int | None = None) -> tuple[Llama, str | None]:
-    """(model in eval mode, tokenizer path or None) from what `path` holds:
-
-    - an HF LLaMA directory (config.json + weights) or a GGUF file / a folder holding one:
-      `checkpoint.hf.load_pretrained`, params in `dtype`;
-    - a training run's output dir (or its `checkpoints/` folder): base + LoRA rebuilt by the training
-      code (`train.restore_model`, the loader behind `checkpoint.orbax.load_model_for_inference`),
-      in the run's dtypes, at `step` (default latest).
-    """
-    p = pathlib.Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"model path {p} does not exist")
-    if _is_hf_dir(p):
-        from bioinstruct_jax.checkpoint.hf import load_pretrained
-
-        model, _ = load_pretrained(p, dtype=dtype, mesh=mesh)
-        if mesh is not None:
-            from bioinstruct_jax.parallel import sharding as parallel
-
-            parallel.set_constraint(model, parallel.activation_constraint(mesh))
-        model.eval()
-        return model, str(p)
-    if _is_orbax_run(p):
-        from bioinstruct_jax.train import loop as train
-
-        model, _, tokenizer = train.restore_model(str(p), step=step, mesh=mesh)
-        model.eval()
-        return model, tokenizer or None
-    raise FileNotFoundError(
-        f"{p}: neither an HF checkpoint (config.json + model.safetensors / pytorch_model.bin) nor a training "
-        f"run with Orbax checkpoints (a checkpoints/ folder or numbered step folders)")
-
-
-def _default_dtype() -> str:
-    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
-
-
-def load_predictor(model: str, lora: str | None = None, *, dtype: str | None = None, mesh: Any = None,
-                   batch_size: int = 32, max_length: int | None = None, tokenizer: str | None = None,
-                   temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                   merge_lora: bool = True, step: int | None = None, add_bos: bool | None = None,
-                   pad_id: int | None = None, template: str | None = None) -> JaxPredictor:
-    """The JAX predictor the eval CLI uses.
-
-    model: an HF LLaMA directory or a training run directory (Orbax, LoRA included).
-    lora: a PEFT LoRA adapter directory (adapter_config.json) for the base `model`, or a training run
-      directory whose LoRA weights go on top of `model` (its saved base must be the same HF directory).
-    dtype: parameter / compute dtype for HF weights (default float32 on CPU, bfloat16 elsewhere).
-    mesh: None (one device), a Mesh, or "data,fsdp,tensor" sizes; batch_size: rows per compiled batch
-      (the largest bucket). merge_lora folds adapters into the base kernels (faster decode).
-    add_bos: None = the tokenizer's own rule. template: the prompt template the predictor reports
-      (`JaxPredictor.template`); None = the one the training run was trained with, else "raw".
-    """
-    mesh = resolve_mesh(mesh)
-    dtype = dtype or _default_dtype()
-    if lora and (pathlib.Path(lora) / "adapter_config.json").is_file():
-        net, tok_path = load_model_for_inference(model, dtype=dtype, mesh=mesh, step=step)
-        _add_peft_adapter(net, pathlib.Path(lora), mesh)
-    elif lora:
-        lora_path = pathlib.Path(lora)
-        if not _is_orbax_run(lora_path):
-            raise FileNotFoundError(f"--lora {lora_path}: neither a PEFT adapter (adapter_config.json) nor a "
-                                    f"training run directory with Orbax checkpoints")
-        _check_same_base(model, lora_path, step)
-        net, tok_path = load_model_for_inference(lora_path, dtype=dtype, mesh=mesh, step=step)
-    else:
-        net, tok_path = load_model_for_inference(model, dtype=dtype, mesh=mesh, step=step)
-    if merge_lora:
-        from bioinstruct_jax.model.lora import merge_lora as _merge
-
-        _merge(net)
-    tok_path = tokenizer or tok_path or (model if _is_hf_dir(pathlib.Path(model)) else None)
-    if tok_path is None:
-        raise ValueError(f"no tokenizer for {model}: pass tokenizer=PATH")
-    from bioinstruct_jax.checkpoint.tokenizer import load_tokenizer
-
-    from bioinstruct_jax.data import chat
-
-    tok = load_tokenizer(tok_path, pad_id=pad_id)
-    hf_dir = pathlib.Path(model) if (pathlib.Path(model) / "config.json").is_file() else None
-    eos = tuple(chat.stop_ids(tok, net.config.eos_token_id, hf_dir))
-    gen = Generator(net, mesh=mesh, max_length=max_length, max_batch_size=batch_size, pad_id=tok.pad_id,
-                    eos_ids=eos)
-    if template is None:
-        template = run_template(lora) or run_template(model) or "raw"
-    return JaxPredictor(gen, tok, sampling=SamplingConfig(temperature, top_k, top_p), seed=seed, add_bos=add_bos,
-                        template=template)
-
-
-def run_template(path: str | None) -> str | None:
-    """The prompt template a training run at `path` was trained with (its saved config's
-    `data.template`); None when `path` is not a training run."""
-    if not path or not _is_orbax_run(pathlib.Path(path)):
-        return None
-    from bioinstruct_jax.checkpoint.orbax import RunCheckpointer
-
-    ckpt = RunCheckpointer(str(path), read_only=True)
-    try:
-        return ckpt.read_meta()["config"].get("data", {}).get("template") or None
-    finally:
-        ckpt.close()
-
-
-def _add_peft_adapter(model: Llama, adapter_dir: pathlib.Path, mesh: jax.sharding.Mesh | None) -> None:
-    """Load a PEFT LoRA adapter onto a base model (`export.load_peft_adapter`), dropout off."""
-    from bioinstruct_jax.export.merged import load_peft_adapter
-
-    load_peft_adapter(model, adapter_dir, dropout=0.0)
-    if mesh is not None:
-        from bioinstruct_jax.parallel import sharding as parallel
-
-        parallel.shard_model(model, mesh)  # places the new adapter weights by their logical axes
-    model.eval()
-
-
-def _check_same_base(model: str, run_dir: pathlib.Path, step: int | None = None) -> None:
-    """A LoRA run's saved base must be the `model` directory (compared by resolved path)."""
-    from bioinstruct_jax.checkpoint.integrity import pick_restore_step
-    from bioinstruct_jax.checkpoint.orbax import RunCheckpointer
-
-    ckpt = RunCheckpointer(str(run_dir), read_only=True)
-    try:
-        base = ckpt.read_meta(pick_restore_step(ckpt.directory, step))["config"]["model"].get("hf_path") or ""
-    finally:
-        ckpt.close()
-    m = pathlib.Path(model)
-    if m.resolve() == run_dir.resolve():
-        return
-    if not base or pathlib.Path(base).resolve() != m.resolve():
-        raise ValueError(f"--lora {run_dir} was trained on base {base or '(random preset)'!r}, "
-                         f"not on --model {model}; pass --model {base or run_dir}")
-
-
-# ------------------------------------------------------------------------------------------------
-# CLI
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = cli_types.ArgumentParser(prog="python -m bioinstruct_jax.generate",
-                                description="Generate text from an HF LLaMA directory or a training run.")
-    p.add_argument("--model", required=True,
-                   help="HF checkpoint directory, GGUF file (or a folder holding one), or training run directory")
-    p.add_argument("--lora", help="PEFT adapter directory or training run directory with LoRA weights for --model")
-    p.add_argument("--tokenizer", help="tokenizer path (default: the model / run's own)")
-    p.add_argument("--prompt", action="append", default=[],
-                   help=r"prompt text (repeatable); \n, \t and \\ are read as newline, tab, backslash unless "
-                   "--no-escape. Sent as is, or as the instruction of --template")
-    p.add_argument("--chat", action="append", default=[], metavar="QUESTION",
-                   help="a user question in the model's own chat template (repeatable)")
-    p.add_argument("--template", help="format each --prompt as an instruction in this template (alpaca, "
-                   "bioinstruct_paper, chat) or 'raw' (as is); default: the training run's template, else raw")
-    p.add_argument("--no-escape", action="store_true", help="keep backslashes in --prompt text literally")
-    p.add_argument("--prompt-file", help="one prompt per line, or a .jsonl file with a 'prompt' field")
-    p.add_argument("--max-new-tokens", type=positive_int, default=128)
-    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=non_negative_int, default=0)
-    p.add_argument("--top-p", type=unit_interval, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--dtype", help="float32 / bfloat16 (default: float32 on CPU, bfloat16 elsewhere)")
-    p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--mesh", help="data,fsdp,tensor sizes, e.g. 1,4,2 (default: one device)")
-    p.add_argument("--no-merge-lora", action="store_true", help="keep LoRA adapters unmerged")
-    p.add_argument("--jsonl", action="store_true", help="print one JSON object per prompt")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step of a training run (default: the latest)")
-    cli_errors.add_debug_argument(p)
-    return p
-
-
-_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
-
-
-def unescape(text: str) -> str:
-    r"""`\n`, `\t`, `\\` in command-line text as newline, tab, backslash (llama.cpp's --escape)."""
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in _ESCAPES:
-            out.append(_ESCAPES[text[i + 1]])
-            i += 2
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
-
-
-def _read_prompts(args: argparse.Namespace) -> list[str]:
-    prompts = [p if args.no_escape else unescape(p) for p in args.prompt]
-    if args.prompt_file:
-        f = pathlib.Path(args.prompt_file)
-        for n, line in enumerate(read_utf8(f).splitlines(), 1):
-            if not line.strip():
-                continue
-            if f.suffix == ".jsonl":
-                try:
-                    prompts.append(json.loads(line)["prompt"])
-                except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    raise SystemExit(f"{f}:{n}: expected a JSON object with a 'prompt' field ({err})") from None
-            else:
-                prompts.append(line.replace("\\n", "\n"))
-    return prompts
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    refuse_multi_process("bioinstruct_jax.generate")  # one process; see distributed.py
-    prompts = _read_prompts(args)
-    if not prompts and not args.chat:
-        raise SystemExit("no prompts: pass --prompt TEXT, --chat QUESTION or --prompt-file FILE")
-    from bioinstruct_jax.data import templates
-
-    if args.template is not None and args.template != "raw" and args.template not in templates.TEMPLATE_NAMES:
-        raise SystemExit(f"--template {args.template!r}: known templates are raw, "
-                         + ", ".join(templates.TEMPLATE_NAMES))
-    predictor = load_predictor(args.model, args.lora, dtype=args.dtype, mesh=args.mesh, batch_size=args.batch_size,
-                               tokenizer=args.tokenizer, temperature=args.temperature, top_k=args.top_k,
-                               top_p=args.top_p, seed=args.seed, merge_lora=not args.no_merge_lora,
-                               template=args.template, step=args.step)
-    texts = [templates.render_prompt(predictor.template, p, tokenizer=predictor.tokenizer)
-             if predictor.template != "raw" else p for p in prompts]
-    texts += [templates.render_prompt("chat", q, tokenizer=predictor.tokenizer) for q in args.chat]
-    prompts = prompts + list(args.chat)
-    outputs = predictor.generate(texts, max_new_tokens=args.max_new_tokens, stop=args.stop or None)
-    for i, (prompt, text) in enumerate(zip(prompts, outputs)):
-        if args.jsonl:
-            print(json.dumps({"prompt": prompt, "generation": text}, ensure_ascii=False))
-        else:
-            print(f"=== [{i}] {prompt}\n{text}\n")
-    return 0
-
-
-__all__ = ["Generator", "GenerationResult", "SamplingConfig", "JaxPredictor", "load_predictor",
-           "load_model_for_inference", "run_template", "stop_token_sequences", "trim_at_stop", "batch_bucket", "next_power_of_two"]
+__all__ = ["Generator", "GenerationResult", "batch_bucket", "default_cache_dtype", "next_power_of_two"]

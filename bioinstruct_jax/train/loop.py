@@ -1,12 +1,12 @@
-"""LoRA instruction tuning: `python -m bioinstruct_jax.train --config configs/FILE.yaml [key=value ...]`.
+"""The training loop behind `python -m bioinstruct_jax.train` (the command is train/__main__.py): `run(cfg)`.
 
 Order of work, so that every user error surfaces before anything is compiled:
   1. read the config (typos are `ConfigError`s naming the key), check the data files and the model
      path exist, build the mesh (divisibility errors name axis and sizes);
   2. if `train.output_dir` already has checkpoints, compare their model signature with this run's
      (a different model is a `CheckpointMismatchError`) and resume from the latest one;
-  3. build the base model (HF checkpoint streamed onto the mesh, or a preset with seeded random
-     weights), add LoRA, split it into LoRA / RNG / frozen-base state (see `train_step`);
+  3. build the base model with the model factory (`checkpoint.factory.build_model`: HF checkpoint
+     streamed onto the mesh, or a preset with seeded random weights), add LoRA, split it into LoRA / RNG / frozen-base state (see `train_step`);
   4. run the jitted step over batches from the data pipeline; validation loss every
      `train.eval_every` steps; async Orbax checkpoints every `train.save_every` steps and at the
      end; SIGTERM (TPU preemption) saves at the next step boundary and exits 0 (several processes:
@@ -19,141 +19,41 @@ assembles the global arrays; checkpoints hold each process's data-iterator state
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
-import json
 import math
 import pathlib
-import sys
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
+from etils import epath
+from flax import nnx
+from tqdm import tqdm
 
-from bioinstruct_jax.cli import errors as cli_errors
-from bioinstruct_jax.config import ConfigError, RunConfig, dump_yaml, from_dict, load_run_config, to_dict
+from bioinstruct_jax.checkpoint import factory
+from bioinstruct_jax.checkpoint.integrity import pick_resume_step
+from bioinstruct_jax.checkpoint.orbax import RunCheckpointer, check_compatible, checkpoint_dir
+from bioinstruct_jax.config import ConfigError, RunConfig, dump_yaml, to_dict
+from bioinstruct_jax.data import pipeline
+from bioinstruct_jax.data.pipeline import padding_batch
+from bioinstruct_jax.model.lora import parameter_summary
+from bioinstruct_jax.parallel import sharding as parallel
+from bioinstruct_jax.parallel.distributed import global_batch, host_batch_rows, in_lockstep, is_primary
+from bioinstruct_jax.train import metrics as metrics_log
+from bioinstruct_jax.train import step as ts
+from bioinstruct_jax.train.nonfinite import NonFiniteGuard
+from bioinstruct_jax.train.preemption import PreemptionWatch
 
 DataFactory = Callable[[str], Any]  # split ("train" | "val") -> iterator of numpy batches
 
 
 # ----------------------------------------------------------------------------------------------
-# Tokenizer, model and signature
-
-
-def _attr(obj: Any, name: str, default: Any = None) -> Any:
-    value = getattr(obj, name, default)
-    return value() if callable(value) else value
-
-
-def load_run_tokenizer(cfg: RunConfig):
-    """The tokenizer named by model.tokenizer (or found in model.hf_path); None when neither is set."""
-    path = cfg.model.tokenizer or cfg.model.hf_path
-    if not path:
-        return None
-    if not pathlib.Path(path).exists() and "://" not in path:
-        raise ConfigError(f"model.tokenizer: {path} does not exist")
-    from bioinstruct_jax.checkpoint.tokenizer import load_tokenizer
-
-    return load_tokenizer(path)
-
-
-def tokenizer_vocab_size(tokenizer: Any) -> int | None:
-    if tokenizer is None:
-        return None
-    for name in ("vocab_size", "get_piece_size"):
-        if hasattr(tokenizer, name):
-            return int(_attr(tokenizer, name))
-    return None
-
-
-def resolve_llama_config(cfg: RunConfig, tokenizer: Any = None):
-    """The architecture: from hf_path's config.json, or the preset (vocab from the tokenizer)."""
-    from bioinstruct_jax.model.llama import LlamaConfig
-
-    if cfg.model.hf_path:
-        path = pathlib.Path(cfg.model.hf_path)
-        from bioinstruct_jax.checkpoint.gguf import is_gguf, read_config
-
-        if is_gguf(path):
-            config = read_config(path)
-        elif not (path / "config.json").is_file():
-            raise ConfigError(f"model.hf_path: {path} has no config.json (expected an HF LLaMA checkpoint folder "
-                              "or a GGUF file)")
-        else:
-            config = LlamaConfig.from_hf(path)
-    else:
-        try:
-            config = LlamaConfig.preset(cfg.model.preset)
-        except ValueError as err:
-            raise ConfigError(f"model.preset: {err}") from None
-        vocab = cfg.model.vocab_size or tokenizer_vocab_size(tokenizer)
-        if vocab and vocab != config.vocab_size:
-            config = dataclasses.replace(config, vocab_size=vocab)
-    tok_vocab = tokenizer_vocab_size(tokenizer)
-    if tok_vocab and tok_vocab > config.vocab_size:
-        raise ConfigError(f"tokenizer has {tok_vocab} pieces but the model's vocab_size is {config.vocab_size}")
-    return config
-
-
-def llama_config_from_dict(d: dict[str, Any]):
-    from bioinstruct_jax.model.llama import LlamaConfig, RopeScaling
-
-    d = dict(d)
-    if d.get("rope_scaling"):
-        d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
-    d["eos_token_id"] = tuple(d.get("eos_token_id") or ())
-    return LlamaConfig(**d)
-
-
-def model_signature(cfg: RunConfig, llama_config: Any) -> dict[str, Any]:
-    """What a checkpoint must agree on with the run that resumes from it."""
-    lora = to_dict(cfg.lora)
-    return {
-        "architecture": to_dict(llama_config),
-        "base": cfg.model.hf_path or f"preset:{cfg.model.preset}:seed{cfg.model.seed}",
-        "param_dtype": cfg.model.param_dtype,
-        "lora": {k: lora[k] for k in ("r", "alpha", "targets", "target_regex", "rslora")},
-    }
-
-
-def build_model(cfg: RunConfig, llama_config: Any, mesh: jax.sharding.Mesh):
-    """Base model (HF weights or seeded random preset) + LoRA, on `mesh`, in train mode.
-
-    Random presets are created by one jitted initialiser straight into their shards, so the same
-    seed gives the same weights whatever the mesh (threefry is partitionable).
-    """
-    from flax import nnx
-
-    from bioinstruct_jax.parallel import sharding as parallel
-    from bioinstruct_jax.model.llama import Llama, dtype_from_name
-    from bioinstruct_jax.model.lora import apply_lora
-
-    m = cfg.model
-    kwargs = dict(remat=m.remat, attention_impl=m.attention_impl)
-    lora_rngs = lambda: nnx.Rngs(params=m.seed + 1, dropout=cfg.train.seed + 2)  # noqa: E731
-    if m.hf_path:
-        from bioinstruct_jax.checkpoint.hf import load_pretrained
-
-        model, _ = load_pretrained(m.hf_path, dtype=m.param_dtype, compute_dtype=m.dtype, mesh=mesh, **kwargs)
-        apply_lora(model, cfg.lora, lora_rngs())
-        model = parallel.shard_model(model, mesh)
-    else:
-        def factory():
-            model = Llama(llama_config, rngs=nnx.Rngs(params=m.seed), param_dtype=dtype_from_name(m.param_dtype),
-                          dtype=dtype_from_name(m.dtype), **kwargs)
-            apply_lora(model, cfg.lora, lora_rngs())
-            return model
-
-        model = parallel.shard_model(factory, mesh)
-    model.train()
-    return model
+# Mesh and data
 
 
 def make_run_mesh(cfg: RunConfig, devices: Sequence[Any] | None = None) -> jax.sharding.Mesh:
     """The mesh of mesh.*; fully fixed sizes use the first data*fsdp*tensor devices."""
-    from bioinstruct_jax.parallel import sharding as parallel
-
     devices = list(jax.devices() if devices is None else devices)
     sizes = (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     if -1 not in sizes and 0 < math.prod(sizes) < len(devices):
@@ -162,10 +62,6 @@ def make_run_mesh(cfg: RunConfig, devices: Sequence[Any] | None = None) -> jax.s
         return parallel.make_mesh(cfg.mesh, devices=devices)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-
-
-# ----------------------------------------------------------------------------------------------
-# Data
 
 
 def check_data_files(cfg: RunConfig) -> None:
@@ -180,9 +76,6 @@ def make_data_factory(cfg: RunConfig, tokenizer: Any, mesh: jax.sharding.Mesh | 
     """split -> this host's batch iterator (the grain pipeline of `data/pipeline.py`), with
     `num_examples` for epoch-based step counts; data errors become `ConfigError`s. With `mesh`,
     each process loads the rows of the global batch its devices hold (`distributed.host_batch_rows`)."""
-    from bioinstruct_jax.data import pipeline
-    from bioinstruct_jax.parallel.distributed import host_batch_rows
-
     if tokenizer is None:
         raise ConfigError("model.tokenizer is not set and model.hf_path has no tokenizer: the data needs one")
     try:
@@ -191,14 +84,14 @@ def make_data_factory(cfg: RunConfig, tokenizer: Any, mesh: jax.sharding.Mesh | 
     except ValueError as err:  # malformed record (file:line), empty split, bad batch split
         raise ConfigError(f"data: {err}") from None
 
-    def factory(split: str):
+    def by_split(split: str):
         try:
             return inner(split)
         except ValueError as err:
             raise ConfigError(f"data ({split}): {err}") from None
 
-    factory.num_examples = inner.num_examples  # type: ignore[attr-defined]
-    return factory
+    by_split.num_examples = inner.num_examples  # type: ignore[attr-defined]
+    return by_split
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,10 +129,10 @@ class RunResult:
     model: Any = None
 
 
-def total_steps_of(cfg: RunConfig, factory: DataFactory) -> int:
+def total_steps_of(cfg: RunConfig, data_factory: DataFactory) -> int:
     if cfg.train.steps:
         return cfg.train.steps
-    n = getattr(factory, "num_examples", None)
+    n = getattr(data_factory, "num_examples", None)
     if not n:
         raise ConfigError("train.steps=0 asks for train.epochs, but the data pipeline does not report its size; "
                           "set train.steps")
@@ -255,25 +148,15 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
     resume from that checkpoint step (default: the newest intact one; see
     `checkpoint.integrity.pick_resume_step` for damaged steps).
     """
-    from bioinstruct_jax.train import metrics as metrics_log
-    from bioinstruct_jax.train import step as ts
-    from bioinstruct_jax.checkpoint.integrity import pick_resume_step
-    from bioinstruct_jax.checkpoint.orbax import RunCheckpointer, check_compatible, checkpoint_dir
-    from bioinstruct_jax.data.pipeline import padding_batch
-    from bioinstruct_jax.parallel.distributed import global_batch, host_batch_rows, in_lockstep, is_primary
-    from bioinstruct_jax.model.lora import parameter_summary
-    from bioinstruct_jax.train.nonfinite import NonFiniteGuard
-    from bioinstruct_jax.train.preemption import PreemptionWatch
-
     out = cfg.train.output_dir
     primary = is_primary()  # process 0 alone writes logs (bar, metrics, TensorBoard, PNG, summary)
     say = print if verbose and primary else (lambda *a, **k: None)
     # 1. cheap checks, no compilation
     check_data_files(cfg)
     if tokenizer is None:
-        tokenizer = load_run_tokenizer(cfg)
-    llama_config = resolve_llama_config(cfg, tokenizer)
-    signature = model_signature(cfg, llama_config)
+        tokenizer = factory.load_run_tokenizer(cfg)
+    llama_config = factory.resolve_llama_config(cfg, tokenizer)
+    signature = factory.model_signature(cfg, llama_config)
     mesh = make_run_mesh(cfg)
     requested_step = resume_step
     resume_step = pick_resume_step(checkpoint_dir(out), requested_step)  # skips damaged steps
@@ -291,26 +174,22 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
     k = cfg.optim.grad_accum
     if cfg.data.batch_size % k:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} is not divisible by optim.grad_accum={k}")
-    from bioinstruct_jax.parallel.sharding import check_batch, state_shardings
-
     try:
-        check_batch((cfg.data.batch_size // k, cfg.data.max_length), mesh, what="micro-batch [batch/grad_accum, length]")
+        parallel.check_batch((cfg.data.batch_size // k, cfg.data.max_length), mesh, what="micro-batch [batch/grad_accum, length]")
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    from etils import epath
-
     if primary:
         epath.Path(out).mkdir(parents=True, exist_ok=True)
         (epath.Path(out) / "run_config.yaml").write_text(dump_yaml(cfg))  # local or gs://
 
-    # 2. model, optimizer, steps
-    model = build_model(cfg, llama_config, mesh)
+    # 2. model (the factory restore_run uses too), optimizer, steps
+    model = factory.build_model(cfg, llama_config, mesh)
     trainable, n_all = parameter_summary(model)
     n_frozen_mm, n_lora = metrics_log.matmul_param_counts(model)
     train_graphdef, eval_graphdef, lora, rng, base = ts.split_for_modes(model)
     tx = ts.make_optimizer(cfg.optim, total)
     schedule = ts.make_schedule(cfg.optim, total)
-    lora_sh = state_shardings(lora, mesh)
+    lora_sh = parallel.state_shardings(lora, mesh)
     opt_state = ts.init_optimizer(tx, lora, lora_sh)
     shardings = ts.step_shardings(mesh, lora, opt_state, base, rng)
     train_step = ts.build_train_step(train_graphdef, tx, shardings=shardings,
@@ -362,8 +241,6 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
 
     bar = None
     if cfg.train.progress_bar and verbose and primary:
-        from tqdm import tqdm
-
         bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
     step, last_loss, val_loss, preempted = start, None, None, False
     window_tokens, window_start = 0, time.perf_counter()
@@ -416,84 +293,7 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
     if primary and cfg.train.plot and "://" not in out and pathlib.Path(logger.jsonl_path).exists():
         png = metrics_log.plot_loss_curve(logger.jsonl_path, pathlib.Path(out) / "loss_curve.png")
         curve = str(png) if png else None
-    nnx_update(model, lora, rng)
+    nnx.update(model, lora, rng)
     return RunResult(step=step, total_steps=total, preempted=preempted, final_loss=last_loss, val_loss=val_loss,
                      output_dir=out, checkpoint_dir=str(ckpt.directory), metrics_path=logger.jsonl_path,
                      loss_curve=curve, model=model)
-
-
-def nnx_update(model: Any, *states: Any) -> None:
-    from flax import nnx
-
-    nnx.update(model, *states)
-
-
-# ----------------------------------------------------------------------------------------------
-# Restore for export / inference
-
-
-def restore_model(checkpoint_dir: str, step: int | None = None, mesh: jax.sharding.Mesh | None = None):
-    """(model in eval mode with LoRA weights of `step`, RunConfig, tokenizer path or None)."""
-    from flax import nnx
-
-    from bioinstruct_jax.train import step as ts
-    from bioinstruct_jax.checkpoint.integrity import pick_restore_step
-    from bioinstruct_jax.checkpoint.orbax import RunCheckpointer
-
-    ckpt = RunCheckpointer(checkpoint_dir, read_only=True)
-    step = pick_restore_step(ckpt.directory, step)  # a damaged step is an error naming step and file
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"{ckpt.directory}: no checkpoint to restore")
-    meta = ckpt.read_meta(step)
-    cfg = from_dict(RunConfig, meta["config"], origin=f"{ckpt.directory}/{step}/meta")
-    llama_config = llama_config_from_dict(meta["model_signature"]["architecture"])
-    if mesh is None:
-        from bioinstruct_jax.parallel import sharding as parallel
-
-        mesh = parallel.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    model = build_model(cfg, llama_config, mesh)
-    _, lora, rng, _ = ts.split_model(model)
-    restored = ckpt.restore(step, lora=lora, opt_state=None, rng=rng)
-    nnx.update(model, restored["lora"], restored["rng"])
-    ckpt.close()
-    model.eval()
-    tok = cfg.model.tokenizer or cfg.model.hf_path or None
-    return model, cfg, tok
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI
-
-
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bioinstruct_jax.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="run config YAML (default: configs/tiny.yaml values built in)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1.0e-4 train.steps=500")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--step", type=int, default=None,
-                   help="resume from this checkpoint step (default: the newest intact one); newer steps are "
-                        "moved aside, not deleted")
-    cli_errors.add_debug_argument(p)
-    return p.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    from bioinstruct_jax.parallel.distributed import maybe_initialize_distributed
-
-    try:
-        cfg = load_run_config(args.config, args.overrides)
-        if args.print_config:
-            print(dump_yaml(cfg))
-            return 0
-        maybe_initialize_distributed()
-        result = run(cfg, resume_step=args.step)
-    except (ValueError, OSError) as err:  # config, checkpoint, data and file-system errors
-        return cli_errors.report_or_raise(err)
-    if jax.process_index() == 0:
-        print(json.dumps({"step": result.step, "preempted": result.preempted, "final_loss": result.final_loss,
-                          "val_loss": result.val_loss, "checkpoints": result.checkpoint_dir,
-                          "metrics": result.metrics_path, "loss_curve": result.loss_curve}))
-    return 0
-

@@ -46,17 +46,20 @@ import time
 from typing import Any, Sequence
 
 import jax
+from flax import nnx
 
+from bioinstruct_jax.checkpoint import factory
 from bioinstruct_jax.cli import errors as cli_errors
 from bioinstruct_jax.config import RunConfig, load_run_config
+from bioinstruct_jax.config.sections import LoraConfig, ModelConfig, OptimConfig
 from bioinstruct_jax.data.batch import BATCH_DTYPES, BATCH_KEYS
 from bioinstruct_jax.model import llama
+from bioinstruct_jax.model.llama import LlamaConfig
 from bioinstruct_jax.model.lora import parameter_summary
 from bioinstruct_jax.parallel import accelerators
 from bioinstruct_jax.parallel import sharding as parallel
 from bioinstruct_jax.parallel.accelerators import GiB
 from bioinstruct_jax.train import step as train_step
-from bioinstruct_jax.config.sections import OptimConfig
 
 
 def accelerator_bytes(name: str) -> tuple[str, float]:
@@ -202,23 +205,14 @@ def _fmt_bytes(b: float) -> str:
 
 
 def build_abstract_model(settings: PlanSettings):
-    """The LoRA-wrapped model with ShapeDtypeStruct leaves (nothing allocated)."""
-    from flax import nnx
-
-    from bioinstruct_jax.model.llama import Llama, LlamaConfig, dtype_from_name
-    from bioinstruct_jax.model.lora import LoraConfig, apply_lora
-
+    """The LoRA-wrapped model with ShapeDtypeStruct leaves (nothing allocated): the model factory's
+    `init_model` of the run config these settings describe, under `nnx.eval_shape`."""
+    cfg = RunConfig(model=ModelConfig(preset=settings.preset, param_dtype=settings.dtype, dtype=settings.dtype,
+                                      remat=settings.remat),
+                    lora=LoraConfig(r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout,
+                                    targets=tuple(settings.targets)))
     config = LlamaConfig.preset(settings.preset)
-    dtype = dtype_from_name(settings.dtype)
-    lora = LoraConfig(r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout,
-                      targets=tuple(settings.targets))
-
-    def create():  # the RNG streams of train.build_model, so the dropout RNG state has the same shape
-        model = Llama(config, rngs=nnx.Rngs(params=0), param_dtype=dtype, dtype=dtype, remat=settings.remat)
-        apply_lora(model, lora, nnx.Rngs(params=1, dropout=2))
-        return model
-
-    return nnx.eval_shape(create)
+    return nnx.eval_shape(lambda: factory.init_model(cfg, config))
 
 
 def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanResult:
