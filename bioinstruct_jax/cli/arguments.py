@@ -28,36 +28,24 @@ def _number(text: str, kind: type) -> float | int:
     return value
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    value = int(_number(text, int))
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
-    return value
+def _bounded(kind: type, low: float, *, strict: bool):
+    """A `type=` function for numbers of `kind` that are >= low (> low when `strict`)."""
+    noun = "an integer" if kind is int else "a number"
+    rule = f"{'>' if strict else '>='} {low:g}"
+
+    def parse(text: str):
+        value = kind(_number(text, kind))
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {noun} {rule}, got {value:g}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """An integer >= 0."""
-    value = int(_number(text, int))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """A finite number >= 0."""
-    value = float(_number(text, float))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {value:g}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    value = float(_number(text, float))
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {value:g}")
-    return value
+positive_int = _bounded(int, 1, strict=False)  # an integer >= 1
+non_negative_int = _bounded(int, 0, strict=False)  # an integer >= 0
+non_negative_float = _bounded(float, 0, strict=False)  # a finite number >= 0
+positive_float = _bounded(float, 0, strict=True)  # a finite number > 0
 
 
 def unit_interval(text: str) -> float:
