@@ -7,7 +7,10 @@ of each task line picks its label), so the uninterrupted run and the killed-and-
 the same replies whatever the timing; small per-request delays make replies complete out of order
 at concurrency > 1. The kill is fired by the server itself a few milliseconds after its K-th
 request since the process started (K and the delay drawn from a seeded RNG), so it lands while
-replies are being filtered, committed, appended or labelled.
+replies are being filtered, committed, appended or labelled. The server holds back its reply to that
+K-th request until the signal is sent, so the run cannot finish before its kill however slowly the
+test process's threads are scheduled (a timer thread fired late on a loaded machine, and the run
+had finished by then).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -67,9 +71,11 @@ class ContentServer:
         text = request["messages"][0]["content"]
         with self.lock:
             self.count += 1
-            if self.plan and self.count == self.plan[1]:
-                pid, _, delay, sig = self.plan
-                threading.Timer(delay, lambda: _signal(pid, sig)).start()
+            fire = self.plan if self.plan and self.count == self.plan[1] else None
+        if fire:
+            pid, _, delay, sig = fire
+            time.sleep(delay)  # the other requests in flight are answered and processed meanwhile
+            _signal(pid, sig)  # before this reply goes out: the run cannot finish ahead of its kill
         h = _h(text)
         if text.startswith(LABEL_PROMPT_HEADER):
             if self.garbage_labels:
