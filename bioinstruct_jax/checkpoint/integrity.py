@@ -25,8 +25,6 @@ from typing import Any
 
 import jax
 from jax.experimental import multihost_utils
-import numpy as np
-import orbax.checkpoint as ocp
 
 from bioinstruct_jax.checkpoint.paths import check_tree
 

@@ -26,7 +26,7 @@ import re
 from typing import Any, Sequence
 
 from bioinstruct_jax.data.journal import append_lines, read_jsonl_tail_safe
-from bioinstruct_jax.data.records import CATEGORIES, InstructionRecord, RecordError, label_keys
+from bioinstruct_jax.data.records import CATEGORIES, InstructionRecord, label_keys
 from bioinstruct_jax.data.llm_client import LLMClient, LLMError
 
 LABEL_PROMPT_HEADER = """Classify each biomedical task below into exactly one category:

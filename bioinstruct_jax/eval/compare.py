@@ -12,7 +12,6 @@ micro F1) are recomputed on each resample with the task's own scorer.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import pathlib
 from typing import Any, Sequence

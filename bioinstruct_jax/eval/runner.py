@@ -21,7 +21,8 @@ from bioinstruct_jax.eval import paper_results
 from bioinstruct_jax.eval.judge import Judge, aggregate
 from bioinstruct_jax.eval.loaders import Example
 from bioinstruct_jax.eval.predictor import Predictor
-from bioinstruct_jax.eval.tasks import GEN, DataSource, Task, format_prompt
+from bioinstruct_jax.data.templates import format_prompt
+from bioinstruct_jax.eval.tasks import GEN, DataSource, Task
 
 QA_MODES = ("generate", "loglik", "both")
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import jax
 import numpy as np
