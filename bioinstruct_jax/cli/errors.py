@@ -93,6 +93,9 @@ def _late_callback(exc_type: type, value: BaseException) -> bool:
     return issubclass(exc_type, RuntimeError) and str(value) == "Event loop is closed"
 
 
+TRANSFORMERS_ADVISORY_ENV = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
+
+
 def quiet_background_errors() -> None:
     """Silence the echoes of an error that `run` reports once (see the module docstring)."""
     for name in ("absl", "asyncio"):
@@ -149,6 +152,10 @@ def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> 
     argv = [a for a in argv if a != DEBUG_FLAG]
     if not debug:
         quiet_background_errors()
+    # transformers' advisory notes, such as "PyTorch was not found. Models won't be available" on
+    # the base install: this project reads only tokenizers and configs through transformers, so the
+    # note is noise that a newcomer reads as an error. An explicit setting of the variable wins.
+    os.environ.setdefault(TRANSFORMERS_ADVISORY_ENV, "1")
     try:
         code = main(argv)
     except KeyboardInterrupt:
