@@ -278,35 +278,45 @@ def hf_model(preset: str, seed: int = 0):
     return model, cfg
 
 
-def prepare_model(sizes: Sizes, workdir: pathlib.Path):
-    """(f32 transformers model, our LlamaConfig, HF directory both sides load): `--model DIR`
-    when given, else the random-weight preset saved once under `workdir`."""
+def gguf_to_hf(path: pathlib.Path):
+    """A GGUF file dequantized by transformers' own GGUF loader, as a plain f32 LlamaForCausalLM
+    (so that both sides load the same weights from the folder it is saved to)."""
     import torch
     import transformers
 
-    if sizes.model and pathlib.Path(sizes.model).suffix == ".gguf":
-        # A GGUF file: dequantized once by transformers' own GGUF loader and saved as an f32 HF
-        # folder, which both sides then load (the same weights).
-        path = pathlib.Path(sizes.model)
-        loaded = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                                   dtype=torch.float32)
-        hf_cfg = loaded.config
-        if hasattr(hf_cfg, "quantization_config"):  # dequantized: a plain model that save_pretrained writes
-            del hf_cfg.quantization_config
-        hf = transformers.LlamaForCausalLM(hf_cfg)
-        hf.load_state_dict(loaded.state_dict(), strict=False)
-        hf.tie_weights()
-        hf = hf.float().eval()
-        cfg = LlamaConfig.from_hf(hf.config.to_dict())
-    elif sizes.model:
-        hf = transformers.AutoModelForCausalLM.from_pretrained(sizes.model, dtype=torch.float32).eval()
-        return hf, LlamaConfig.from_hf(sizes.model), pathlib.Path(sizes.model)
-    else:
-        hf, cfg = hf_model(sizes.preset)
-    directory = workdir / "hf_model"
-    if not directory.exists():
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    hf_cfg = loaded.config
+    if hasattr(hf_cfg, "quantization_config"):  # dequantized: a plain model that save_pretrained writes
+        del hf_cfg.quantization_config
+    hf = transformers.LlamaForCausalLM(hf_cfg)
+    hf.load_state_dict(loaded.state_dict(), strict=False)
+    hf.tie_weights()
+    return hf.float().eval()
+
+
+def model_directory(sizes: Sizes, workdir: pathlib.Path) -> pathlib.Path:
+    """The f32 HF folder that both sides (and the memory section's fresh processes) load: `--model
+    DIR` itself; a `--model FILE.gguf` converted once; else the random-weight preset saved once.
+    A converted or saved folder lives under `workdir`, named after its source, so a reused
+    `--workdir` never serves one model's weights for another."""
+    if sizes.model and pathlib.Path(sizes.model).suffix != ".gguf":
+        return pathlib.Path(sizes.model)
+    source = pathlib.Path(sizes.model).stem if sizes.model else sizes.preset
+    directory = workdir / f"hf_model-{source}"
+    if not (directory / "config.json").is_file():
+        hf = gguf_to_hf(pathlib.Path(sizes.model)) if sizes.model else hf_model(sizes.preset)[0]
         save_hf(hf, directory)
-    return hf, cfg, directory
+    return directory
+
+
+def prepare_model(sizes: Sizes, workdir: pathlib.Path):
+    """(f32 transformers model, our LlamaConfig, HF directory both sides load), see model_directory."""
+    import torch
+    import transformers
+
+    directory = model_directory(sizes, workdir)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    return hf, LlamaConfig.from_hf(directory), directory
 
 
 def save_hf(model, directory: pathlib.Path) -> None:
@@ -689,9 +699,10 @@ def _child_rss(args: list[str]) -> dict[str, Any]:
 
 def child_train_rss(sizes: Sizes, workdir: pathlib.Path) -> dict[str, Any]:
     """(run in a fresh process) load the HF dir, 3 train steps, report its peak RSS (VmHWM)."""
-    cfg = LlamaConfig.preset(sizes.preset)
+    directory = model_directory(sizes, workdir)  # made by the parent: this process only reads it
+    cfg = LlamaConfig.from_hf(directory)
     start = _maxrss()
-    model, _ = load_ours(workdir / "hf_model")
+    model, _ = load_ours(directory)
     before = _maxrss()
     ours = OursTrain(model, cfg, random_batch(cfg.vocab_size, sizes.train_batch, sizes.seq), sizes.lora_r)
     for _ in range(3):
@@ -713,14 +724,12 @@ def _maxrss() -> int:
 
 
 def bench_memory(sizes: Sizes, workdir: pathlib.Path) -> dict[str, Any]:
-    directory = workdir / "hf_model"
-    if not directory.exists():
-        hf, _ = hf_model(sizes.preset)
-        save_hf(hf, directory)
-    common = ["--workdir", str(workdir), "--preset", sizes.preset, "--batch", str(sizes.train_batch),
-              "--seq", str(sizes.seq)]
+    directory = model_directory(sizes, workdir)
+    common = ["--workdir", str(workdir), "--preset", sizes.preset, *(["--model", sizes.model] if sizes.model else []),
+              "--batch", str(sizes.train_batch), "--seq", str(sizes.seq)]
     res = {"train": _child_rss(["--_child", "train-rss", *common]),
            "export": _child_rss(["--_child", "export-rss", *common])}
+    res["model"] = sizes.label
     res["model_f32_bytes"] = sum(f.stat().st_size for f in directory.glob("*.safetensors"))
     return res
 

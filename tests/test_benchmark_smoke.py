@@ -13,7 +13,9 @@ import sys
 
 import pytest
 
+from bioinstruct_jax.checkpoint.hf import load_pretrained
 from conftest import REPO_ROOT
+from gguf_fixtures import write_tiny_gguf
 
 
 def test_quick_train_and_data(tmp_path):
@@ -54,3 +56,33 @@ def test_quick_train_and_data(tmp_path):
         assert "Not idle during" in headline and "WARNING: the machine was not idle" in proc.stdout
     data = res["data"]
     assert data["rouge_instr_per_s"] > 0 and data["rouge_build_instr_per_s"] > 0
+
+
+def _bench(tmp_path, name: str, *args: str) -> dict:
+    out = tmp_path / f"{name}.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), "--quick", *args, "--json", str(out),
+           "--workdir", str(tmp_path / f"work-{name}")]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_model_flag_benchmarks_the_given_gguf_on_both_sides(tmp_path):
+    """`--model FILE.gguf`: both sides load the file's weights (converted once by transformers' GGUF
+    loader), and so do the memory section's fresh processes, also when it runs alone. Caught: a
+    section that falls back to the random preset (the memory section did, unless a train or
+    generate section had converted the file into its work folder first)."""
+    gguf_file = tmp_path / "tiny.gguf"
+    write_tiny_gguf(gguf_file, qtype="Q8_0")
+    params = load_pretrained(gguf_file)[0].config.num_params()
+    train = _bench(tmp_path, "train", "--only", "train", "--model", str(gguf_file), "--seq", "32")["train"]
+    assert train["preset"] == str(gguf_file) and train["params"] == params
+    # the same weights on both sides: the first step's loss (LoRA B = 0) is the base model's in both
+    assert train["ours_first_loss"] == pytest.approx(train["theirs_first_loss"], abs=1e-5)
+    memory = _bench(tmp_path, "memory", "--only", "memory", "--model", str(gguf_file), "--seq", "32")["memory"]
+    assert memory["model"] == str(gguf_file)
+    assert "error" not in memory["train"], memory["train"]["error"]
+    assert memory["train"]["peak_rss_bytes"] >= memory["train"]["rss_after_load_bytes"] > 0
+    # the folder the fresh processes loaded holds this model in f32 (4 bytes a parameter, tied head)
+    assert memory["model_f32_bytes"] == pytest.approx(4 * params, rel=0.01)
