@@ -707,7 +707,8 @@ def child_train_rss(sizes: Sizes, workdir: pathlib.Path) -> dict[str, Any]:
     ours = OursTrain(model, cfg, random_batch(cfg.vocab_size, sizes.train_batch, sizes.seq), sizes.lora_r)
     for _ in range(3):
         ours.step()
-    return {"peak_rss_bytes": _maxrss(), "rss_after_load_bytes": before, "rss_after_imports_bytes": start}
+    return {"peak_rss_bytes": _maxrss(), "rss_after_load_bytes": before, "rss_after_imports_bytes": start,
+            "params": cfg.num_params()}
 
 
 def child_export_rss(workdir: pathlib.Path) -> dict[str, Any]:

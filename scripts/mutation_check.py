@@ -143,6 +143,14 @@ MUTATIONS: tuple[Mutation, ...] = (
              'get_metric_fn=lambda m: -float(m["val_loss"])', 'get_metric_fn=lambda m: float(m["val_loss"])',
              ("tests/test_cli.py::test_train_cli_keeps_last_and_best_checkpoints",),
              "keep_best keeps the worst validation loss"),
+    Mutation("base-install-jinja2-dropped", "pyproject.toml",
+             '  "jinja2>=3.1",', "",
+             ("tests/test_base_install.py",),
+             "the base install lacks jinja2: every chat-template prompt of the quickstart fails on a fresh machine"),
+    Mutation("bench-memory-preset-child", "scripts/benchmark.py",
+             '*(["--model", sizes.model] if sizes.model else [])', "",
+             ("tests/test_benchmark_smoke.py::test_model_flag_benchmarks_the_given_gguf_on_both_sides",),
+             "benchmark --model: the memory section's fresh process measures the random preset"),
 )
 
 

@@ -83,6 +83,7 @@ def test_model_flag_benchmarks_the_given_gguf_on_both_sides(tmp_path):
     memory = _bench(tmp_path, "memory", "--only", "memory", "--model", str(gguf_file), "--seq", "32")["memory"]
     assert memory["model"] == str(gguf_file)
     assert "error" not in memory["train"], memory["train"]["error"]
+    assert memory["train"]["params"] == params  # the fresh process trained this model, not the preset
     assert memory["train"]["peak_rss_bytes"] >= memory["train"]["rss_after_load_bytes"] > 0
     # the folder the fresh processes loaded holds this model in f32 (4 bytes a parameter, tied head)
     assert memory["model_f32_bytes"] == pytest.approx(4 * params, rel=0.01)
