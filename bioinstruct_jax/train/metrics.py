@@ -99,7 +99,8 @@ class MetricsLogger:
     def __init__(self, output_dir: str, *, tensorboard: bool = True, enabled: bool = True,
                  resume_step: int | None = None):
         """resume_step: the checkpoint step a run resumes from; the records of later steps (logged
-        before the restart, and about to be logged again) are dropped from metrics.jsonl first."""
+        before the restart, and about to be logged again) are dropped from metrics.jsonl first, and
+        hidden from TensorBoard by a purge marker."""
         self.dir = output_dir
         self.enabled = enabled
         self.local = "://" not in output_dir
@@ -115,7 +116,10 @@ class MetricsLogger:
         if tensorboard:
             from tensorboardX import SummaryWriter  # optional: only runs that write TensorBoard events
 
-            self._tb = SummaryWriter(f"{output_dir}/tensorboard")
+            # A resumed run's first event file starts with a purge marker at resume_step + 1, so
+            # TensorBoard hides the steps the killed run logged after its checkpoint (logged again now).
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(f"{output_dir}/tensorboard", purge_step=purge)
 
     @property
     def jsonl_path(self) -> str:
