@@ -137,7 +137,16 @@ def test_eval_cli_data_errors_are_one_line_before_the_model_loads(tmp_path):
     broken_json = tmp_path / "broken.json"
     broken_json.write_text('[\n  {"input": "BP", "output": "blood pressure"},\n  {"input": "HR" "output": "x"}\n]\n')
     latin1 = _jsonl(tmp_path / "latin1.jsonl", '{"input": "BP", "output": "x"}', b'{"input": "caf\xe9", "output": "x"}')
+    data_dir = tmp_path / "data"  # the named benchmarks' own formats: MTS-Dialog CSV and MTL IOB
+    mts = data_dir / "mts_dialog" / "MTS-Dialog-TestSet-1-MEDIQA-Chat-2023.csv"
+    mts.parent.mkdir(parents=True)
+    mts.write_bytes(b"ID,section_header,section_text,dialogue\n0,GENHX,Fine.,Doctor: hi\n1,GENHX,caf\xe9,Doctor: ok\n")
+    iob = data_dir / "ner" / "BC5CDR-IOB" / "test.tsv"
+    iob.parent.mkdir(parents=True)
+    iob.write_bytes(b"Aspirin\tB-Chemical\n\nna\xefve\tO\n")
     cases = [
+        (["--tasks", "mts_dialog", "--data-dir", str(data_dir)], f"{mts}:3: not UTF-8 text (byte 0xe9 at column 12)"),
+        (["--tasks", "bc5cdr", "--data-dir", str(data_dir)], f"{iob}:3: not UTF-8 text (byte 0xef at column 3)"),
         (["--tasks", f"jsonl:{empty}"], f"{empty}: no records"),
         (["--tasks", f"jsonl:{blank}"], f"{blank}: no records"),
         (["--tasks", f"jsonl:{broken}"], f"{broken}:2: not a JSON line"),

@@ -12,6 +12,7 @@ import ast
 import csv
 import dataclasses
 import glob
+import io
 import json
 import os
 import pathlib
@@ -245,20 +246,18 @@ def load_iob(path: PathLike) -> list[Example]:
     """
     p = _path(path)
     sentences: list[list[tuple[str, str]]] = [[]]
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                if sentences[-1]:
-                    sentences.append([])
-                continue
-            parts = line.split("\t")
-            if len(parts) < 2:
-                raise FormatError(f"{p}:{lineno}: expected token<TAB>tag, got {line!r}")
-            tag = parts[-1].strip()
-            if tag != "O" and not (tag[:2] in ("B-", "I-") and len(tag) > 2):
-                raise FormatError(f"{p}:{lineno}: tag {tag!r} is not O / B-X / I-X")
-            sentences[-1].append((parts[0], tag))
+    for lineno, line in enumerate(_read_text(p).replace("\r\n", "\n").split("\n"), 1):
+        if not line.strip():
+            if sentences[-1]:
+                sentences.append([])
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2:
+            raise FormatError(f"{p}:{lineno}: expected token<TAB>tag, got {line!r}")
+        tag = parts[-1].strip()
+        if tag != "O" and not (tag[:2] in ("B-", "I-") and len(tag) > 2):
+            raise FormatError(f"{p}:{lineno}: tag {tag!r} is not O / B-X / I-X")
+        sentences[-1].append((parts[0], tag))
     if not sentences[-1]:
         sentences.pop()
     out = []
@@ -361,13 +360,15 @@ def load_coreference(path: PathLike) -> list[Example]:
 def load_mts_dialog(path: PathLike) -> list[Example]:
     """MTS-Dialog CSV: ID, section_header, section_text, dialogue -> dialogue => section text."""
     p = _path(path)
-    with p.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
+    reader = csv.DictReader(io.StringIO(_read_text(p), newline=""))
+    try:
         missing = {"ID", "section_header", "section_text", "dialogue"} - set(reader.fieldnames or [])
         if missing:
             raise FormatError(f"{p}: missing CSV columns {sorted(missing)}; has {reader.fieldnames}")
         return [Example(id=str(r["ID"]), text=r["dialogue"].strip(), answer=r["section_text"].strip(),
                         meta={"section_header": r["section_header"]}) for r in reader]
+    except csv.Error as err:
+        raise FormatError(f"{p}:{reader.line_num}: not valid CSV ({err})") from None
 
 
 def load_instruction_jsonl(path: PathLike, prefix: str = "") -> list[Example]:
