@@ -15,8 +15,7 @@ import random
 import statistics
 from typing import Any, Callable, Sequence
 
-# format_prompt: the training template, owned by the data stage (imported, never copied)
-from bioinstruct_jax.data.templates import DEFAULT_TEMPLATE, format_prompt, render_prompt  # noqa: F401
+from bioinstruct_jax.data.templates import DEFAULT_TEMPLATE, render_prompt
 from bioinstruct_jax.eval import loaders, metrics, parsing
 from bioinstruct_jax.eval.loaders import Example
 
