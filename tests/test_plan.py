@@ -8,9 +8,11 @@ import pathlib
 import jax
 import pytest
 
+from bioinstruct_jax.checkpoint import gguf
 from bioinstruct_jax.train import plan as planner
 from bioinstruct_jax.config import ConfigError, config_files, load_run_config
 from bioinstruct_jax.model.llama import LlamaConfig
+from gguf_fixtures import write_tiny_gguf
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PAPER_CONFIGS = sorted((REPO / "configs" / "paper").glob("*.yaml"))
@@ -185,3 +187,29 @@ def test_tpu_target_compiles_ahead_of_time_for_the_tpu_slice():
     assert v3.temp_bytes != cpu.temp_bytes
     no_slice = planner.plan(planner.PlanSettings(mesh=(1, 2, 1), accelerator="tpu-v3", tpu_aot=True, **base))
     assert no_slice.compiled_for.startswith("XLA:CPU") and "no tpu-v3 slice with 2 devices" in no_slice.compiled_for
+
+
+def test_plan_of_a_config_naming_a_model_file_plans_that_model(tmp_path):
+    """configs/smollm2.yaml names its model by model.hf_path and its adapters by lora.target_regex:
+    the plan is of that architecture (read from the GGUF metadata) with adapters on every projection
+    of every layer, as training builds it; `--preset` / `--targets` replace them. Caught: a planner
+    that plans its default preset with q,k,v,o adapters whatever the config says (it did)."""
+    model = tmp_path / "tiny.gguf"
+    write_tiny_gguf(model, qtype="Q8_0", layers=3, hidden=64, intermediate=96, heads=4, kv_heads=2)
+    cfg = gguf.read_config(model)
+    settings, _ = planner.parse_args(["--config", str(REPO / "configs" / "smollm2.yaml"), f"model.hf_path={model}",
+                                      "--devices", "1", "--seq", "32"])
+    assert settings.hf_path == str(model) and settings.target_regex and settings.mesh == (1, 1, 1)
+    result = planner.plan(settings)
+    d, f, hd = cfg.hidden_size, cfg.intermediate_size, cfg.resolved_head_dim
+    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+    per_layer = sum(in_ + out for in_, out in ((d, q), (d, kv), (d, kv), (q, d), (d, f), (d, f), (f, d)))
+    lora = settings.lora_r * per_layer * cfg.num_hidden_layers
+    assert result.trainable_params == lora
+    assert result.total_params == cfg.num_params() + lora
+    assert f"plan: {model}" in result.report()
+
+    settings, _ = planner.parse_args(["--config", str(REPO / "configs" / "smollm2.yaml"), f"model.hf_path={model}",
+                                      "--preset", "tiny", "--targets", "q_proj,v_proj"])
+    assert (settings.preset, settings.hf_path, settings.targets, settings.target_regex) == \
+        ("tiny", "", ("q_proj", "v_proj"), "")

@@ -54,7 +54,6 @@ from bioinstruct_jax.config import RunConfig, load_run_config
 from bioinstruct_jax.config.sections import LoraConfig, ModelConfig, OptimConfig
 from bioinstruct_jax.data.batch import BATCH_DTYPES, BATCH_KEYS
 from bioinstruct_jax.model import llama
-from bioinstruct_jax.model.llama import LlamaConfig
 from bioinstruct_jax.model.lora import parameter_summary
 from bioinstruct_jax.parallel import accelerators
 from bioinstruct_jax.parallel import sharding as parallel
@@ -119,6 +118,7 @@ class PlanSettings:
     """What to plan: model, adapters, mesh, batch shape and the accelerator to compare against."""
 
     preset: str = "tiny"
+    hf_path: str = ""  # an HF folder or GGUF file whose architecture (config only, no weights) replaces the preset
     mesh: tuple[int, int, int] = (1, 8, 1)
     batch: int = 8  # rows per optimizer step (data.batch_size)
     seq: int = 512
@@ -127,6 +127,7 @@ class PlanSettings:
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    target_regex: str = ""  # when set, replaces targets (lora.target_regex)
     remat: bool = False
     dtype: str = "bfloat16"
     accelerator: str = "tpu-v3"
@@ -136,6 +137,14 @@ class PlanSettings:
     def num_devices(self) -> int:
         d, f, t = self.mesh
         return d * f * t
+
+    @property
+    def model_label(self) -> str:
+        return self.hf_path or self.preset
+
+    @property
+    def adapted(self) -> str:
+        return f"/{self.target_regex}/" if self.target_regex else ",".join(self.targets)
 
     @property
     def micro_batch(self) -> int:
@@ -175,9 +184,9 @@ class PlanResult:
         s = self.settings
         gib = _fmt_bytes
         lines = [
-            f"plan: {s.preset}  mesh data={s.mesh[0]} fsdp={s.mesh[1]} tensor={s.mesh[2]}  batch={s.batch} "
+            f"plan: {s.model_label}  mesh data={s.mesh[0]} fsdp={s.mesh[1]} tensor={s.mesh[2]}  batch={s.batch} "
             f"(grad_accum={s.grad_accum} x micro-batch {s.micro_batch})  seq={s.seq}  lora r={s.lora_r} on "
-            f"{','.join(s.targets)}  remat={'on' if s.remat else 'off'}  params {s.dtype}",
+            f"{s.adapted}  remat={'on' if s.remat else 'off'}  params {s.dtype}",
             f"  parameters  {self.total_params:,} ({self.trainable_params:,} trainable LoRA)",
             "  per device:",
             f"    frozen parameters      {gib(self.params_bytes)}",
@@ -207,11 +216,11 @@ def _fmt_bytes(b: float) -> str:
 def build_abstract_model(settings: PlanSettings):
     """The LoRA-wrapped model with ShapeDtypeStruct leaves (nothing allocated): the model factory's
     `init_model` of the run config these settings describe, under `nnx.eval_shape`."""
-    cfg = RunConfig(model=ModelConfig(preset=settings.preset, param_dtype=settings.dtype, dtype=settings.dtype,
-                                      remat=settings.remat),
+    cfg = RunConfig(model=ModelConfig(preset=settings.preset, hf_path=settings.hf_path, param_dtype=settings.dtype,
+                                      dtype=settings.dtype, remat=settings.remat),
                     lora=LoraConfig(r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout,
-                                    targets=tuple(settings.targets)))
-    config = LlamaConfig.preset(settings.preset)
+                                    targets=tuple(settings.targets), target_regex=settings.target_regex))
+    config = factory.resolve_llama_config(cfg)  # hf_path's config.json / GGUF metadata, else the preset
     return nnx.eval_shape(lambda: factory.init_model(cfg, config))
 
 
@@ -333,9 +342,10 @@ def settings_from_run(run: RunConfig, devices: int, tpu_aot: bool = False) -> Pl
     mesh = run.mesh.resolve(devices if -1 in sizes else math.prod(sizes))
     accelerator = run.train.accelerator
     return PlanSettings(
-        preset=run.model.preset, mesh=mesh, batch=run.data.batch_size, seq=run.data.max_length,
-        grad_accum=run.optim.grad_accum, lora_r=run.lora.r, lora_alpha=run.lora.alpha, lora_dropout=run.lora.dropout,
-        targets=tuple(run.lora.targets), remat=run.model.remat, dtype=run.model.param_dtype,
+        preset=run.model.preset, hf_path=run.model.hf_path, mesh=mesh, batch=run.data.batch_size,
+        seq=run.data.max_length, grad_accum=run.optim.grad_accum, lora_r=run.lora.r, lora_alpha=run.lora.alpha,
+        lora_dropout=run.lora.dropout, targets=tuple(run.lora.targets), target_regex=run.lora.target_regex,
+        remat=run.model.remat, dtype=run.model.param_dtype,
         accelerator=PlanSettings.accelerator if accelerator.lower() in _NOT_A_CHIP else accelerator, tpu_aot=tpu_aot,
     )
 
@@ -369,7 +379,12 @@ def parse_args(argv: Sequence[str]) -> tuple[PlanSettings, argparse.Namespace]:
     flags.pop("targets", None)
     if args.targets:
         flags["targets"] = tuple(t.strip() for t in args.targets.split(",") if t.strip())
-    overrides = [*(plan_defaults() if not args.config else ()), *args.overrides,
+    implied = []  # a flag that names what to plan replaces the config's other way of naming it
+    if args.preset:
+        implied.append(_override("model.hf_path", ""))
+    if args.targets:
+        implied.append(_override("lora.target_regex", ""))
+    overrides = [*(plan_defaults() if not args.config else ()), *args.overrides, *implied,
                  *(_override(SETTING_KEYS[name], value) for name, value in flags.items())]
     if args.mesh:
         try:
