@@ -68,6 +68,7 @@ def _bench(tmp_path, name: str, *args: str) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow  # two benchmark processes, each converting the GGUF and compiling both sides: ~40 s
 def test_model_flag_benchmarks_the_given_gguf_on_both_sides(tmp_path):
     """`--model FILE.gguf`: both sides load the file's weights (converted once by transformers' GGUF
     loader), and so do the memory section's fresh processes, also when it runs alone. Caught: a

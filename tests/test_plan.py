@@ -154,8 +154,7 @@ def test_paper_config_is_a_valid_run_and_plans_as_written(path):
         assert settings.num_devices == 8
 
 
-@pytest.mark.slow
-def _check_llama2_plan(settings: "planner.PlanSettings", cfg: LlamaConfig) -> None:
+def _check_llama2_plan(settings: planner.PlanSettings, cfg: LlamaConfig) -> None:
     result = planner.plan(settings)
     assert result.total_params > cfg.num_params()
     # bf16 base weights split 8 ways (norms replicated), within a few MiB
@@ -171,6 +170,7 @@ LLAMA2_SETTINGS = dict(mesh=(1, 8, 1), batch=64, grad_accum=8, seq=512, lora_r=1
                        targets=("q_proj", "k_proj", "v_proj", "o_proj"), remat=True, accelerator="tpu-v3")
 
 
+@pytest.mark.slow
 def test_llama2_7b_plans_on_an_8_device_mesh():
     """The issue's acceptance case: LLaMA 2 7B, ZeRO-3 over 8 devices (a TPU v3-8), is answered.
     Compiles the full 32-layer step on 8 virtual CPU devices (~1-1.5 min on 2 cores)."""
