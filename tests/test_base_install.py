@@ -36,27 +36,23 @@ def base_closure() -> set[str]:
     and, recursively, what their installed metadata requires (markers evaluated here, extras followed)."""
     deps = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     todo = [(Requirement(d), "") for d in deps]
-    seen: set[str] = set()
+    names: set[str] = set()
+    followed: set[tuple[str, frozenset[str]]] = set()  # (distribution, extras) already expanded
     while todo:
         req, via_extra = todo.pop()
         if req.marker is not None and not req.marker.evaluate({"extra": via_extra}):
             continue
         name = _canonical(req.name)
-        extras = sorted(req.extras)
-        key = name + "[" + ",".join(extras) + "]"
-        if key in seen:
+        if (name, frozenset(req.extras)) in followed:
             continue
-        seen.add(key)
-        seen.add(name)
+        followed.add((name, frozenset(req.extras)))
+        names.add(name)
         try:
             requires = metadata.distribution(req.name).requires or []
         except metadata.PackageNotFoundError:
             continue  # an optional platform package that is not installed here: nothing to follow
-        for line in requires:
-            sub = Requirement(line)
-            for extra in ("", *extras):
-                todo.append((sub, extra))
-    return {k for k in seen if "[" not in k}
+        todo += [(Requirement(line), extra) for line in requires for extra in ("", *req.extras)]
+    return names
 
 
 def base_site_packages(directory: pathlib.Path) -> tuple[pathlib.Path, set[str]]:

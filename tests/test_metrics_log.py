@@ -46,14 +46,12 @@ def test_resume_logs_each_step_once_in_jsonl_and_tensorboard(tmp_path):
     first = MetricsLogger(str(tmp_path), tensorboard=True)
     for step in range(1, 7):  # killed after logging step 6; its last checkpoint was step 4
         first.log(step, {"loss": 10.0 + step})
-    first._tb.close()  # the killed run's writer flushed what it had (close() would also plot)
-    first._jsonl.close()
+    first.close()  # the killed run's writer had flushed what it logged
     time.sleep(1.1)  # event files are named by the second they are created in (a real restart takes longer)
     resumed = MetricsLogger(str(tmp_path), tensorboard=True, resume_step=4)
     for step in (5, 6, 7):
         resumed.log(step, {"loss": 20.0 + step})
-    resumed._tb.close()
-    resumed._jsonl.close()
+    resumed.close()
 
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["loss"]) for r in records] == [(1, 11.0), (2, 12.0), (3, 13.0), (4, 14.0),

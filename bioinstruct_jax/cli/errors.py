@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "BIOINSTRUCT_DEBUG"
 EXIT_USER_ERROR = 2
+TRANSFORMERS_ADVISORY_ENV = "TRANSFORMERS_NO_ADVISORY_WARNINGS"  # set: transformers drops its advisory notes
 EXIT_INTERRUPTED = 130
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 
@@ -91,9 +92,6 @@ def _late_callback(exc_type: type, value: BaseException) -> bool:
     """TensorStore's callbacks that complete after a failed save's event loop closed print
     `RuntimeError: Event loop is closed` through sys.excepthook, once per pending write."""
     return issubclass(exc_type, RuntimeError) and str(value) == "Event loop is closed"
-
-
-TRANSFORMERS_ADVISORY_ENV = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
 
 
 def quiet_background_errors() -> None:

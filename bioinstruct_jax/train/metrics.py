@@ -94,7 +94,8 @@ def matmul_param_counts(model: Any) -> tuple[int, int]:
 
 
 class MetricsLogger:
-    """Writes every record to `<dir>/metrics.jsonl` and (optionally) TensorBoard; plots at close."""
+    """Writes every record to `<dir>/metrics.jsonl` and (optionally) TensorBoard (the loss curve is
+    `plot_loss_curve`, drawn by the training loop)."""
 
     def __init__(self, output_dir: str, *, tensorboard: bool = True, enabled: bool = True,
                  resume_step: int | None = None):
