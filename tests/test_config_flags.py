@@ -9,7 +9,8 @@ import pytest
 
 from bioinstruct_jax.config import ConfigError
 from bioinstruct_jax.config.flags import Flag, add_flags, flag_field, from_args
-from bioinstruct_jax.data.self_instruct import GenerateConfig, parse_args
+from bioinstruct_jax.data.self_instruct.cli import parse_args
+from bioinstruct_jax.data.self_instruct.settings import GenerateConfig
 
 
 def _positive(text: str) -> int:

@@ -14,15 +14,11 @@ import time
 
 import pytest
 
-from bioinstruct_jax.data.self_instruct import (
-    GENERATION_PROMPT_HEADER,
-    GenerateConfig,
-    GenerationError,
-    build_generation_prompt,
-    parse_generation_reply,
-    run,
-    sidecar_paths,
-)
+from bioinstruct_jax.data.self_instruct.prompt import GENERATION_PROMPT_HEADER, build_generation_prompt
+from bioinstruct_jax.data.self_instruct.reply import parse_generation_reply
+from bioinstruct_jax.data.self_instruct.run import run
+from bioinstruct_jax.data.self_instruct.settings import GenerateConfig
+from bioinstruct_jax.data.self_instruct.state import GenerationError, sidecar_paths
 from bioinstruct_jax.data.labels import LABEL_PROMPT_HEADER, parse_labels
 from bioinstruct_jax.data.records import InstructionRecord, read_jsonl_records, write_jsonl_records
 from bioinstruct_jax.data.llm_client import LLMClient

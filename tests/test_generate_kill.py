@@ -28,7 +28,7 @@ import time
 
 import pytest
 
-from bioinstruct_jax.data.self_instruct import main as generate_main
+from bioinstruct_jax.data.self_instruct.cli import main as generate_main
 from bioinstruct_jax.data.labels import LABEL_PROMPT_HEADER
 from bioinstruct_jax.data.records import read_jsonl_records
 from openai_server import Reply, ScriptedOpenAIServer

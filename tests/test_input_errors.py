@@ -106,7 +106,7 @@ def test_generate_cli_refuses_bad_numbers(flag, value, capsys):
                                         ("--max-tokens", "-5"), ("--rouge-threshold", "1.2"),
                                         ("--label-batch-size", "0"), ("--timeout", "0"), ("--max-retries", "-1")])
 def test_data_generate_cli_refuses_bad_numbers(flag, value, capsys):
-    from bioinstruct_jax.data.self_instruct import parse_args
+    from bioinstruct_jax.data.self_instruct.cli import parse_args
 
     assert f"argument {flag}:" in _argparse_error(parse_args, [flag, value], capsys)
 

@@ -10,7 +10,7 @@ import pathlib
 import subprocess
 import sys
 
-from bioinstruct_jax.data.self_instruct import main as generate_main
+from bioinstruct_jax.data.self_instruct.cli import main as generate_main
 from bioinstruct_jax.data.labels import LABEL_PROMPT_HEADER, parse_labels
 from bioinstruct_jax.data.records import InstructionRecord, read_instruction_file
 from bioinstruct_jax.data.tfds.bioinstruct import read_labels
