@@ -239,7 +239,7 @@ def plot(rows: Sequence[Row], png: str | pathlib.Path, metrics_jsonl: str | path
         err = np.array([[max(0.0, s.value - s.lo) for s in vals], [max(0.0, s.hi - s.value) for s in vals]])
         ax.bar(x + off, [s.value for s in vals], 0.4, yerr=np.nan_to_num(err), capsize=3, color=color,
                label="untuned" if side == "before" else "LoRA-tuned")
-    ax.set_xticks(x, [f"{r.task}\n{r.metric} (n={r.n})" for r in rows], fontsize=8)
+    ax.set_xticks(x, [f"{r.task}{' ' + r.label if r.label else ''}\n{r.metric} (n={r.n})" for r in rows], fontsize=7)
     ax.set_ylabel("score (%; bars: 95% bootstrap CI)")
     ax.legend(fontsize=8)
     ax.set_title("before / after on the same held-out items", fontsize=10)
