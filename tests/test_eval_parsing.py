@@ -98,3 +98,42 @@ def test_span(reply, want):
 def test_normalize_text():
     assert P.normalize_text("  Ataxia - Telangiectasia ") == "ataxia telangiectasia"
     assert P.normalize_text("5-FU") == P.normalize_text("5 - fu")
+
+
+# Adversarial replies: each reads as an answer only to a parser that guesses. The first four are
+# the false positives of the earlier parser (all read as A, or as "no" for PubMedQA).
+MEDQA_OPTS = {"A": "Iron deficiency anemia", "B": "Increased total iron-binding capacity",
+              "C": "Vitamin B12 deficiency", "D": "Folate deficiency"}
+
+
+@pytest.mark.parametrize("reply,want", [
+    ("The answer is a condition that affects red cells.", None),
+    ("A 24-year-old woman with fatigue most likely has iron loss.", None),
+    ("A. Iron deficiency anemia\nB. Increased total iron-binding capacity\nC. Vitamin B12 deficiency\n"
+     "D. Folate deficiency", None),  # the option list echoed
+    ("A. Iron deficiency anemia B. Increased total iron-binding capacity C. Vitamin B12 deficiency", None),
+    ("A. Iron deficiency anemia\nB. Increased total iron-binding capacity\nAnswer: C", "C"),  # echo, then a cue
+    ("A patient with these findings", None),
+    ("a 24-year-old", None),
+    ("Vitamin B12 deficiency or folate deficiency", None),  # two option texts, no cue
+    ("The answer is B because the TIBC rises.", "B"),
+    ("A Iron deficiency anemia", "A"),  # the letter followed by its own option text
+    ("the answer is (a)", "A"),
+    ("a) iron deficiency", "A"),
+    ("D", "D"), ("Answer: D.", "D"), ("(C)", "C"),
+])
+def test_mcqa_does_not_guess(reply, want):
+    assert P.parse_mcqa(reply, MEDQA_OPTS) == want
+
+
+@pytest.mark.parametrize("reply,want", [
+    ("There is no evidence of benefit; yes", "yes"),
+    ("There is no evidence that the drug works.", None),  # "no" as a determiner is not an answer
+    ("No significant difference was found.", "no"),  # the reply's first word
+    ("Yes or no cannot be decided", None),
+    ("The results were mixed, so maybe.", "maybe"),
+    ("no", "no"), ("The decision: maybe", "maybe"),
+    ("Nobody knows", None), ("Notably, yes", "yes"),
+])
+def test_yes_no_does_not_guess(reply, want):
+    assert P.parse_yes_no(reply) == want

@@ -22,7 +22,7 @@ from bioinstruct_jax.cli.arguments import positive_int
 from bioinstruct_jax.data import templates
 from bioinstruct_jax.data.llm_client import LLMClient, LLMClientConfig
 from bioinstruct_jax.parallel.distributed import refuse_multi_process
-from bioinstruct_jax.eval import paper_results, report, runner, tasks as tasks_mod
+from bioinstruct_jax.eval import paper_results, prompt_styles, report, runner, tasks as tasks_mod
 from bioinstruct_jax.eval.bertscore import BERTScorer
 from bioinstruct_jax.eval.concepts import ConceptScorer, load_extractor
 from bioinstruct_jax.eval.judge import Judge
@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the paper setting (QA zero-shot, IE and GEN one-shot)")
     p.add_argument("--qa-mode", choices=runner.QA_MODES, default="generate",
                    help="choice tasks: answer by generation, by option log-likelihood, or both")
+    p.add_argument("--prompt-style", choices=prompt_styles.PROMPT_STYLES, default="paper",
+                   help="log-likelihood form of choice tasks: paper (the task's instruction in the template, "
+                   "option 'A. text' scored), lm-eval (lm-evaluation-harness 0.4 medqa_4options / medmcqa / "
+                   "pubmedqa: ' A' after 'Answer:', no template; acc and acc_norm), cloze (the option text "
+                   "scored, normalised per character)")
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--max-new-tokens", type=positive_int, help="override every task's generation budget")
     p.add_argument("--seed", type=int, default=0, help="seed of the one-shot example choice")
@@ -113,7 +118,7 @@ def main(argv: Sequence[str] | None = None, predictor: Predictor | None = None) 
     data = tasks_mod.DataSource(args.data_dir, _kv(args.path, "--path"))
     cfg = runner.EvalConfig(output_dir=args.output, shots=args.shots, qa_mode=args.qa_mode,
                             limit=args.limit, batch_size=args.batch_size, seed=args.seed,
-                            max_new_tokens=args.max_new_tokens)
+                            max_new_tokens=args.max_new_tokens, prompt_style=args.prompt_style)
     judge = None
     if args.judge_model:
         client = LLMClient(LLMClientConfig(model=args.judge_model, base_url=args.judge_base_url))

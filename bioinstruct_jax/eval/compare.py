@@ -7,6 +7,11 @@ with n and a percentile bootstrap 95% interval (items resampled with replacement
 the delta's interval resamples the same items on both sides (paired). Metrics that are a mean over
 items (accuracy, ROUGE, exact match) are bootstrapped from per-item values; corpus metrics (BLEU,
 micro F1) are recomputed on each resample with the task's own scorer.
+
+Given the task data (`data=`), stored generations are parsed again with the current parser on
+both sides, so a comparison never mixes two parser versions. Accuracy rows of choice tasks carry
+`diagnostics` (eval/diagnostics.py: majority and always-X baselines on the same items, each side's
+answer distribution, balanced accuracy, macro-F1, unreadable replies), printed under the table.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import numpy as np
 
 from bioinstruct_jax.data.journal import write_json_atomic
 from bioinstruct_jax.eval import metrics, runner
-from bioinstruct_jax.eval.tasks import Task, TextTask
+from bioinstruct_jax.eval.diagnostics import answer_diagnostics, format_baselines, format_distribution
+from bioinstruct_jax.eval.tasks import DataSource, Task, TextTask
 from bioinstruct_jax.train.metrics import read_metrics
 
 MEAN_METRICS = ("accuracy", "loglik_accuracy", "loglik_accuracy_norm", "rouge1", "rouge2", "rougeL",
@@ -52,24 +58,60 @@ class Row:
     after: Score
     delta: Score
     paper_delta: float | None = None
+    label: str = ""  # what was scored, when one task has several rows of a metric (e.g. "lm-eval")
+    diagnostics: dict[str, Any] | None = None  # {"before": ..., "after": ...} for choice accuracies
 
     def as_dict(self) -> dict[str, Any]:
         d = {"task": self.task, "category": self.category, "metric": self.metric, "n": self.n}
+        if self.label:
+            d["label"] = self.label
         for k in ("before", "after", "delta"):
             s = getattr(self, k)
             d[k] = {"value": s.value, "ci95": [s.lo, s.hi]}
         d["paper_delta"] = self.paper_delta
+        if self.diagnostics is not None:
+            d["diagnostics"] = self.diagnostics
         return d
 
 
-def _matched(task: Task, before_dir: pathlib.Path, after_dir: pathlib.Path
+def reparse(task: Task, records: Sequence[dict[str, Any]], examples: dict[str, Any]) -> list[dict[str, Any]]:
+    """Copies of `records` whose `pred` is read again from the stored `generation` by the task's
+    current parser (records of items not in `examples`, or without a generation, unchanged)."""
+    out = []
+    for r in records:
+        ex = examples.get(str(r["id"]))
+        if ex is not None and "generation" in r:
+            r = {**r, "pred": task.parse(r["generation"] or "", ex)}
+        out.append(r)
+    return out
+
+
+PRED_KEYS = {"accuracy": "pred", "loglik_accuracy": "loglik_pred", "loglik_accuracy_norm": "loglik_pred_norm"}
+
+
+def _diagnostics(task: Task, before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]],
+                 metric: str) -> dict[str, Any] | None:
+    key = PRED_KEYS.get(metric)
+    if task.kind != "choice" or key is None or key not in before[0]:
+        return None
+    golds = [r["gold"] for r in before]
+    labels = before[0].get("choices") or getattr(task, "labels", None) or sorted({str(g) for g in golds})
+    return {side: answer_diagnostics([r.get(key) for r in recs], golds, labels)
+            for side, recs in (("before", before), ("after", after))}
+
+
+def _matched(task: Task, before_dir: pathlib.Path, after_dir: pathlib.Path, data: DataSource | None = None
              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     b = runner.read_predictions(before_dir / f"{task.name}.predictions.jsonl")
     a = runner.read_predictions(after_dir / f"{task.name}.predictions.jsonl")
     ids = [i for i in b if i in a]
     if not ids:
         raise ValueError(f"task {task.name}: no item scored both in {before_dir} and in {after_dir}")
-    return [b[i] for i in ids], [a[i] for i in ids]
+    before, after = [b[i] for i in ids], [a[i] for i in ids]
+    if data is not None:
+        examples = {str(e.id): e for e in task.load(data)}
+        before, after = reparse(task, before, examples), reparse(task, after, examples)
+    return before, after
 
 
 def _corpus_scorer(task: Task, metric: str):
@@ -107,15 +149,17 @@ def paired_bootstrap(task: Task, before: Sequence[dict[str, Any]], after: Sequen
 
 def compare(tasks: Sequence[tuple[Task, Sequence[str]]], before_dir: str | pathlib.Path,
             after_dir: str | pathlib.Path, *, paper_deltas: dict[tuple[str, str], float] | None = None,
-            n_boot: int = 1000, seed: int = 0) -> list[Row]:
-    """Rows for each (task, metrics) pair, read from the two eval folders."""
+            n_boot: int = 1000, seed: int = 0, data: DataSource | None = None, label: str = "") -> list[Row]:
+    """Rows for each (task, metrics) pair, read from the two eval folders. `data`: the task data,
+    to parse stored generations again with the current parser (see `reparse`)."""
     rows = []
     for task, metric_names in tasks:
-        before, after = _matched(task, pathlib.Path(before_dir), pathlib.Path(after_dir))
+        before, after = _matched(task, pathlib.Path(before_dir), pathlib.Path(after_dir), data)
         for m in metric_names:
             b, a, d = paired_bootstrap(task, before, after, m, n_boot=n_boot, seed=seed)
             rows.append(Row(task.name, task.category, m, len(before), b, a, d,
-                            (paper_deltas or {}).get((task.name, m))))
+                            (paper_deltas or {}).get((task.name, m)), label=label,
+                            diagnostics=_diagnostics(task, before, after, m)))
     return rows
 
 
@@ -127,7 +171,8 @@ CATEGORY_TITLES = {"qa": "Table 1 - question answering (zero-shot)",
 
 def format_table(rows: Sequence[Row], *, paper_column: bool = False) -> str:
     """Rows grouped by category (the paper's Tables 1-3 order), scores as `value [lo, hi]`."""
-    head = ["task", "metric", "n", "before", "after", "delta (95% CI)"]
+    labelled = any(r.label for r in rows)
+    head = ["task", *(["scored as"] if labelled else []), "metric", "n", "before", "after", "delta (95% CI)"]
     if paper_column:
         head.append("paper delta (LLaMA-2-7B)")
     out: list[str] = []
@@ -137,7 +182,8 @@ def format_table(rows: Sequence[Row], *, paper_column: bool = False) -> str:
             continue
         body = []
         for r in group:
-            line = [r.task, r.metric, str(r.n), r.before.fmt(), r.after.fmt(), r.delta.fmt(signed=True)]
+            line = [r.task, *([r.label or "-"] if labelled else []), r.metric, str(r.n), r.before.fmt(),
+                    r.after.fmt(), r.delta.fmt(signed=True)]
             if paper_column:
                 line.append("-" if r.paper_delta is None else f"{r.paper_delta:+.2f}")
             body.append(line)
@@ -146,8 +192,25 @@ def format_table(rows: Sequence[Row], *, paper_column: bool = False) -> str:
         out.append("  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip())
         out.append("  ".join("-" * w for w in widths))
         out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in body]
+        notes = [format_diagnostics(r) for r in group if r.diagnostics]
+        if notes:
+            out.append("")
+            out += notes
         out.append("")
     return "\n".join(out).rstrip()
+
+
+def format_diagnostics(row: Row) -> str:
+    """The lines under a table for one choice-accuracy row: baselines on its items, then each
+    side's balanced accuracy, macro-F1, unreadable replies and answer distribution."""
+    b, a = row.diagnostics["before"], row.diagnostics["after"]
+    name = f"{row.task} {row.label + ' ' if row.label else ''}{row.metric} (n={row.n})"
+    lines = [f"{name}: baselines on the same items: {format_baselines(b)}"]
+    for side, d in (("before", b), ("after", a)):
+        lines.append(f"  {side:6}: balanced acc {d['balanced_accuracy']:.1f}, macro-F1 {d['macro_f1']:.1f}, "
+                     f"unreadable {d['unreadable']}; answers {format_distribution(d['predicted'])}")
+    lines.append(f"  gold  : {format_distribution(b['gold'])}")
+    return "\n".join(lines)
 
 
 def write_json(rows: Sequence[Row], path: str | pathlib.Path, meta: dict[str, Any] | None = None) -> pathlib.Path:
@@ -176,7 +239,7 @@ def plot(rows: Sequence[Row], png: str | pathlib.Path, metrics_jsonl: str | path
         err = np.array([[max(0.0, s.value - s.lo) for s in vals], [max(0.0, s.hi - s.value) for s in vals]])
         ax.bar(x + off, [s.value for s in vals], 0.4, yerr=np.nan_to_num(err), capsize=3, color=color,
                label="untuned" if side == "before" else "LoRA-tuned")
-    ax.set_xticks(x, [f"{r.task}\n{r.metric} (n={r.n})" for r in rows], fontsize=8)
+    ax.set_xticks(x, [f"{r.task}{' ' + r.label if r.label else ''}\n{r.metric} (n={r.n})" for r in rows], fontsize=7)
     ax.set_ylabel("score (%; bars: 95% bootstrap CI)")
     ax.legend(fontsize=8)
     ax.set_title("before / after on the same held-out items", fontsize=10)

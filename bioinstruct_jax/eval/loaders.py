@@ -151,7 +151,7 @@ def _pubmedqa_example(pmid: str, r: dict[str, Any], label: str, where: str) -> E
     if label not in ("yes", "no", "maybe"):
         raise FormatError(f"{where}: label {label!r} is not yes/no/maybe")
     return Example(id=str(pmid), text=r["QUESTION"], context=ctx, answer=label,
-                   meta={"long_answer": r.get("LONG_ANSWER", "")})
+                   meta={"long_answer": r.get("LONG_ANSWER", ""), "contexts": [str(c) for c in contexts]})
 
 
 def load_pubmedqa(path: PathLike, ground_truth: PathLike | None = None,

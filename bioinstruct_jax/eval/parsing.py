@@ -20,17 +20,37 @@ def normalize_text(s: str) -> str:
 
 # ----------------------------------------------------------------------------- multiple choice
 
-_ANSWER_CUE = re.compile(
-    r"(?:answer|option|choice)\s*(?:is|would be|:|=|-)?\s*(?:option\s*|choice\s*)?"
-    r"[\(\[]?\s*([A-Ea-e])\s*[\)\]]?(?![A-Za-z])", re.IGNORECASE)
-_LEADING_LETTER = re.compile(r"^[\s\"'*#]*[\(\[]?([A-E])(?:[\)\].:,]|\s*$|\s+[-–:]|\s+(?=[A-Z0-9]))")
-_LEADING_LOWER = re.compile(r"^[\s\"'*#]*[\(\[]?([a-e])[\)\].:](?:\s|$)")
+_CUE = r"(?:answer|option|choice)\s*(?:is|would be|:|=|-)?\s*(?:option\s*|choice\s*)?"
+_ANSWER_CUE = re.compile(_CUE + r"[\(\[]?\s*([A-Ea-e])\s*[\)\]]?(?![A-Za-z0-9-])", re.IGNORECASE)
+_LEADING_LETTER = re.compile(r"^[\s\"'*#]*([\(\[])?([A-Ea-e])(?![A-Za-z0-9-])")
 _PAREN_LETTER = re.compile(r"[\(\[]([A-Ea-e])[\)\]]")
+_OPTION_LINE = re.compile(r"(?:^|\n)\s*[\(\[]?([A-E])[\)\].:]", re.MULTILINE)
+_OPTION_INLINE = re.compile(r"(?:^|\s)[\(\[]?([A-E])[\)\].:]\s")
+_PUNCT_AFTER = re.compile(r"\s*(?:$|[\)\].:,;!?]|[-–—](?:\s|$))")
+_CONNECTIVE_AFTER = re.compile(r"\s+(?:because|since|as|which|would be|is correct|is the)\b", re.I)
+
+
+def _letter_stands_alone(text: str, end: int, letter: str, options: Mapping[str, str], bracketed: bool) -> bool:
+    """Whether the letter ending at `end` is an answer rather than a word: it is bracketed, or
+    followed by punctuation / the end / a connective ("because"), or by its own option's text.
+    A bare "A" / "a" before other words is the English article ("A 24-year-old woman ...")."""
+    if bracketed:
+        return True
+    rest = text[end:]
+    if _PUNCT_AFTER.match(rest) or _CONNECTIVE_AFTER.match(rest):
+        return True
+    opt = normalize_text(options.get(letter.upper(), ""))
+    return bool(opt) and f"{normalize_text(rest)} ".startswith(f"{opt} ")
 
 
 def parse_mcqa(text: str, options: Mapping[str, str]) -> str | None:
     """A letter in `options` (e.g. "A".."D") from a reply such as "B", "(B)", "b.",
-    "Answer: C", "The answer is (d).", "B. Tell the attending ..." or just the option's text."""
+    "Answer: C", "The answer is (d).", "B. Tell the attending ..." or just the option's text.
+
+    It does not guess: an article "A"/"a" is not the letter A ("A 24-year-old woman ...", "The
+    answer is a condition that ..."); a reply that echoes the option list ("A. x  B. y ...") is
+    unreadable unless an answer cue follows it; several option texts, or several bracketed
+    letters, without a cue are unreadable."""
     letters = [k.upper() for k in options]
     if not text or not text.strip():
         return None
@@ -40,29 +60,40 @@ def parse_mcqa(text: str, options: Mapping[str, str]) -> str | None:
         letter = letter.upper()
         return letter if letter in letters else None
 
+    cue = None
+    for m in _ANSWER_CUE.finditer(head):
+        bracketed = bool(re.search(r"[\(\[]\s*[A-Ea-e]\s*$", head[:m.end(1)]))
+        if ok(m.group(1)) and _letter_stands_alone(head, m.end(1), m.group(1), options, bracketed):
+            cue = ok(m.group(1))
+            break
+    echoed = (len({x for x in _OPTION_LINE.findall(head) if ok(x)}) >= 2
+              or len({x for x in _OPTION_INLINE.findall(head) if ok(x)}) >= 3)
+    if echoed:  # the option list repeated: only an explicit answer cue can be read
+        return cue
     found = {ok(x) for x in _PAREN_LETTER.findall(head)} - {None}
-    m = _LEADING_LETTER.match(head) or _LEADING_LOWER.match(head)
-    if m and ok(m.group(1)) and len(found) <= 1:
-        return ok(m.group(1))
-    m = _ANSWER_CUE.search(head)
-    if m and ok(m.group(1)):
-        return ok(m.group(1))
+    m = _LEADING_LETTER.match(head)
+    if m and ok(m.group(2)) and len(found) <= 1:
+        raw, bracketed = m.group(2), m.group(1) is not None
+        if raw.islower() and not bracketed:
+            lead_ok = re.match(r"[\).:]", head[m.end():]) is not None  # "b." / "b)" only
+        else:
+            lead_ok = _letter_stands_alone(head, m.end(), raw, options, bracketed)
+        if lead_ok:
+            return ok(raw)
+    if cue:
+        return cue
     if len(found) == 1:
         return found.pop()
     if len(found) > 1:  # "(A) or (B)": ambiguous
         return None
     # option text: the options whose normalised text occurs in the reply; keep those not
-    # contained in another matched option's text; unique -> that letter.
+    # contained in another matched option's text; exactly one -> that letter, else unreadable.
     norm = f" {normalize_text(head)} "
     hits = {L.upper(): normalize_text(t) for L, t in options.items()
             if normalize_text(t) and f" {normalize_text(t)} " in norm}
     maximal = {L for L, t in hits.items()
                if not any(t != u and t in u for u in hits.values())}
-    if len(maximal) == 1:
-        return maximal.pop()
-    if len(maximal) > 1:  # several option texts quoted: the one mentioned first
-        return min(maximal, key=lambda L: norm.index(f" {hits[L]} "))
-    return None
+    return maximal.pop() if len(maximal) == 1 else None
 
 
 # ----------------------------------------------------------------------------- labels
@@ -106,12 +137,52 @@ def parse_label(text: str, labels: Iterable[str],
 YES_NO_MAYBE = ("yes", "no", "maybe")
 
 
+_YES_NO_SYNONYMS = {"uncertain": "maybe", "not sure": "maybe", "unclear": "maybe", "possibly": "maybe",
+                    "true": "yes", "false": "no"}
+_SEGMENT = re.compile(r"[.;,!?:\n]+")
+
+
 def parse_yes_no(text: str, allow_maybe: bool = True) -> str | None:
-    """"yes" / "no" (/ "maybe") from a reply; "not sure", "uncertain" count as maybe."""
-    syn = {"uncertain": "maybe", "not sure": "maybe", "unclear": "maybe", "possibly": "maybe",
-           "true": "yes", "false": "no"} if allow_maybe else {"true": "yes", "false": "no"}
+    """"yes" / "no" (/ "maybe") from a reply, without guessing.
+
+    Read, in order: the label after an answer cue ("The answer is no", "Decision: yes"); the
+    reply's first word ("No, because ..."); else the labels of the reply's clauses (split at
+    punctuation), where "no" counts only as a clause's first word ("There is no evidence" is
+    not an answer) and a synonym anywhere ("It is uncertain") counts: one label -> it, none or
+    several -> None. "not sure", "uncertain", "unclear", "possibly" are maybe; "true" / "false"
+    yes / no."""
+    if not text or not text.strip():
+        return None
     labels = YES_NO_MAYBE if allow_maybe else YES_NO_MAYBE[:2]
-    return parse_label(text, labels, syn)
+    words = {lab: lab for lab in labels}
+    words.update({k: v for k, v in _YES_NO_SYNONYMS.items() if v in labels})
+
+    def label_at_start(clause: str) -> str | None:
+        norm = normalize_text(clause)
+        for phrase in sorted(words, key=len, reverse=True):
+            if norm == phrase or norm.startswith(phrase + " "):
+                return words[phrase]
+        return None
+
+    cue = _LABEL_CUE.search(text)
+    if cue:
+        got = label_at_start(text[cue.end():])
+        if got:
+            return got
+    if re.match(r"\W*(?:yes|no|maybe)\s*(?:or|/)\s*(?:yes|no|maybe)\b", text, re.I):
+        return None  # "Yes or no ...": the question restated, not answered
+    got = label_at_start(text)
+    if got:
+        return got
+    found = set()
+    for clause in _SEGMENT.split(text):
+        first = label_at_start(clause)
+        if first:
+            found.add(first)
+            continue
+        norm = f" {normalize_text(clause)} "
+        found.update(label for phrase, label in words.items() if phrase != "no" and f" {phrase} " in norm)
+    return found.pop() if len(found) == 1 else None
 
 
 NLI_LABELS = ("entailment", "contradiction", "neutral")

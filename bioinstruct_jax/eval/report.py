@@ -1,6 +1,7 @@
 """The printed results tables: our headline number per task beside the paper's, the optional
 free-text metrics (BERTScore, concept F1) under their task, and the per-group (QA / IE / GEN)
-averages beside the paper's."""
+averages beside the paper's; under them, for every choice task, the baselines on the same items and
+the answer distribution of each way it was answered (generation, log-likelihood)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 from typing import Any
 
 from bioinstruct_jax.eval import paper_results
+from bioinstruct_jax.eval.diagnostics import format_baselines, format_distribution
 
 
 def _fmt(v: Any) -> str:
@@ -30,6 +32,8 @@ def format_table(results: dict[str, Any]) -> str:
                      _fmt(e.get("parse_failure_rate"))))
         if "loglik_accuracy" in m and key != "loglik_accuracy":
             rows.append(("", "loglik_accuracy", _fmt(m["loglik_accuracy"]), "", "", ""))
+        if "loglik_accuracy_norm" in m and key != "loglik_accuracy_norm":
+            rows.append(("", "loglik_accuracy_norm", _fmt(m["loglik_accuracy_norm"]), "", "", ""))
         for extra in EXTRA_METRICS:  # the paper reports these without numbers in its tables
             if extra in m and extra != key:
                 rows.append(("", extra, _fmt(m[extra]), "-", "", ""))
@@ -39,7 +43,32 @@ def format_table(results: dict[str, Any]) -> str:
         text += "\n\n" + grid([("group", "metric", "ours", paper_col, "tasks")]
                                 + [(g, metric, _fmt(ours), _fmt(paper), tasks)
                                    for g, metric, ours, paper, tasks in groups])
+    notes = diagnostics_lines(results.get("tasks", {}))
+    if notes:
+        text += "\n\n" + "\n".join(notes)
     return text
+
+
+DIAGNOSTIC_NAMES = {"generate": "generation", "loglik": "log-likelihood", "loglik_norm": "log-likelihood, length-normalised"}
+
+
+def diagnostics_lines(tasks: dict[str, Any]) -> list[str]:
+    """Per choice task: its baselines on the same items, then per answer kind the accuracy,
+    balanced accuracy, macro-F1, unreadable replies and the answer distribution."""
+    out = []
+    for name, e in tasks.items():
+        diags = e.get("diagnostics") or {}
+        if not diags:
+            continue
+        first = next(iter(diags.values()))
+        style = f", prompt style {e['prompt_style']}" if e.get("prompt_style") else ""
+        out.append(f"{name} (n={first['n']}{style}): baselines on the same items: {format_baselines(first)}; "
+                   f"gold {format_distribution(first['gold'])}")
+        for kind, d in diags.items():
+            out.append(f"  {DIAGNOSTIC_NAMES.get(kind, kind)}: accuracy {d['accuracy']:.1f}, balanced accuracy "
+                       f"{d['balanced_accuracy']:.1f}, macro-F1 {d['macro_f1']:.1f}, unreadable {d['unreadable']}; "
+                       f"answers {format_distribution(d['predicted'])}")
+    return out
 
 
 EXTRA_METRICS = ("bertscore_f1", "concept_f1", "concept_f1_macro")

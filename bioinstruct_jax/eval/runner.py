@@ -17,7 +17,8 @@ from typing import Any, Protocol, Sequence
 from tqdm.auto import tqdm
 
 from bioinstruct_jax.data.journal import read_jsonl_tail_safe, write_json_atomic
-from bioinstruct_jax.eval import paper_results
+from bioinstruct_jax.eval import paper_results, prompt_styles
+from bioinstruct_jax.eval.diagnostics import answer_diagnostics
 from bioinstruct_jax.eval.judge import Judge, aggregate
 from bioinstruct_jax.eval.loaders import Example
 from bioinstruct_jax.eval.predictor import Predictor
@@ -48,6 +49,7 @@ class EvalConfig:
     seed: int = 0
     max_new_tokens: int | None = None  # None = each task's own budget
     template: str = "alpaca"  # prompt template (`data.templates`); `chat` renders with the predictor's tokenizer
+    prompt_style: str = prompt_styles.DEFAULT_STYLE  # log-likelihood form of choice tasks (`eval.prompt_styles`)
 
     def __post_init__(self) -> None:
         if self.qa_mode not in QA_MODES:
@@ -58,6 +60,8 @@ class EvalConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 (or unset for every example), got {self.limit}")
+        if self.prompt_style not in prompt_styles.PROMPT_STYLES:
+            raise ValueError(f"prompt_style {self.prompt_style!r} not one of {prompt_styles.PROMPT_STYLES}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1 (or unset for each task's own), got {self.max_new_tokens}")
 
@@ -103,8 +107,40 @@ def _check_settings(path: pathlib.Path, settings: dict[str, Any]) -> None:
     write_json_atomic(path, settings, indent=1, sort_keys=False)
 
 
+def scoring_form(task: Task, ex: Example, style: str, paper_prompt: str) -> prompt_styles.ScoringForm:
+    """The (context, choices) a choice task's item is scored with in `style`."""
+    if style == "lm-eval":
+        return prompt_styles.lm_eval_form(task.name, ex)
+    if style == "cloze":
+        return prompt_styles.cloze_form(task, ex)
+    return prompt_styles.ScoringForm(paper_prompt, tuple(task.choices(ex) or ()), delimiter="")
+
+
+def _score_forms(predictor: Predictor, forms: Sequence[prompt_styles.ScoringForm]) -> list[list[float]]:
+    """Per form, its choices' log-likelihoods: the predictor's batched `score_choices` when it has
+    one, else one `score` row per (context, choice)."""
+    if hasattr(predictor, "score_choices"):
+        out = predictor.score_choices([f.context for f in forms], [f.continuations for f in forms])
+        return [[float(x) for x in s] for s in out]
+    flat_p = [f.context for f in forms for _ in f.choices]
+    flat_c = [c for f in forms for c in f.continuations]
+    scores = predictor.score(flat_p, flat_c)
+    if len(scores) != len(flat_c):
+        raise RuntimeError(f"predictor.score returned {len(scores)} scores for {len(flat_c)} pairs")
+    out, i = [], 0
+    for f in forms:
+        out.append([float(x) for x in scores[i:i + len(f.choices)]])
+        i += len(f.choices)
+    return out
+
+
+def _argmax(values: Sequence[float]) -> int:
+    return max(range(len(values)), key=values.__getitem__)  # the first maximum, as numpy's argmax
+
+
 def _predict_batch(task: Task, predictor: Predictor, batch: Sequence[Example], prompts: list[str],
-                   gen: bool, ll: bool, max_new_tokens: int, stops: list[str]) -> list[dict[str, Any]]:
+                   gen: bool, ll: bool, max_new_tokens: int, stops: list[str],
+                   style: str = prompt_styles.DEFAULT_STYLE) -> list[dict[str, Any]]:
     recs = [{"id": ex.id, "prompt": p, "gold": task.gold(ex)} for ex, p in zip(batch, prompts)]
     if gen:
         outs = predictor.generate(list(prompts), max_new_tokens=max_new_tokens, stop=stops)
@@ -114,21 +150,15 @@ def _predict_batch(task: Task, predictor: Predictor, batch: Sequence[Example], p
             r["generation"] = text
             r["pred"] = task.parse(text, ex)
     if ll:
-        flat_p, flat_c, spans = [], [], []
-        for ex, p in zip(batch, prompts):
-            ch = task.choices(ex) or []
-            spans.append((len(flat_c), ch))
-            flat_p += [p] * len(ch)
-            flat_c += [c for _, c in ch]
-        scores = predictor.score(flat_p, flat_c)
-        if len(scores) != len(flat_c):
-            raise RuntimeError(f"predictor.score returned {len(scores)} scores for {len(flat_c)} pairs")
-        for r, (start, ch) in zip(recs, spans):
-            s = [float(x) for x in scores[start:start + len(ch)]]
-            norm = [x / max(1, len(c)) for x, (_, c) in zip(s, ch)]
-            r["loglik"] = s
-            r["loglik_pred"] = ch[max(range(len(ch)), key=s.__getitem__)][0] if ch else None
-            r["loglik_pred_norm"] = ch[max(range(len(ch)), key=norm.__getitem__)][0] if ch else None
+        forms = [scoring_form(task, ex, style, p) for ex, p in zip(batch, prompts)]
+        for r, form, s in zip(recs, forms, _score_forms(predictor, forms)):
+            norm = [x / n for x, n in zip(s, form.norm_lengths)]
+            if style != prompt_styles.DEFAULT_STYLE:
+                r["prompt" if not gen else "loglik_prompt"] = form.context
+            r["choices"] = form.answers
+            r["loglik"] = s  # per choice, in choice order
+            r["loglik_pred"] = form.answers[_argmax(s)] if s else None
+            r["loglik_pred_norm"] = form.answers[_argmax(norm)] if s else None
     return recs
 
 
@@ -150,11 +180,17 @@ def run_task(task: Task, predictor: Predictor, data: DataSource, cfg: EvalConfig
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise ValueError(f"task {task.name}: duplicate example ids {dup}")
     gen, ll = _modes(task, cfg.qa_mode)
+    style = cfg.prompt_style if ll else prompt_styles.DEFAULT_STYLE
+    if style != prompt_styles.DEFAULT_STYLE:
+        prompt_styles.check_style(style, task.name)
+        if shots:
+            raise ValueError(f"task {task.name}: --prompt-style {style} is zero-shot; drop --shots 1")
     max_new = cfg.max_new_tokens or task.max_new_tokens
     settings = {"task": task.name, "model": model_id, "shots": shots,
                 "shot_id": shot.id if shot else None, "generate": gen, "loglik": ll,
                 "max_new_tokens": max_new, "instruction": task.instruction,
-                **({"template": cfg.template} if cfg.template != "alpaca" else {})}
+                **({"template": cfg.template} if cfg.template != "alpaca" else {}),
+                **({"prompt_style": style} if style != prompt_styles.DEFAULT_STYLE else {})}
     _check_settings(out_dir / f"{task.name}.run.json", settings)
 
     pred_path = out_dir / f"{task.name}.predictions.jsonl"
@@ -168,7 +204,7 @@ def run_task(task: Task, predictor: Predictor, data: DataSource, cfg: EvalConfig
         for i in range(0, len(todo), cfg.batch_size):
             batch = todo[i:i + cfg.batch_size]
             prompts = [task.prompt(e, shot, template=cfg.template, tokenizer=tokenizer) for e in batch]
-            for rec in _predict_batch(task, predictor, batch, prompts, gen, ll, max_new, stops):
+            for rec in _predict_batch(task, predictor, batch, prompts, gen, ll, max_new, stops, style):
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 done[rec["id"]] = rec
             f.flush()
@@ -184,6 +220,14 @@ def run_task(task: Task, predictor: Predictor, data: DataSource, cfg: EvalConfig
         fails = sum(r.get("pred") is None for r in records)
         entry["parse_failures"] = fails
         entry["parse_failure_rate"] = 100.0 * fails / len(records) if records else 0.0
+    if task.kind == "choice" and records:
+        entry["diagnostics"] = choice_diagnostics(task, records)
+    if ll:
+        entry["prompt_style"] = style
+        if style == "lm-eval":
+            entry["lm_eval"] = {"task": prompt_styles.LM_EVAL_TASKS[task.name],
+                                "acc": entry["metrics"].get("loglik_accuracy"),
+                                "acc_norm": entry["metrics"].get("loglik_accuracy_norm")}
     if judge is not None and task.category == GEN and gen:
         by_id = {e.id: e for e in examples}
         res = []
@@ -201,11 +245,25 @@ def run_task(task: Task, predictor: Predictor, data: DataSource, cfg: EvalConfig
     return entry
 
 
+def choice_diagnostics(task: Task, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """`diagnostics.answer_diagnostics` of each answer kind the records hold: `generate` (parsed
+    replies), `loglik` (argmax log-likelihood) and `loglik_norm` (argmax length-normalised)."""
+    golds = [r["gold"] for r in records]
+    labels = list(records[0].get("choices") or getattr(task, "labels", None) or sorted(set(map(str, golds))))
+    out = {}
+    for name, key in (("generate", "pred"), ("loglik", "loglik_pred"), ("loglik_norm", "loglik_pred_norm")):
+        if key in records[0] and (key != "pred" or "generation" in records[0]):
+            out[name] = answer_diagnostics([r.get(key) for r in records], golds, labels)
+    return out
+
+
 def check_data(tasks: Sequence[Task], data: DataSource, cfg: EvalConfig, *, skip_missing: bool = False) -> None:
     """Load every task's examples (and its one-shot pool when it needs one) once, so a missing,
     broken or empty file is reported before the model is loaded. With `skip_missing`, a task whose
     files are absent is left for `run_eval` to skip with its one line."""
     for task in tasks:
+        if _modes(task, cfg.qa_mode)[1] and cfg.prompt_style != prompt_styles.DEFAULT_STYLE:
+            prompt_styles.check_style(cfg.prompt_style, task.name)
         if skip_missing and missing_data(task, data, cfg.shots) is not None:
             continue
         if not task.load(data):
@@ -247,7 +305,8 @@ def run_eval(tasks: Sequence[Task], predictor: Predictor, data: DataSource, cfg:
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "results.json"
     results: dict[str, Any] = {"meta": {**(meta or {}), "paper_model": paper_results.find_model(paper_model),
-                                        "qa_mode": cfg.qa_mode, "shots": cfg.shots, "limit": cfg.limit,
+                                        "qa_mode": cfg.qa_mode, "prompt_style": cfg.prompt_style,
+                                        "shots": cfg.shots, "limit": cfg.limit,
                                         "text_metrics": {k: s.describe() for k, s in (text_scorers or {}).items()},
                                         "skipped": {}},
                                "tasks": {}}

@@ -16,6 +16,7 @@ the predictor eval and the `generate` command use, with an optional `--lora`: a 
 from __future__ import annotations
 
 import pathlib
+import warnings
 from typing import Any, Sequence
 
 import jax
@@ -28,6 +29,7 @@ from bioinstruct_jax.checkpoint.peft import is_peft_adapter, load_peft_adapter
 from bioinstruct_jax.checkpoint.restore import restore_run
 from bioinstruct_jax.data import chat
 from bioinstruct_jax.checkpoint.tokenizer import load_tokenizer
+from bioinstruct_jax.infer.choice_scoring import ChoiceScorer
 from bioinstruct_jax.infer.engine import Generator
 from bioinstruct_jax.infer.sampling import SamplingConfig
 from bioinstruct_jax.model import lora as lora_lib
@@ -113,6 +115,32 @@ class JaxPredictor:
     def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
         pairs = [self.continuation_ids(p, c) for p, c in zip(prompts, continuations, strict=True)]
         return self.generator.score_continuations([p for p, _ in pairs], [c for _, c in pairs])
+
+    def choice_ids(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-evaluation-harness's split of a (context, continuation) pair: trailing whitespace of
+        the context moves to the continuation, then the continuation's ids are those of
+        context + continuation after the context's own ids (no check that they line up)."""
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        ctx = self._encode_prompt(context)
+        return ctx, self._encode_prompt(context + continuation)[len(ctx):]
+
+    def score_choices(self, contexts: list[str], continuations: list[list[str]]) -> list[list[float]]:
+        """Per context, the log-likelihood of each of its continuations (`infer.choice_scoring`:
+        one forward pass per item when every continuation is a single token)."""
+        if getattr(self, "_choice_scorer", None) is None or self._choice_scorer.generator is not self.generator:
+            self._choice_scorer = ChoiceScorer(self.generator)
+        ctx_ids, cont_ids = [], []
+        for context, conts in zip(contexts, continuations, strict=True):
+            pairs = [self.choice_ids(context, c) for c in conts]
+            ctx_ids.append(pairs[0][0] if pairs else self._encode_prompt(context))
+            cont_ids.append([c for _, c in pairs])
+        result = self._choice_scorer.score(ctx_ids, cont_ids)
+        if result.truncated:
+            warnings.warn(f"choice scoring: {result.truncated} sequences lost their beginning to fit "
+                          f"max_length={self.generator.max_length}", stacklevel=2)
+        return result.scores
 
 
 # ------------------------------------------------------------------------------------------------

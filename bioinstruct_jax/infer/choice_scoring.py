@@ -1,0 +1,146 @@
+"""Log-likelihoods of answer choices, batched, for multiple-choice evaluation.
+
+`score_choices(generator, contexts, choices)` takes each item's context ids and its choices'
+continuation ids and returns, per item, the summed log-probability of each continuation.
+
+- When every choice of every item in a batch is one token after the same context (" A" / " B" /
+  ..., " yes" / " no" / " maybe" for most tokenizers), the batch is ONE forward pass over the
+  contexts: the next-token log-softmax at each context's last position, read at the choices' ids.
+- Otherwise each (context, choice) is a row of context + continuation; rows are batched and only
+  the continuation positions go through the output layer (the [rows, length, vocab] logits of
+  every prompt position are never built).
+
+Sequences longer than the generator's `max_length` keep their last tokens (lm-eval's HF backend
+does the same: `(context + continuation)[-(max_length + 1):][:-1]`); `truncated` counts them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bioinstruct_jax.infer.engine import Generator, batch_bucket, next_power_of_two
+
+
+@dataclasses.dataclass
+class ChoiceScores:
+    scores: list[list[float]]  # per item, per choice: sum of log p(continuation | context)
+    forward_rows: int  # rows that went through the model (items for the single-token path)
+    truncated: int  # items whose context lost its beginning to fit max_length
+
+
+class ChoiceScorer:
+    """Jitted choice scoring over a `Generator`'s model (its current weights, `Generator.update`)."""
+
+    def __init__(self, generator: Generator):
+        self.generator = generator
+        self._next_jit = jax.jit(self._next_token_impl)
+        self._cont_jit = jax.jit(self._continuation_impl)
+
+    def _model(self, state):
+        return nnx.merge(self.generator._graphdef, state)
+
+    def _next_token_impl(self, state, ids, seg, last, cand):
+        model = self._model(state)
+        hidden, _ = model.hidden_states(ids, segment_ids=seg)
+        h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)  # [B, 1, D]
+        logp = jax.nn.log_softmax(model.logits(h)[:, 0].astype(jnp.float32), axis=-1)  # [B, V]
+        return jnp.take_along_axis(logp, cand, axis=1)  # [B, K]
+
+    def _continuation_impl(self, state, ids, seg, pos, tgt, mask):
+        model = self._model(state)
+        hidden, _ = model.hidden_states(ids, segment_ids=seg)
+        h = jnp.take_along_axis(hidden, pos[:, :, None], axis=1)  # [B, C, D]: positions predicting targets
+        logp = jax.nn.log_softmax(model.logits(h).astype(jnp.float32), axis=-1)
+        tok = jnp.take_along_axis(logp, tgt[:, :, None], axis=-1)[..., 0]
+        return jnp.sum(jnp.where(mask, tok, 0.0), axis=1)
+
+    def _place(self, *arrays: np.ndarray):
+        return self.generator._place(*arrays)
+
+    def score(self, contexts: Sequence[Sequence[int]], choices: Sequence[Sequence[Sequence[int]]]) -> ChoiceScores:
+        if len(contexts) != len(choices):
+            raise ValueError(f"score_choices: {len(contexts)} contexts but {len(choices)} choice lists")
+        for i, (ctx, ch) in enumerate(zip(contexts, choices)):
+            if not ctx:
+                raise ValueError(f"score_choices: item {i} has an empty context (nothing to condition on)")
+            if any(not c for c in ch):
+                raise ValueError(f"score_choices: item {i} has a choice with no tokens")
+        out: list[list[float]] = [[0.0] * len(ch) for ch in choices]
+        single = [i for i, ch in enumerate(choices) if ch and all(len(c) == 1 for c in ch)]
+        multi = [i for i, ch in enumerate(choices) if ch and not all(len(c) == 1 for c in ch)]
+        rows = truncated = 0
+        step = max(1, self.generator.max_batch_size)
+        for start in range(0, len(single), step):
+            items = single[start:start + step]
+            t, n = self._single_token_batch(items, contexts, choices, out)
+            rows, truncated = rows + n, truncated + t
+        flat = [(i, j) for i in multi for j in range(len(choices[i]))]
+        for start in range(0, len(flat), step):
+            pairs = flat[start:start + step]
+            t, n = self._continuation_batch(pairs, contexts, choices, out)
+            rows, truncated = rows + n, truncated + t
+        return ChoiceScores(out, rows, truncated)
+
+    def _width(self, longest: int) -> int:
+        g = self.generator
+        return min(max(next_power_of_two(longest), g.min_length_bucket), g.max_length)
+
+    def _single_token_batch(self, items, contexts, choices, out) -> tuple[int, int]:
+        g = self.generator
+        width = self._width(max(len(contexts[i]) for i in items))
+        k = max(len(choices[i]) for i in items)
+        b = batch_bucket(len(items), g._dp)
+        ids = np.full((b, width), g.pad_id, np.int32)
+        seg = np.zeros((b, width), np.int32)
+        last = np.zeros((b,), np.int32)
+        cand = np.zeros((b, next_power_of_two(k)), np.int32)
+        truncated = 0
+        for r, i in enumerate(items):
+            ctx = list(contexts[i])
+            if len(ctx) > width:
+                truncated += 1
+                ctx = ctx[-width:]
+            ids[r, :len(ctx)] = ctx
+            seg[r, :len(ctx)] = 1
+            last[r] = len(ctx) - 1
+            cand[r, :len(choices[i])] = [c[0] for c in choices[i]]
+        res = np.asarray(self._next_jit(g._state, *self._place(ids, seg, last, cand)))
+        for r, i in enumerate(items):
+            out[i] = [float(x) for x in res[r, :len(choices[i])]]
+        return truncated, len(items)
+
+    def _continuation_batch(self, pairs, contexts, choices, out) -> tuple[int, int]:
+        g = self.generator
+        width = self._width(max(len(contexts[i]) + len(choices[i][j]) for i, j in pairs))
+        c_width = next_power_of_two(max(len(choices[i][j]) for i, j in pairs))
+        b = batch_bucket(len(pairs), g._dp)
+        ids = np.full((b, width), g.pad_id, np.int32)
+        seg = np.zeros((b, width), np.int32)
+        pos = np.zeros((b, c_width), np.int32)
+        tgt = np.zeros((b, c_width), np.int32)
+        mask = np.zeros((b, c_width), bool)
+        truncated = 0
+        for r, (i, j) in enumerate(pairs):
+            ctx, cont = list(contexts[i]), list(choices[i][j])
+            if len(cont) >= width:
+                raise ValueError(f"a choice of {len(cont)} tokens does not fit max_length={g.max_length}")
+            if len(ctx) + len(cont) > width:
+                truncated += 1
+                ctx = ctx[len(ctx) + len(cont) - width:]
+            seq = ctx + cont
+            ids[r, :len(seq)] = seq
+            seg[r, :len(seq)] = 1
+            n = len(cont)
+            pos[r, :n] = np.arange(len(ctx) - 1, len(seq) - 1)
+            tgt[r, :n] = cont
+            mask[r, :n] = True
+        res = np.asarray(self._cont_jit(g._state, *self._place(ids, seg, pos, tgt, mask)))
+        for r, (i, j) in enumerate(pairs):
+            out[i][j] = float(res[r])
+        return truncated, len(pairs)
