@@ -27,6 +27,7 @@ from bioinstruct_jax.checkpoint.orbax import RunCheckpointer
 from bioinstruct_jax.checkpoint.peft import is_peft_adapter, load_peft_adapter
 from bioinstruct_jax.checkpoint.restore import restore_run
 from bioinstruct_jax.data import chat
+from bioinstruct_jax.data.cuts import CutTally, keep_end
 from bioinstruct_jax.checkpoint.tokenizer import load_tokenizer
 from bioinstruct_jax.infer.engine import Generator
 from bioinstruct_jax.infer.sampling import SamplingConfig
@@ -87,6 +88,8 @@ class JaxPredictor:
         self.template = template
         self._key = jax.random.key(seed)
         self._calls = 0
+        self.cuts = CutTally()
+        self.last_cuts: list[int] = []
 
     def _encode_prompt(self, prompt: str) -> list[int]:
         if chat.starts_with_bos_text(self.tokenizer, prompt):
@@ -94,7 +97,13 @@ class JaxPredictor:
         return self.tokenizer.encode(prompt, add_bos=self.add_bos)
 
     def generate(self, prompts: list[str], *, max_new_tokens: int, stop: list[str] | None = None) -> list[str]:
-        ids = [self._encode_prompt(p) for p in prompts]
+        budget = self.generator.prompt_budget(max_new_tokens)
+        ids, self.last_cuts = [], []
+        for p in prompts:
+            kept, dropped = keep_end(self._encode_prompt(p), budget)
+            ids.append(kept)
+            self.last_cuts.append(dropped)
+            self.cuts.add(dropped)
         key = jax.random.fold_in(self._key, self._calls)
         self._calls += 1
         result = self.generator.generate(ids, max_new_tokens=max_new_tokens, sampling=self.sampling, key=key,
@@ -112,7 +121,20 @@ class JaxPredictor:
 
     def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
         pairs = [self.continuation_ids(p, c) for p, c in zip(prompts, continuations, strict=True)]
-        return self.generator.score_continuations([p for p, _ in pairs], [c for _, c in pairs])
+        self.last_cuts = []
+        cut_pairs = []
+        for p, c in pairs:  # the continuation is kept whole (the engine refuses one that cannot fit)
+            kept, dropped = keep_end(p, max(self.generator.max_length - len(c), 0)) if c else (p, 0)
+            cut_pairs.append((kept, c))
+            self.last_cuts.append(dropped)
+            self.cuts.add(dropped)
+        return self.generator.score_continuations([p for p, _ in cut_pairs], [c for _, c in cut_pairs])
+
+    def cut_note(self) -> str | None:
+        """The one line saying how many prompts lost how many tokens so far (None when none did)."""
+        return self.cuts.note("prompts", "their beginnings",
+                              f"the context (max_length={self.generator.max_length}, less the slots kept "
+                              f"for new tokens)")
 
 
 # ------------------------------------------------------------------------------------------------

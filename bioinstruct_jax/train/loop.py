@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import math
 import pathlib
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -92,6 +93,7 @@ def make_data_factory(cfg: RunConfig, tokenizer: Any, mesh: jax.sharding.Mesh | 
             raise ConfigError(f"data ({split}): {err}") from None
 
     by_split.num_examples = inner.num_examples  # type: ignore[attr-defined]
+    by_split.cut_note = inner.cut_note  # type: ignore[attr-defined]
     return by_split
 
 
@@ -200,6 +202,10 @@ def _run(cfg: RunConfig, *, locks: list[RunLock], tokenizer: Any = None, data_fa
         check_compatible(meta.get("model_signature", {}), signature, str(ckpt.directory))
     if data_factory is None:
         data_factory = make_data_factory(cfg, tokenizer, mesh)
+        if primary and verbose:
+            note = data_factory.cut_note()  # type: ignore[attr-defined]  # once per run, with counts
+            if note:
+                print(note, file=sys.stderr)
     total = total_steps_of(cfg, data_factory)
     k = cfg.optim.grad_accum
     if cfg.data.batch_size % k:
