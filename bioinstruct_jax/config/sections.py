@@ -100,6 +100,9 @@ class TrainConfig:
     (`auto` = from the device kind; `cpu` = measured once with a matmul). skip_nonfinite_batches:
     how many batches with a NaN/Inf loss or gradient may be skipped (their update is not applied)
     before the run stops; 0 = stop at the first one. Either way a non-finite state is never saved.
+    lock_lease_s: the run lock's lease (`checkpoint/run_lock.py`): a lock held from another host
+    and not refreshed for this many seconds is taken over (the holder refreshes it at every metrics
+    log and checkpoint save, so keep it well above the time between two of those).
     """
 
     output_dir: str = "runs/tiny"
@@ -118,8 +121,11 @@ class TrainConfig:
     progress_bar: bool = True
     accelerator: str = "auto"
     skip_nonfinite_batches: int = 0
+    lock_lease_s: int = 3600
 
     def __post_init__(self) -> None:
+        if self.lock_lease_s < 1:
+            raise ValueError(f"train.lock_lease_s={self.lock_lease_s} must be >= 1")
         if self.skip_nonfinite_batches < 0:
             raise ValueError(f"train.skip_nonfinite_batches={self.skip_nonfinite_batches} must be >= 0")
         if not self.output_dir:

@@ -62,6 +62,7 @@ class EncodedExample:
     targets: np.ndarray
     loss_mask: np.ndarray
     prompt_truncated: bool = False
+    prompt_tokens_dropped: int = 0
 
     def as_dict(self) -> dict[str, np.ndarray]:
         return {"input_ids": self.input_ids, "targets": self.targets, "loss_mask": self.loss_mask}
@@ -86,7 +87,7 @@ class ExampleEncoder:
         if budget <= 0:
             return None
         ids = list(self.tokenizer.encode(prompt))
-        truncated = len(ids) > budget
+        truncated, dropped = len(ids) > budget, 0
         if truncated:  # keep the response header, cut the head (preamble/instruction/input) from its end
             rec = {k: templates._field(record, k) for k in ("instruction", "input")}
             tail = list(self.tokenizer.encode(self.template.tail()))
@@ -94,14 +95,15 @@ class ExampleEncoder:
                 return None
             head = list(self.tokenizer.encode(self.template.head(rec["instruction"].strip(), rec["input"].strip())))
             ids = head[: budget - len(tail)] + tail
-        return self._example(self.bos_prefix + ids, resp, truncated)
+            dropped = len(head) - (budget - len(tail))
+        return self._example(self.bos_prefix + ids, resp, dropped)
 
     @staticmethod
-    def _example(prompt_ids: list[int], resp: list[int], truncated: bool) -> EncodedExample:
+    def _example(prompt_ids: list[int], resp: list[int], dropped: int) -> EncodedExample:
         tokens = np.asarray(prompt_ids + resp, np.int32)
         mask = np.zeros(len(tokens) - 1, np.float32)
         mask[-len(resp):] = 1.0  # targets that are response tokens or the EOS / end-of-turn token
-        return EncodedExample(tokens[:-1], tokens[1:], mask, truncated)
+        return EncodedExample(tokens[:-1], tokens[1:], mask, dropped > 0, max(int(dropped), 0))
 
     def _encode_chat(self, record: Mapping[str, Any]) -> EncodedExample | None:
         """The record as a user turn + assistant turn in the tokenizer's chat template; the loss
@@ -129,13 +131,14 @@ class ExampleEncoder:
             prompt_ids, resp = render(self.tokenizer.decode(user_ids[: len(user_ids) - excess]))
             if len(prompt_ids) + len(resp) > self.max_length + 1:
                 return None
-        return self._example(prompt_ids, resp, truncated)
+        return self._example(prompt_ids, resp, excess if truncated else 0)
 
 
 def count_examples(records: Sequence[Mapping[str, Any]], encoder: ExampleEncoder) -> dict[str, int]:
-    """{examples, kept, prompt_truncated, dropped_response_too_long, tokens, response_tokens} of a split."""
-    c = collections.Counter(examples=0, kept=0, prompt_truncated=0, dropped_response_too_long=0, tokens=0,
-                            response_tokens=0)
+    """{examples, kept, prompt_truncated, prompt_tokens_dropped, largest_prompt_cut,
+    dropped_response_too_long, tokens, response_tokens} of a split."""
+    c = collections.Counter(examples=0, kept=0, prompt_truncated=0, prompt_tokens_dropped=0, largest_prompt_cut=0,
+                            dropped_response_too_long=0, tokens=0, response_tokens=0)
     for rec in records:
         c["examples"] += 1
         ex = encoder(rec)
@@ -144,9 +147,27 @@ def count_examples(records: Sequence[Mapping[str, Any]], encoder: ExampleEncoder
             continue
         c["kept"] += 1
         c["prompt_truncated"] += int(ex.prompt_truncated)
+        c["prompt_tokens_dropped"] += ex.prompt_tokens_dropped
+        c["largest_prompt_cut"] = max(c["largest_prompt_cut"], ex.prompt_tokens_dropped)
         c["tokens"] += len(ex.input_ids)
         c["response_tokens"] += int(ex.loss_mask.sum())
     return dict(c)
+
+
+def cut_note(counts: Mapping[str, int], max_length: int, split: str = "training") -> str | None:
+    """The one line a training command prints about its split's cuts (`count_examples`' counts):
+    prompts cut to fit `data.max_length`, and examples left out because even their response does
+    not fit; None when nothing was cut."""
+    parts = []
+    if counts.get("prompt_truncated"):
+        parts.append(f"{counts['prompt_truncated']} of {counts['examples']} {split} examples had their prompt cut "
+                     f"to fit data.max_length={max_length}: {counts['prompt_tokens_dropped']:,} tokens dropped from "
+                     f"the end of the instruction / input, the response header kept (at most "
+                     f"{counts['largest_prompt_cut']:,} from one)")
+    if counts.get("dropped_response_too_long"):
+        parts.append(f"{counts['dropped_response_too_long']} of {counts['examples']} {split} examples are left out: "
+                     f"their response and EOS alone exceed data.max_length={max_length}")
+    return "note: " + "; ".join(parts) if parts else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -379,8 +400,10 @@ def make_data_factory(cfg: DataConfig, tokenizer: Any, *, host_rows: Sequence[in
         return make_batch_iterator(cfg, tokenizer, split, records=records[split], host_rows=host_rows)
 
     factory.num_examples = len(records["train"])  # type: ignore[attr-defined]
+    factory.cut_note = lambda: cut_note(  # type: ignore[attr-defined]  # tokenizes the training split once
+        count_examples(records["train"], ExampleEncoder(tokenizer, cfg.max_length, cfg.template)), cfg.max_length)
     return factory
 
 
-__all__ = ["BATCH_KEYS", "DataConfig", "EncodedExample", "ExampleEncoder", "count_examples", "read_records",
+__all__ = ["BATCH_KEYS", "DataConfig", "EncodedExample", "ExampleEncoder", "count_examples", "cut_note", "read_records",
            "load_split", "padding_batch", "build_dataset", "BatchIterator", "make_batch_iterator", "make_data_factory"]

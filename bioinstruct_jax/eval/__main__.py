@@ -143,6 +143,9 @@ def main(argv: Sequence[str] | None = None, predictor: Predictor | None = None) 
                               paper_model=paper_model, text_scorers=text_scorers,
                               skip_missing=args.skip_missing)
     print(report.format_table(results))
+    note = runner.cut_note(results)
+    if note:
+        print(note, file=sys.stderr)
     print(f"\nresults: {args.output}/results.json", file=sys.stderr)
     return results
 

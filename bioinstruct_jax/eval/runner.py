@@ -149,9 +149,12 @@ def _predict_batch(task: Task, predictor: Predictor, batch: Sequence[Example], p
         for r, ex, text in zip(recs, batch, outs):
             r["generation"] = text
             r["pred"] = task.parse(text, ex)
+        _record_cuts(recs, getattr(predictor, "last_cuts", None), [1] * len(recs))
     if ll:
         forms = [scoring_form(task, ex, style, p) for ex, p in zip(batch, prompts)]
-        for r, form, s in zip(recs, forms, _score_forms(predictor, forms)):
+        scores = _score_forms(predictor, forms)
+        _record_cuts(recs, getattr(predictor, "last_cuts", None), [len(f.choices) for f in forms])
+        for r, form, s in zip(recs, forms, scores):
             norm = [x / n for x, n in zip(s, form.norm_lengths)]
             if style != prompt_styles.DEFAULT_STYLE:
                 r["prompt" if not gen else "loglik_prompt"] = form.context
@@ -160,6 +163,31 @@ def _predict_batch(task: Task, predictor: Predictor, batch: Sequence[Example], p
             r["loglik_pred"] = form.answers[_argmax(s)] if s else None
             r["loglik_pred_norm"] = form.answers[_argmax(norm)] if s else None
     return recs
+
+
+def _record_cuts(recs: list[dict[str, Any]], cuts: Sequence[int] | None, per_record: Sequence[int]) -> None:
+    """`prompt_tokens_cut` on each record whose prompt the predictor cut to fit the context (the
+    largest cut among its calls); `cuts` is the predictor's `last_cuts`, `per_record` how many of
+    them belong to each record in turn."""
+    if not cuts or len(cuts) != sum(per_record):
+        return
+    at = 0
+    for r, n in zip(recs, per_record):
+        most = max(cuts[at:at + n], default=0)
+        at += n
+        if most > 0:
+            r["prompt_tokens_cut"] = max(most, int(r.get("prompt_tokens_cut", 0)))
+
+
+def cut_note(results: dict[str, Any]) -> str | None:
+    """The eval command's one line on prompts cut to fit the context, per task, from results.json's
+    `prompts_cut` / `prompt_tokens_cut` (None when no task's prompt was cut)."""
+    parts = [f"{name} {e['prompts_cut']} of {e['n']} items ({e.get('prompt_tokens_cut', 0):,} tokens)"
+             for name, e in results.get("tasks", {}).items() if e.get("prompts_cut")]
+    if not parts:
+        return None
+    return ("note: prompts cut to fit the model's context, their beginnings dropped (each item's "
+            "prompt_tokens_cut in TASK.predictions.jsonl): " + "; ".join(parts))
 
 
 def run_task(task: Task, predictor: Predictor, data: DataSource, cfg: EvalConfig,
@@ -215,7 +243,9 @@ def run_task(task: Task, predictor: Predictor, data: DataSource, cfg: EvalConfig
     entry: dict[str, Any] = {"category": task.category, "description": task.description,
                              "n": len(records), "shots": shots,
                              "mode": "both" if gen and ll else "generate" if gen else "loglik",
-                             "metrics": task.score(records) if records else {}}
+                             "metrics": task.score(records) if records else {},
+                             "prompts_cut": sum(1 for r in records if r.get("prompt_tokens_cut")),
+                             "prompt_tokens_cut": sum(int(r.get("prompt_tokens_cut", 0)) for r in records)}
     if gen:
         fails = sum(r.get("pred") is None for r in records)
         entry["parse_failures"] = fails

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import sys
 from typing import Sequence
 
 from bioinstruct_jax.cli import arguments as cli_types
@@ -110,4 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"prompt": prompt, "generation": text}, ensure_ascii=False))
         else:
             print(f"=== [{i}] {prompt}\n{text}\n")
+    note = predictor.cut_note()
+    if note:
+        print(note, file=sys.stderr)
     return 0

@@ -207,6 +207,12 @@ class Generator:
             table[r, width - len(s):] = s
         return table
 
+    def prompt_budget(self, max_new_tokens: int) -> int:
+        """The most prompt tokens `generate` keeps with `max_new_tokens`: longer prompts lose their
+        beginning (callers that report cuts cut to this first, `infer.predictor`)."""
+        new_bucket = min(next_power_of_two(max(max_new_tokens, self.min_new_bucket)), self.max_length - 1)
+        return self.max_length - new_bucket
+
     def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                  sampling: SamplingConfig = SamplingConfig(), key: jax.Array | None = None,
                  stop_ids: Sequence[Sequence[int]] = (), eos_ids: Sequence[int] | None = None) -> GenerationResult:

@@ -16,7 +16,6 @@ the predictor eval and the `generate` command use, with an optional `--lora`: a 
 from __future__ import annotations
 
 import pathlib
-import warnings
 from typing import Any, Sequence
 
 import jax
@@ -28,6 +27,7 @@ from bioinstruct_jax.checkpoint.orbax import RunCheckpointer
 from bioinstruct_jax.checkpoint.peft import is_peft_adapter, load_peft_adapter
 from bioinstruct_jax.checkpoint.restore import restore_run
 from bioinstruct_jax.data import chat
+from bioinstruct_jax.data.cuts import CutTally, keep_end
 from bioinstruct_jax.checkpoint.tokenizer import load_tokenizer
 from bioinstruct_jax.infer.choice_scoring import ChoiceScorer
 from bioinstruct_jax.infer.engine import Generator
@@ -89,6 +89,8 @@ class JaxPredictor:
         self.template = template
         self._key = jax.random.key(seed)
         self._calls = 0
+        self.cuts = CutTally()
+        self.last_cuts: list[int] = []
 
     def _encode_prompt(self, prompt: str) -> list[int]:
         if chat.starts_with_bos_text(self.tokenizer, prompt):
@@ -96,7 +98,13 @@ class JaxPredictor:
         return self.tokenizer.encode(prompt, add_bos=self.add_bos)
 
     def generate(self, prompts: list[str], *, max_new_tokens: int, stop: list[str] | None = None) -> list[str]:
-        ids = [self._encode_prompt(p) for p in prompts]
+        budget = self.generator.prompt_budget(max_new_tokens)
+        ids, self.last_cuts = [], []
+        for p in prompts:
+            kept, dropped = keep_end(self._encode_prompt(p), budget)
+            ids.append(kept)
+            self.last_cuts.append(dropped)
+            self.cuts.add(dropped)
         key = jax.random.fold_in(self._key, self._calls)
         self._calls += 1
         result = self.generator.generate(ids, max_new_tokens=max_new_tokens, sampling=self.sampling, key=key,
@@ -114,7 +122,20 @@ class JaxPredictor:
 
     def score(self, prompts: list[str], continuations: list[str]) -> list[float]:
         pairs = [self.continuation_ids(p, c) for p, c in zip(prompts, continuations, strict=True)]
-        return self.generator.score_continuations([p for p, _ in pairs], [c for _, c in pairs])
+        self.last_cuts = []
+        cut_pairs = []
+        for p, c in pairs:  # the continuation is kept whole (the engine refuses one that cannot fit)
+            kept, dropped = keep_end(p, max(self.generator.max_length - len(c), 0)) if c else (p, 0)
+            cut_pairs.append((kept, c))
+            self.last_cuts.append(dropped)
+            self.cuts.add(dropped)
+        return self.generator.score_continuations([p for p, _ in cut_pairs], [c for _, c in cut_pairs])
+
+    def cut_note(self) -> str | None:
+        """The one line saying how many prompts lost how many tokens so far (None when none did)."""
+        return self.cuts.note("prompts", "their beginnings",
+                              f"the context (max_length={self.generator.max_length}, less the slots kept "
+                              f"for new tokens)")
 
     def choice_ids(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """lm-evaluation-harness's split of a (context, continuation) pair: trailing whitespace of
@@ -132,14 +153,18 @@ class JaxPredictor:
         if getattr(self, "_choice_scorer", None) is None or self._choice_scorer.generator is not self.generator:
             self._choice_scorer = ChoiceScorer(self.generator)
         ctx_ids, cont_ids = [], []
+        self.last_cuts = []
         for context, conts in zip(contexts, continuations, strict=True):
             pairs = [self.choice_ids(context, c) for c in conts]
-            ctx_ids.append(pairs[0][0] if pairs else self._encode_prompt(context))
+            ctx = pairs[0][0] if pairs else self._encode_prompt(context)
+            longest = max((len(c) for _, c in pairs), default=0)
+            # one-token choices are read from the context's last logits; longer ones follow it
+            kept, dropped = keep_end(ctx, self.generator.max_length - (longest if longest > 1 else 0))
+            ctx_ids.append(kept)
             cont_ids.append([c for _, c in pairs])
+            self.last_cuts += [dropped] * len(pairs)
+            self.cuts.add(dropped)
         result = self._choice_scorer.score(ctx_ids, cont_ids)
-        if result.truncated:
-            warnings.warn(f"choice scoring: {result.truncated} sequences lost their beginning to fit "
-                          f"max_length={self.generator.max_length}", stacklevel=2)
         return result.scores
 
 

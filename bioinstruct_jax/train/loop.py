@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import math
 import pathlib
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -34,12 +35,13 @@ from tqdm import tqdm
 from bioinstruct_jax.checkpoint import factory
 from bioinstruct_jax.checkpoint.integrity import pick_resume_step
 from bioinstruct_jax.checkpoint.orbax import RunCheckpointer, check_compatible, checkpoint_dir
+from bioinstruct_jax.checkpoint.run_lock import RunLock, RunLockedError
 from bioinstruct_jax.config import ConfigError, RunConfig, dump_yaml, to_dict
 from bioinstruct_jax.data import pipeline
 from bioinstruct_jax.data.pipeline import padding_batch
 from bioinstruct_jax.model.lora import parameter_summary
 from bioinstruct_jax.parallel import sharding as parallel
-from bioinstruct_jax.parallel.distributed import global_batch, host_batch_rows, in_lockstep, is_primary
+from bioinstruct_jax.parallel.distributed import any_process, global_batch, host_batch_rows, in_lockstep, is_primary
 from bioinstruct_jax.train import metrics as metrics_log
 from bioinstruct_jax.train import step as ts
 from bioinstruct_jax.train.nonfinite import NonFiniteGuard
@@ -91,6 +93,7 @@ def make_data_factory(cfg: RunConfig, tokenizer: Any, mesh: jax.sharding.Mesh | 
             raise ConfigError(f"data ({split}): {err}") from None
 
     by_split.num_examples = inner.num_examples  # type: ignore[attr-defined]
+    by_split.cut_note = inner.cut_note  # type: ignore[attr-defined]
     return by_split
 
 
@@ -139,15 +142,42 @@ def total_steps_of(cfg: RunConfig, data_factory: DataFactory) -> int:
     return max(1, int(cfg.train.epochs * n // cfg.data.batch_size))
 
 
-def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | None = None,
-        stop_after: int | None = None, verbose: bool = True, resume_step: int | None = None) -> RunResult:
+def take_run_lock(cfg: RunConfig) -> RunLock:
+    """The run folder's lock (`checkpoint/run_lock.py`), held by process 0; every process raises
+    `RunLockedError` when process 0 could not take it (a collective with several processes)."""
+    lock = RunLock(cfg.train.output_dir, lease_s=cfg.train.lock_lease_s, primary=is_primary())
+    refused = None
+    try:
+        lock.acquire()
+    except RunLockedError as err:
+        refused = err
+    if any_process(refused is not None) and refused is None:
+        raise RunLockedError(f"{cfg.train.output_dir}: process 0 could not take the run lock "
+                             f"(another run holds it; process 0's error names that run)")
+    if refused is not None:
+        raise refused
+    return lock
+
+
+def run(cfg: RunConfig, **kwargs: Any) -> RunResult:
     """Train (or resume) the run described by `cfg`; returns at the last step or on SIGTERM.
 
     tokenizer / data_factory: injected in tests; default from the config. stop_after: end this
     process after that many steps (without the final save), for tests of resumption. resume_step:
     resume from that checkpoint step (default: the newest intact one; see
-    `checkpoint.integrity.pick_resume_step` for damaged steps).
+    `checkpoint.integrity.pick_resume_step` for damaged steps). The run holds its folder's lock
+    (`take_run_lock`) from before it writes anything until it returns or fails.
     """
+    locks: list[RunLock] = []
+    try:
+        return _run(cfg, locks=locks, **kwargs)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run(cfg: RunConfig, *, locks: list[RunLock], tokenizer: Any = None, data_factory: DataFactory | None = None,
+         stop_after: int | None = None, verbose: bool = True, resume_step: int | None = None) -> RunResult:
     out = cfg.train.output_dir
     primary = is_primary()  # process 0 alone writes logs (bar, metrics, TensorBoard, PNG, summary)
     say = print if verbose and primary else (lambda *a, **k: None)
@@ -158,6 +188,8 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
     llama_config = factory.resolve_llama_config(cfg, tokenizer)
     signature = factory.model_signature(cfg, llama_config)
     mesh = make_run_mesh(cfg)
+    lock = take_run_lock(cfg)  # before anything in the folder is written or moved aside
+    locks.append(lock)
     requested_step = resume_step
     resume_step = pick_resume_step(checkpoint_dir(out), requested_step)  # skips damaged steps
     ckpt = RunCheckpointer(out, keep_last=cfg.train.keep_last, keep_best=cfg.train.keep_best,
@@ -170,6 +202,10 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
         check_compatible(meta.get("model_signature", {}), signature, str(ckpt.directory))
     if data_factory is None:
         data_factory = make_data_factory(cfg, tokenizer, mesh)
+        if primary and verbose:
+            note = data_factory.cut_note()  # type: ignore[attr-defined]  # once per run, with counts
+            if note:
+                print(note, file=sys.stderr)
     total = total_steps_of(cfg, data_factory)
     k = cfg.optim.grad_accum
     if cfg.data.batch_size % k:
@@ -235,6 +271,7 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
 
     def save(step: int, val_loss: float | None) -> None:
         guard.check()  # never save a NaN/Inf state
+        lock.refresh()
         meta = {"config": config_dict, "model_signature": signature, "total_steps": total}
         ckpt.save(step, lora=lora, opt_state=opt_state, rng=rng, meta=meta, val_loss=val_loss,
                   data_state=train_iter.get_state())
@@ -264,6 +301,7 @@ def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | No
                 record = {"loss": last_loss, "grad_norm": float(m["grad_norm"]), "lr": float(schedule(step - 1)),
                           "tokens": float(m["tokens"]), "tokens_per_s": tok_s, "mfu": mfu}
                 logger.log(step, record)
+                lock.refresh()
                 if bar is not None:
                     bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{tok_s:,.0f}",
                                     mfu=f"{100 * mfu:.1f}%")
