@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-from bioinstruct_jax.config import load_run_config
+from bioinstruct_jax.config import bundled, load_run_config
 from bioinstruct_jax.eval import compare, paper_results, runner
 from bioinstruct_jax.eval import tasks as tasks_mod
 from bioinstruct_jax.eval.loaders import seeded_split
@@ -32,7 +32,7 @@ from bioinstruct_jax.infer.predictor import load_predictor
 from bioinstruct_jax.train import loop as train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-CONFIG = REPO / "configs" / "smollm2.yaml"
+CONFIG = bundled.root() / "configs" / "smollm2.yaml"  # package data (config.bundled)
 PAPER_BASE, PAPER_TUNED = "LLaMA 2 7B", "LLaMA 2 7B + BioInstruct"
 SUBSET_SEED = 0
 
