@@ -230,3 +230,20 @@ def test_local_only_operations_refuse_a_bucket_in_one_line(tmp_path):
         export_checkpoint("gs://bkt/run", "gs://bkt/out")
     with pytest.raises(LocalOnlyError, match=r"^gs://bkt/hf: reading an HF / GGUF model"):
         describe("gs://bkt/hf")
+
+
+@needs_emulator
+def test_a_gcsfs_warning_is_shown_once_not_once_per_file(emulator):
+    """With gcsfs's bucket-type probe on (it fails without credentials, and gcsfs says so for every
+    file it opens), the warning is shown once."""
+    code = ("from bioinstruct_jax.config.storage import as_path\n"
+            "for i in range(4):\n"
+            f"    (as_path('gs://{gcs_emulator.BUCKET}/warned') / str(i)).write_text('x')\n"
+            f"print(sorted(p.name for p in as_path('gs://{gcs_emulator.BUCKET}/warned').iterdir()))\n")
+    env = dict(_env(emulator), GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="true")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['0', '1', '2', '3']"
+    warned = [line for line in done.stderr.splitlines() if "Could not determine bucket type" in line]
+    assert len(warned) == 1, done.stderr[-2000:]
