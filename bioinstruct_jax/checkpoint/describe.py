@@ -2,7 +2,7 @@
 
 For an HF directory: reads only `config.json` and the tensor headers (no weights are loaded) and
 prints the parsed config, the parameter count from the stored tensors, and their dtypes.
-For a training run (its output_dir or `checkpoints/` folder): one line per saved step, `ok` or
+For a training run (its output_dir or `checkpoints/` folder, local or gs://): one line per saved step, `ok` or
 `DAMAGED` with the file and the reason (`checkpoint.integrity.verify_step` reads every array
 back), and the folders of damaged steps a resume has moved aside. Exit code 1 when a step is
 damaged, 0 when all are intact.
@@ -14,7 +14,6 @@ import argparse
 import collections
 import dataclasses
 import json
-import pathlib
 import sys
 
 import numpy as np
@@ -24,11 +23,12 @@ from bioinstruct_jax.checkpoint.hf import _TensorSource
 from bioinstruct_jax.checkpoint.integrity import DamagedCheckpointError, step_dirs, verify_step
 from bioinstruct_jax.checkpoint.orbax import checkpoint_dir, is_run
 from bioinstruct_jax.checkpoint.paths import check_tree, inside
+from bioinstruct_jax.config.storage import is_remote, local_path
 from bioinstruct_jax.model.llama import LlamaConfig
 
 
 def describe(path: str) -> str:
-    directory = pathlib.Path(path)
+    directory = local_path(path, "reading an HF / GGUF model (only training runs are read from a bucket)")
     config = LlamaConfig.from_hf(inside(directory, "config.json", "the checkpoint"))
     source = _TensorSource(directory)
     count, dtypes = 0, collections.Counter()
@@ -45,8 +45,9 @@ def describe(path: str) -> str:
 
 def describe_run(path: str) -> tuple[str, int]:
     """(one line per step of a training run, number of damaged steps)."""
-    directory = pathlib.Path(str(checkpoint_dir(path)))
-    check_tree(directory, "training checkpoint folder")
+    directory = checkpoint_dir(path)  # local or gs://
+    if not is_remote(directory):
+        check_tree(directory, "training checkpoint folder")
     steps = step_dirs(directory)
     lines = [f"run checkpoints: {directory}  ({len(steps)} step(s))"]
     intact, damaged = [], 0

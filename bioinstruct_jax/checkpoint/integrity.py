@@ -12,7 +12,8 @@ step metadata, the JSON `meta` item, and for the `lora` / `opt` / `rng` array it
 `choose_step` picks the newest intact step (or checks an explicitly requested one); what it
 skipped is returned so the caller can say so. `quarantine` renames a damaged step folder to
 `<step>.damaged` (Orbax ignores names that are not step numbers), so a resumed run can save that
-step number again and nothing is deleted.
+step number again and nothing is deleted. Local and gs:// runs alike (`config.storage` paths; on
+a bucket the arrays are read through TensorStore's gcs driver).
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ import sys
 from typing import Any
 
 import jax
+from etils import epath
 from jax.experimental import multihost_utils
 
 from bioinstruct_jax.checkpoint.paths import check_tree
+from bioinstruct_jax.config.storage import as_path, is_remote
 
 ARRAY_ITEMS = ("lora", "opt", "rng")
 _PATH_IN_ERROR = re.compile(r"(?:file://)?(/[^\s\"'\]\[,]+)")
@@ -41,12 +44,12 @@ class DamagedCheckpointError(ValueError):
         self.path = path
 
 
-def _damaged(step_dir: pathlib.Path, file: pathlib.Path | str, why: str) -> DamagedCheckpointError:
+def _damaged(step_dir: epath.Path, file: epath.Path | str, why: str) -> DamagedCheckpointError:
     step = int(step_dir.name) if step_dir.name.isdigit() else None
     return DamagedCheckpointError(f"checkpoint step {step} is damaged: {file}: {why}", step=step, path=str(file))
 
 
-def _read_json(step_dir: pathlib.Path, path: pathlib.Path, required: bool = True) -> Any:
+def _read_json(step_dir: epath.Path, path: epath.Path, required: bool = True) -> Any:
     if not path.is_file():
         if required:
             raise _damaged(step_dir, path, "missing")
@@ -57,23 +60,23 @@ def _read_json(step_dir: pathlib.Path, path: pathlib.Path, required: bool = True
         raise _damaged(step_dir, path, f"not valid JSON (truncated?): {err}") from None
 
 
-def _file_in(message: str, item_dir: pathlib.Path) -> str | None:
+def _file_in(message: str, item_dir: epath.Path) -> str | None:
     """The checkpoint file a TensorStore error names: a path in the message, or else the one data
     file whose size is the "value of size N" it reports (OCDBT reads name only the database)."""
     for match in _PATH_IN_ERROR.finditer(message):
         candidate = match.group(1).rstrip(".:;)")
-        if candidate.startswith(str(item_dir)) and pathlib.Path(candidate).is_file():
+        if candidate.startswith(str(item_dir)) and as_path(candidate).is_file():
             return candidate
     size = re.search(r"value of size (\d+)", message)
     if size:
-        same = [p for p in item_dir.rglob("*") if p.is_file() and p.parent.name == "d"
-                and p.stat().st_size == int(size.group(1))]
+        local = [] if is_remote(item_dir) else pathlib.Path(item_dir).rglob("*")  # no recursive glob on a bucket
+        same = [p for p in local if p.is_file() and p.parent.name == "d" and p.stat().st_size == int(size.group(1))]
         if len(same) == 1:
             return str(same[0])
     return None
 
 
-def _read_arrays(step_dir: pathlib.Path, item: str) -> None:
+def _read_arrays(step_dir: epath.Path, item: str) -> None:
     """Read every stored value of an OCDBT array item, one at a time (all the bytes a restore reads)."""
     import tensorstore as ts  # Orbax's storage layer, installed with it
 
@@ -83,7 +86,8 @@ def _read_arrays(step_dir: pathlib.Path, item: str) -> None:
         raise _damaged(step_dir, item_dir / "manifest.ocdbt", "missing")
     key = None
     try:
-        store = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{item_dir}/"}).result()
+        base = f"{item_dir}/" if is_remote(item_dir) else f"file://{item_dir}/"
+        store = ts.KvStore.open({"driver": "ocdbt", "base": base}).result()
         for key in store.list().result():
             store.read(key).result()
     except ValueError as err:  # TensorStore's error type for unreadable data
@@ -93,10 +97,10 @@ def _read_arrays(step_dir: pathlib.Path, item: str) -> None:
         raise _damaged(step_dir, file, f"cannot be read back{array}: {message[:300]}") from None
 
 
-def verify_step(step_dir: str | pathlib.Path, *, arrays: bool = True) -> None:
+def verify_step(step_dir: str | epath.Path, *, arrays: bool = True) -> None:
     """Raise `DamagedCheckpointError` when a step cannot be restored; `arrays=False` checks only
     the metadata files (cheap), not every array chunk."""
-    step_dir = pathlib.Path(step_dir)
+    step_dir = as_path(step_dir)
     if not step_dir.is_dir():
         raise _damaged(step_dir, step_dir, "missing")
     step_meta = _read_json(step_dir, step_dir / "_CHECKPOINT_METADATA", required=False)
@@ -118,15 +122,15 @@ def verify_step(step_dir: str | pathlib.Path, *, arrays: bool = True) -> None:
                 _read_json(step_dir, step_dir / item / "_METADATA")
 
 
-def step_dirs(directory: str | pathlib.Path) -> dict[int, pathlib.Path]:
+def step_dirs(directory: str | epath.Path) -> dict[int, epath.Path]:
     """Step number -> folder of every step folder under a run's checkpoints/ folder."""
-    directory = pathlib.Path(directory)
+    directory = as_path(directory)
     if not directory.is_dir():
         return {}
     return {int(p.name): p for p in sorted(directory.iterdir(), key=lambda p: p.name) if p.name.isdigit()}
 
 
-def choose_step(directory: str | pathlib.Path, requested: int | None = None
+def choose_step(directory: str | epath.Path, requested: int | None = None
                 ) -> tuple[int | None, list[DamagedCheckpointError]]:
     """(the step to restore, the damaged newer steps skipped on the way).
 
@@ -151,9 +155,9 @@ def choose_step(directory: str | pathlib.Path, requested: int | None = None
     return None, []
 
 
-def quarantine(step_dir: str | pathlib.Path) -> pathlib.Path:
+def quarantine(step_dir: str | epath.Path) -> epath.Path:
     """Rename a step folder to `<step>.damaged[.N]` (kept for inspection, ignored by Orbax)."""
-    step_dir = pathlib.Path(step_dir)
+    step_dir = as_path(step_dir)
     target = step_dir.with_name(f"{step_dir.name}.damaged")
     n = 1
     while target.exists():
@@ -163,16 +167,15 @@ def quarantine(step_dir: str | pathlib.Path) -> pathlib.Path:
     return target
 
 
-def pick_resume_step(checkpoints: str | pathlib.Path, requested: int | None = None) -> int | None:
+def pick_resume_step(checkpoints: str | epath.Path, requested: int | None = None) -> int | None:
     """The step a training run resumes from, after checking it (local runs; None: start afresh).
 
     Damaged newer steps are skipped and moved aside (`quarantine`), each named in a warning on
     stderr; with an explicit `requested` step, newer intact steps are moved aside too (the resumed
-    run will write those step numbers again). Remote (gs://) runs are not checked: `requested`.
+    run will write those step numbers again).
     """
-    if "://" in str(checkpoints):
-        return requested
-    check_tree(checkpoints, "training checkpoint folder")
+    if not is_remote(checkpoints):
+        check_tree(checkpoints, "training checkpoint folder")
     step, skipped = choose_step(checkpoints, requested)
     for err in skipped:
         print(f"warning: {err}", file=sys.stderr)
@@ -196,12 +199,10 @@ def pick_resume_step(checkpoints: str | pathlib.Path, requested: int | None = No
     return step
 
 
-def pick_restore_step(checkpoints: str | pathlib.Path, requested: int | None = None) -> int | None:
+def pick_restore_step(checkpoints: str | epath.Path, requested: int | None = None) -> int | None:
     """The step a read-only command (export, generate, eval) restores: `requested`, checked, or the
     newest step when intact. A damaged newest step is an error naming it and the newest intact
     step to pass as --step (a read-only command never silently uses another step)."""
-    if "://" in str(checkpoints):
-        return requested
     step, skipped = choose_step(checkpoints, requested)
     if skipped:
         raise DamagedCheckpointError(f"{skipped[0]}; the newest intact step is {step}: pass --step {step} to use it",

@@ -35,7 +35,6 @@ import errno
 import json
 import logging
 import os
-import pathlib
 import shutil
 from typing import Any
 
@@ -46,6 +45,7 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 from bioinstruct_jax.checkpoint.paths import check_tree
+from bioinstruct_jax.config.storage import as_path, is_remote
 
 CHECKPOINT_SUBDIR = "checkpoints"
 ITEMS = ("lora", "opt", "rng", "data", "meta")
@@ -69,10 +69,10 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint directory that belongs to a different model / LoRA layout than this run."""
 
 
-def checkpoint_dir(output_dir: str) -> epath.Path:
+def checkpoint_dir(output_dir: str | os.PathLike) -> epath.Path:
     """`<output_dir>/checkpoints`, or `output_dir` itself when it already is a checkpoint folder.
     A relative local path is made absolute (Orbax refuses to save under a relative one)."""
-    path = epath.Path(output_dir if "://" in output_dir else os.path.abspath(output_dir))
+    path = as_path(output_dir if is_remote(output_dir) else os.path.abspath(output_dir))
     if path.name == CHECKPOINT_SUBDIR or (path.exists() and _has_steps(path) and not (path / CHECKPOINT_SUBDIR).exists()):
         return path
     return path / CHECKPOINT_SUBDIR
@@ -83,17 +83,17 @@ def _has_steps(path: epath.Path) -> bool:
 
 
 def is_run(path: str | os.PathLike) -> bool:
-    """Whether a local `path` is a training run: an output_dir holding `checkpoints/`, or a
+    """Whether `path` (local or gs://) is a training run: an output_dir holding `checkpoints/`, or a
     checkpoints folder itself (numbered step folders)."""
-    path = pathlib.Path(path)
+    path = as_path(path)
     if (path / CHECKPOINT_SUBDIR).is_dir():
         return True
     return path.is_dir() and any(p.name.isdigit() and p.is_dir() for p in path.iterdir())
 
 
-def run_root(path: str | os.PathLike) -> pathlib.Path:
+def run_root(path: str | os.PathLike) -> epath.Path:
     """A training run's output_dir, from the run folder or its `checkpoints/` folder."""
-    path = pathlib.Path(path)
+    path = as_path(path)
     return path.parent if path.name == CHECKPOINT_SUBDIR else path
 
 
@@ -165,7 +165,7 @@ class RunCheckpointer:
     def __init__(self, output_dir: str, *, keep_last: int = 2, keep_best: int = 1,
                  async_save: bool = True, read_only: bool = False):
         self.directory = checkpoint_dir(output_dir)
-        if "://" not in str(self.directory):
+        if not is_remote(self.directory):
             check_tree(self.directory, "training checkpoint folder")  # before Orbax reads anything
         keep: list[Any] = [policies.LatestN(n=keep_last)]
         if keep_best:
@@ -219,7 +219,7 @@ class RunCheckpointer:
     def _check_free_space(self, step: int, trees: Any) -> None:
         """Refuse to start a save that cannot fit on a local disk (a half-written save fails deep in
         Orbax's writer threads); the step's arrays plus 10% and 1 MiB of metadata must be free."""
-        if "://" in str(self.directory):
+        if is_remote(self.directory):
             return
         need = int(1.1 * sum(int(x.nbytes) for x in jax.tree.leaves(trees) if hasattr(x, "nbytes"))) + 2**20
         free = shutil.disk_usage(str(self.directory)).free

@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from bioinstruct_jax.checkpoint.hf import hf_name
+from bioinstruct_jax.config.storage import is_remote, local_path
 from bioinstruct_jax.model.llama import Linear
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -107,10 +108,11 @@ def check_not_overlapping(out_dir: str | pathlib.Path, sources: dict[str, Any]) 
     """Refuse an output folder that is, contains, or lies inside a folder the export reads.
 
     sources: what -> path (e.g. {"training run": RUN}). Paths are compared after resolving
-    symlinks, so a link to the run is caught too."""
-    out = pathlib.Path(out_dir).resolve()
+    symlinks, so a link to the run is caught too. The output is a local folder (an export writes
+    through local renames); a source in a bucket cannot overlap it."""
+    out = local_path(out_dir, "an export's --out").resolve()
     for what, src in sources.items():
-        if not src:
+        if not src or is_remote(src):
             continue
         source = pathlib.Path(src).resolve()
         relation = ("is" if out == source else "lies inside" if out.is_relative_to(source)

@@ -5,6 +5,8 @@
   sections  the run config's sections (model, lora, mesh, data, optim, train)
   run       `RunConfig`, their composition, and `load_run_config`
   flags     command-line flags derived from a dataclass's fields (one flag per field)
+  storage   paths local or gs:// (one path type, etils epath), the missing-extra and local-only errors
+  bundled   the seeds, configs and quickstart data shipped inside the package (importlib.resources)
 
 The names callers use are re-exported here (`from bioinstruct_jax.config import load_run_config`).
 Unlike other packages' `__init__` files this one may re-export: the package imports nothing of the

@@ -15,6 +15,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from bioinstruct_jax.config.storage import as_path
+
 CATEGORIES = ("qa", "ie", "gen", "other")
 FIELDS = ("id", "instruction", "input", "output", "category")
 
@@ -37,7 +39,7 @@ def decode_utf8(data: bytes, path: str | pathlib.Path) -> str:
 
 def read_utf8(path: str | pathlib.Path) -> str:
     """The text of a UTF-8 file; see `decode_utf8`."""
-    return decode_utf8(pathlib.Path(path).read_bytes(), path)
+    return decode_utf8(as_path(path).read_bytes(), path)  # local or gs://
 
 
 @dataclasses.dataclass
@@ -78,7 +80,7 @@ class InstructionRecord:
 def read_jsonl_records(path: str | pathlib.Path, skip_malformed: bool = False) -> list[InstructionRecord]:
     """All records of a JSONL file (blank lines ignored). A malformed line raises RecordError
     naming file and line, or is skipped when skip_malformed is set."""
-    return _jsonl_records(pathlib.Path(path), read_utf8(path), skip_malformed)
+    return _jsonl_records(as_path(path), read_utf8(path), skip_malformed)
 
 
 def _jsonl_records(path: pathlib.Path, text: str, skip_malformed: bool) -> list[InstructionRecord]:
@@ -104,8 +106,9 @@ def _jsonl_records(path: pathlib.Path, text: str, skip_malformed: bool) -> list[
 
 def read_instruction_file(path: str | pathlib.Path, *, skip_malformed: bool = False
                           ) -> tuple[list[InstructionRecord], int]:
-    """(records, number skipped) of a JSON array or JSON lines file; errors name file and line."""
-    path = pathlib.Path(path)
+    """(records, number skipped) of a JSON array or JSON lines file (local or gs://); errors name
+    file and line."""
+    path = as_path(path)
     text = read_utf8(path)
     if text.lstrip()[:1] != "[":
         records = _jsonl_records(path, text, skip_malformed)

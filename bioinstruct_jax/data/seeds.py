@@ -9,9 +9,10 @@ from __future__ import annotations
 import collections
 import pathlib
 
+from bioinstruct_jax.config import bundled
 from bioinstruct_jax.data.records import CATEGORIES, InstructionRecord, RecordError, read_jsonl_records
 
-DEFAULT_SEEDS_PATH = pathlib.Path(__file__).resolve().parents[2] / "seeds" / "bioinstruct_seeds.jsonl"
+DEFAULT_SEEDS_PATH = bundled.root() / "seeds" / "bioinstruct_seeds.jsonl"  # package data (config.bundled)
 
 
 def load_seeds(path: str | pathlib.Path = DEFAULT_SEEDS_PATH) -> list[InstructionRecord]:

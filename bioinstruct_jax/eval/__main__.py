@@ -19,6 +19,7 @@ import yaml
 from bioinstruct_jax.cli import errors as cli_errors
 from bioinstruct_jax.cli import arguments as cli_types
 from bioinstruct_jax.cli.arguments import positive_int
+from bioinstruct_jax.config.storage import staged_folder
 from bioinstruct_jax.data import templates
 from bioinstruct_jax.data.llm_client import LLMClient, LLMClientConfig
 from bioinstruct_jax.parallel.distributed import refuse_multi_process
@@ -111,18 +112,23 @@ def build_text_scorers(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None, predictor: Predictor | None = None) -> dict[str, Any]:
     """CLI entry; `predictor` lets callers (tests) supply the model instead of loading --model."""
     args = build_parser().parse_args(argv)
+    with staged_folder(args.output) as output:  # a gs:// --output: written locally, uploaded at the end
+        return _evaluate(args, str(output), predictor)
+
+
+def _evaluate(args: argparse.Namespace, output: str, predictor: Predictor | None) -> dict[str, Any]:
     refuse_multi_process("bioinstruct_jax.eval")  # one process; see distributed.py
     task_list = [tasks_mod.get_task(t) for t in tasks_mod.parse_task_list(args.tasks)]
     if not task_list:
         raise SystemExit("--tasks selected no task")
     data = tasks_mod.DataSource(args.data_dir, _kv(args.path, "--path"))
-    cfg = runner.EvalConfig(output_dir=args.output, shots=args.shots, qa_mode=args.qa_mode,
+    cfg = runner.EvalConfig(output_dir=output, shots=args.shots, qa_mode=args.qa_mode,
                             limit=args.limit, batch_size=args.batch_size, seed=args.seed,
                             max_new_tokens=args.max_new_tokens, prompt_style=args.prompt_style)
     judge = None
     if args.judge_model:
         client = LLMClient(LLMClientConfig(model=args.judge_model, base_url=args.judge_base_url))
-        judge = Judge(client, args.judge_model, pathlib.Path(args.output) / "judge_cache.jsonl")
+        judge = Judge(client, args.judge_model, pathlib.Path(output) / "judge_cache.jsonl")
     runner.check_data(task_list, data, cfg, skip_missing=args.skip_missing)  # data errors before the (slow) model load
     text_scorers = build_text_scorers(args)
     paper_model = args.paper_model or paper_results.infer_paper_model(args.model, args.lora)

@@ -22,6 +22,7 @@ from bioinstruct_jax.checkpoint.integrity import step_dirs
 from bioinstruct_jax.checkpoint.output import ExportError, check_not_overlapping, check_out_dir
 from bioinstruct_jax.checkpoint.peft import load_peft_adapter, write_peft_adapter
 from bioinstruct_jax.checkpoint.restore import restore_run
+from bioinstruct_jax.config.storage import as_path
 from bioinstruct_jax.export.merged import DEFAULT_MAX_SHARD_BYTES, export_merged
 from bioinstruct_jax.model.llama import Llama
 from bioinstruct_jax.config.sections import LoraConfig
@@ -30,10 +31,10 @@ from bioinstruct_jax.model.lora import lora_modules
 
 def _checkpoint_lora_check(checkpoint_dir: str, step: int | None) -> None:
     """A clear error for a directory with no training checkpoint, or one without LoRA state."""
-    d = pathlib.Path(str(orbax.checkpoint_dir(checkpoint_dir)))
+    d = orbax.checkpoint_dir(checkpoint_dir)  # local or gs://
     steps = sorted(step_dirs(d))
     if not steps:
-        hint = " (it looks like an HF model: use --base)" if (pathlib.Path(checkpoint_dir) / "config.json").is_file() else ""
+        hint = " (it looks like an HF model: use --base)" if (as_path(checkpoint_dir) / "config.json").is_file() else ""
         raise ExportError(f"{checkpoint_dir}: no training checkpoint found in {d}{hint}")
     chosen = steps[-1] if step is None else step
     if chosen not in steps:

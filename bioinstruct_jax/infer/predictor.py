@@ -29,6 +29,7 @@ from bioinstruct_jax.checkpoint.restore import restore_run
 from bioinstruct_jax.data import chat
 from bioinstruct_jax.data.cuts import CutTally, keep_end
 from bioinstruct_jax.checkpoint.tokenizer import load_tokenizer
+from bioinstruct_jax.config.storage import as_path, is_remote, local_path
 from bioinstruct_jax.infer.choice_scoring import ChoiceScorer
 from bioinstruct_jax.infer.engine import Generator
 from bioinstruct_jax.infer.sampling import SamplingConfig
@@ -201,10 +202,10 @@ def load_model(path: str | pathlib.Path, *, dtype: Any = "bfloat16", mesh: jax.s
     - a training run's output dir (or its `checkpoints/` folder): base + LoRA restored by
       `checkpoint.restore.restore_run`, in the run's dtypes, at `step` (default latest).
     """
-    p = pathlib.Path(path)
+    p = as_path(path)  # local or gs://
     if not p.exists():
         raise FileNotFoundError(f"model path {p} does not exist")
-    if is_hf_model(p):
+    if not is_remote(p) and is_hf_model(pathlib.Path(p)):
         model, _ = load_pretrained(p, dtype=dtype, mesh=mesh)
         if mesh is not None:
             parallel.set_constraint(model, parallel.activation_constraint(mesh))
@@ -213,6 +214,7 @@ def load_model(path: str | pathlib.Path, *, dtype: Any = "bfloat16", mesh: jax.s
     if orbax.is_run(p):
         run = restore_run(str(p), step=step, mesh=mesh)
         return run.model, run.tokenizer
+    local_path(p, "reading an HF / GGUF model (only training runs are read from a bucket)")
     raise FileNotFoundError(
         f"{p}: neither an HF checkpoint (config.json + model.safetensors / pytorch_model.bin) nor a training "
         f"run with Orbax checkpoints (a checkpoints/ folder or numbered step folders)")
@@ -240,11 +242,11 @@ def load_predictor(model: str, lora: str | None = None, *, dtype: str | None = N
     """
     mesh = resolve_mesh(mesh)
     dtype = dtype or _default_dtype()
-    if lora and is_peft_adapter(lora):
+    if lora and not is_remote(lora) and is_peft_adapter(lora):
         net, tok_path = load_model(model, dtype=dtype, mesh=mesh, step=step)
         _add_peft_adapter(net, pathlib.Path(lora), mesh)
     elif lora:
-        lora_path = pathlib.Path(lora)
+        lora_path = as_path(lora)  # a training run, local or gs://
         if not orbax.is_run(lora_path):
             raise FileNotFoundError(f"--lora {lora_path}: neither a PEFT adapter (adapter_config.json) nor a "
                                     f"training run directory with Orbax checkpoints")
@@ -254,11 +256,12 @@ def load_predictor(model: str, lora: str | None = None, *, dtype: str | None = N
         net, tok_path = load_model(model, dtype=dtype, mesh=mesh, step=step)
     if merge_lora:
         lora_lib.merge_lora(net)
-    tok_path = tokenizer or tok_path or (model if is_hf_model(pathlib.Path(model)) else None)
+    local_model = None if is_remote(model) else pathlib.Path(model)
+    tok_path = tokenizer or tok_path or (model if local_model and is_hf_model(local_model) else None)
     if tok_path is None:
         raise ValueError(f"no tokenizer for {model}: pass tokenizer=PATH")
     tok = load_tokenizer(tok_path, pad_id=pad_id)
-    hf_dir = pathlib.Path(model) if (pathlib.Path(model) / "config.json").is_file() else None
+    hf_dir = local_model if local_model and (local_model / "config.json").is_file() else None
     eos = tuple(chat.stop_ids(tok, net.config.eos_token_id, hf_dir))
     gen = Generator(net, mesh=mesh, max_length=max_length, max_batch_size=batch_size, pad_id=tok.pad_id,
                     eos_ids=eos)
@@ -271,7 +274,7 @@ def load_predictor(model: str, lora: str | None = None, *, dtype: str | None = N
 def run_template(path: str | None) -> str | None:
     """The prompt template a training run at `path` was trained with (its saved config's
     `data.template`); None when `path` is not a training run."""
-    if not path or not orbax.is_run(pathlib.Path(path)):
+    if not path or not orbax.is_run(path):
         return None
     ckpt = RunCheckpointer(str(path), read_only=True)
     try:
@@ -288,17 +291,19 @@ def _add_peft_adapter(model: Llama, adapter_dir: pathlib.Path, mesh: jax.shardin
     model.eval()
 
 
-def _check_same_base(model: str, run_dir: pathlib.Path, step: int | None = None) -> None:
+def _check_same_base(model: str, run_dir: Any, step: int | None = None) -> None:
     """A LoRA run's saved base must be the `model` directory (compared by resolved path)."""
     ckpt = RunCheckpointer(str(run_dir), read_only=True)
     try:
         base = ckpt.read_meta(pick_restore_step(ckpt.directory, step))["config"]["model"].get("hf_path") or ""
     finally:
         ckpt.close()
-    m = pathlib.Path(model)
-    if m.resolve() == run_dir.resolve():
+    def resolved(path: Any) -> str:  # a URL as written, a local path resolved
+        return str(path) if is_remote(path) else str(pathlib.Path(path).resolve())
+
+    if resolved(model) == resolved(run_dir):
         return
-    if not base or pathlib.Path(base).resolve() != m.resolve():
+    if not base or resolved(base) != resolved(model):
         raise ValueError(f"--lora {run_dir} was trained on base {base or '(random preset)'!r}, "
                          f"not on --model {model}; pass --model {base or run_dir}")
 

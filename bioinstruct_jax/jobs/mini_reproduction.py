@@ -29,8 +29,9 @@ import sys
 import time
 from typing import Any, Sequence
 
-from bioinstruct_jax.config import load_run_config
+from bioinstruct_jax.config import bundled, load_run_config
 from bioinstruct_jax.data.journal import write_json_atomic
+from bioinstruct_jax.data.seeds import DEFAULT_SEEDS_PATH
 from bioinstruct_jax.eval import compare, paper_results, runner, verdict
 from bioinstruct_jax.eval import tasks as tasks_mod
 from bioinstruct_jax.eval.loaders import seeded_split
@@ -39,8 +40,7 @@ from bioinstruct_jax.jobs import tuning_mix
 from bioinstruct_jax.train import loop as train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-CONFIG = REPO / "configs" / "smollm2.yaml"
-SEEDS = REPO / "seeds" / "bioinstruct_seeds.jsonl"
+CONFIG = bundled.root() / "configs" / "smollm2.yaml"  # package data (config.bundled)
 PAPER_BASE, PAPER_TUNED = "LLaMA 2 7B", "LLaMA 2 7B + BioInstruct"
 SUBSET_SEED = 0
 # lr 2e-4 (1e-3 for 60 steps collapsed the answer prior), one pass over the mix, batch 4.
@@ -163,7 +163,7 @@ def _mix(args: argparse.Namespace, data: tasks_mod.DataSource, out: pathlib.Path
             raise SystemExit(f"--mix {given}: no such file")
         return pathlib.Path(given), {"file": str(given)}
     heldout = tuning_mix.medmcqa_heldout_ids(data, max(args.n_medmcqa, args.n_qa_gen), SUBSET_SEED)
-    records, summary = tuning_mix.build_mix(args.data_dir, SEEDS, args.mix_size, heldout_medmcqa=heldout,
+    records, summary = tuning_mix.build_mix(args.data_dir, DEFAULT_SEEDS_PATH, args.mix_size, heldout_medmcqa=heldout,
                                             seed=SUBSET_SEED)
     path = out / "mix.jsonl"
     out.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from bioinstruct_jax.checkpoint import factory
 from bioinstruct_jax.cli import errors as cli_errors
-from bioinstruct_jax.config import load_run_config
+from bioinstruct_jax.config import bundled, load_run_config
 from bioinstruct_jax.data.pipeline import DataConfig, load_split, read_records
 from bioinstruct_jax.data.seeds import load_seeds
 from bioinstruct_jax.data.tokenizer import train_sentencepiece
@@ -41,11 +41,11 @@ from bioinstruct_jax.infer.predictor import JaxPredictor
 from bioinstruct_jax.jobs import mini_reproduction
 from bioinstruct_jax.train import loop as train
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-TINY_CONFIG = REPO / "configs" / "tiny.yaml"
-SMOLLM2_CONFIG = REPO / "configs" / "smollm2.yaml"
-SEEDS = REPO / "seeds" / "bioinstruct_seeds.jsonl"
-BUNDLED = REPO / "data" / "quickstart"  # MeQSum slices, CC BY 4.0 (LICENSE and SOURCE.md beside them)
+PACKAGE_DATA = bundled.root()  # seeds, configs and data/quickstart, shipped inside the package
+TINY_CONFIG = PACKAGE_DATA / "configs" / "tiny.yaml"
+SMOLLM2_CONFIG = PACKAGE_DATA / "configs" / "smollm2.yaml"
+SEEDS = PACKAGE_DATA / "seeds" / "bioinstruct_seeds.jsonl"
+BUNDLED = PACKAGE_DATA / "data" / "quickstart"  # MeQSum slices, CC BY 4.0 (LICENSE and SOURCE.md beside them)
 STAGE_DIRS = ("tokenizer", "data", "run", "eval", "export")  # what a quickstart writes under --out
 STAGE_FILES = ("results.json", "before_after.png")
 METRICS = ("rougeL", "bleu")

@@ -12,7 +12,8 @@ Order of work, so that every user error surfaces before anything is compiled:
      end; SIGTERM (TPU preemption) saves at the next step boundary and exits 0 (several processes:
      at a step they all agree on, `preemption.py`).
 Logs: a tqdm bar (step, loss, lr, tokens/s, ETA), `metrics.jsonl`, TensorBoard events, MFU, and a
-`loss_curve.png` at the end, all under `train.output_dir`, written by process 0 only.
+`loss_curve.png` at the end, all under `train.output_dir` (a local folder or gs://), written by
+process 0 only.
 Several processes (one per host): each loads its rows of every global batch and `distributed`
 assembles the global arrays; checkpoints hold each process's data-iterator state.
 """
@@ -22,13 +23,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import pathlib
 import sys
 import time
 from typing import Any, Callable, Sequence
 
 import jax
-from etils import epath
 from flax import nnx
 from tqdm import tqdm
 
@@ -37,6 +36,7 @@ from bioinstruct_jax.checkpoint.integrity import pick_resume_step
 from bioinstruct_jax.checkpoint.orbax import RunCheckpointer, check_compatible, checkpoint_dir
 from bioinstruct_jax.checkpoint.run_lock import RunLock, RunLockedError
 from bioinstruct_jax.config import ConfigError, RunConfig, dump_yaml, to_dict
+from bioinstruct_jax.config.storage import as_path
 from bioinstruct_jax.data import pipeline
 from bioinstruct_jax.data.pipeline import padding_batch
 from bioinstruct_jax.model.lora import parameter_summary
@@ -70,7 +70,7 @@ def check_data_files(cfg: RunConfig) -> None:
     """Fail fast when a data file named in the config is missing."""
     for name in ("train_file", "val_file", "labels_file"):
         value = getattr(cfg.data, name, "")
-        if value and "://" not in value and not pathlib.Path(value).exists():
+        if value and not as_path(value).exists():  # local or gs://
             raise ConfigError(f"data.{name}: {value} does not exist")
 
 
@@ -215,8 +215,8 @@ def _run(cfg: RunConfig, *, locks: list[RunLock], tokenizer: Any = None, data_fa
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if primary:
-        epath.Path(out).mkdir(parents=True, exist_ok=True)
-        (epath.Path(out) / "run_config.yaml").write_text(dump_yaml(cfg))  # local or gs://
+        as_path(out).mkdir(parents=True, exist_ok=True)
+        (as_path(out) / "run_config.yaml").write_text(dump_yaml(cfg))  # local or gs://
 
     # 2. model (the factory restore_run uses too), optimizer, steps
     model = factory.build_model(cfg, llama_config, mesh)
@@ -275,6 +275,7 @@ def _run(cfg: RunConfig, *, locks: list[RunLock], tokenizer: Any = None, data_fa
         meta = {"config": config_dict, "model_signature": signature, "total_steps": total}
         ckpt.save(step, lora=lora, opt_state=opt_state, rng=rng, meta=meta, val_loss=val_loss,
                   data_state=train_iter.get_state())
+        logger.sync()  # a gs:// run's bucket then holds the metrics of every saved step
 
     bar = None
     if cfg.train.progress_bar and verbose and primary:
@@ -327,10 +328,7 @@ def _run(cfg: RunConfig, *, locks: list[RunLock], tokenizer: Any = None, data_fa
         bar.close()
     ckpt.close()
     logger.close()
-    curve = None
-    if primary and cfg.train.plot and "://" not in out and pathlib.Path(logger.jsonl_path).exists():
-        png = metrics_log.plot_loss_curve(logger.jsonl_path, pathlib.Path(out) / "loss_curve.png")
-        curve = str(png) if png else None
+    curve = logger.write_loss_curve() if primary and cfg.train.plot else None
     nnx.update(model, lora, rng)
     return RunResult(step=step, total_steps=total, preempted=preempted, final_loss=last_loss, val_loss=val_loss,
                      output_dir=out, checkpoint_dir=str(ckpt.directory), metrics_path=logger.jsonl_path,

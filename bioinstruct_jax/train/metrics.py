@@ -1,5 +1,7 @@
 """Training logs and throughput: metrics.jsonl, TensorBoard events, loss-curve PNG, FLOPs and MFU.
 
+The logs live under the run's output_dir, local or gs:// (`MetricsLogger`).
+
 FLOP convention for LoRA training (model FLOPs, rematerialisation not counted), per target
 position of a [B, T] batch:
   forward                 2 * N_matmul                     (every frozen + LoRA matmul weight)
@@ -29,11 +31,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bioinstruct_jax.config.storage import LocalMirror, is_remote
 from bioinstruct_jax.data.journal import read_jsonl_tail_safe, write_text_atomic
 from bioinstruct_jax.model.lora import LoRAParam
 from bioinstruct_jax.parallel import accelerators
 
 _MEASURED_CPU_PEAK: list[float] = []
+METRICS_FILE = "metrics.jsonl"
 
 
 def matmul_flops(n: int = 1024, repeats: int = 3, dtype: Any = jnp.float32, device: Any = None) -> float:
@@ -94,8 +98,15 @@ def matmul_param_counts(model: Any) -> tuple[int, int]:
 
 
 class MetricsLogger:
-    """Writes every record to `<dir>/metrics.jsonl` and (optionally) TensorBoard (the loss curve is
-    `plot_loss_curve`, drawn by the training loop)."""
+    """Writes every record to `<dir>/metrics.jsonl` and (optionally) TensorBoard, and draws the loss
+    curve (`write_loss_curve`).
+
+    A gs:// output_dir: the files are written in a local stand-in folder (`storage.LocalMirror`,
+    whose metrics.jsonl is first copied down from the bucket) and uploaded by `sync`: at every
+    checkpoint save (the training loop calls it, so the bucket holds the records of every saved
+    step), every `SYNC_SECONDS` while logging, and at `close`."""
+
+    SYNC_SECONDS = 60.0
 
     def __init__(self, output_dir: str, *, tensorboard: bool = True, enabled: bool = True,
                  resume_step: int | None = None):
@@ -104,27 +115,55 @@ class MetricsLogger:
         hidden from TensorBoard by a purge marker."""
         self.dir = output_dir
         self.enabled = enabled
-        self.local = "://" not in output_dir
         self._jsonl = None
         self._tb = None
+        self._mirror = None
+        self._synced = time.monotonic()
         if not enabled:
             return
-        if self.local:
-            pathlib.Path(output_dir).mkdir(parents=True, exist_ok=True)
-            if resume_step is not None:
-                drop_records_after(pathlib.Path(output_dir) / "metrics.jsonl", resume_step)
-            self._jsonl = open(pathlib.Path(output_dir) / "metrics.jsonl", "a")
+        if is_remote(output_dir):
+            self._mirror = LocalMirror(output_dir)
+            self._mirror.pull((METRICS_FILE,))
+            self.local_dir = self._mirror.local
+        else:
+            self.local_dir = pathlib.Path(output_dir)
+        self.local_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            drop_records_after(self.local_dir / METRICS_FILE, resume_step)
+        self._jsonl = open(self.local_dir / METRICS_FILE, "a")
         if tensorboard:
             from tensorboardX import SummaryWriter  # optional: only runs that write TensorBoard events
 
             # A resumed run's first event file starts with a purge marker at resume_step + 1, so
             # TensorBoard hides the steps the killed run logged after its checkpoint (logged again now).
             purge = None if resume_step is None else resume_step + 1
-            self._tb = SummaryWriter(f"{output_dir}/tensorboard", purge_step=purge)
+            self._tb = SummaryWriter(str(self.local_dir / "tensorboard"), purge_step=purge)
 
     @property
     def jsonl_path(self) -> str:
-        return f"{self.dir}/metrics.jsonl"
+        return f"{self.dir}/{METRICS_FILE}"
+
+    def sync(self) -> None:
+        """Flush the files, and upload the changed ones when the output_dir is a bucket."""
+        if self._jsonl is not None:
+            self._jsonl.flush()
+        if self._tb is not None:
+            self._tb.flush()
+        if self._mirror is not None:
+            self._mirror.push()
+        self._synced = time.monotonic()
+
+    def write_loss_curve(self, name: str = "loss_curve.png") -> str | None:
+        """Draw `<dir>/<name>` from metrics.jsonl (after `close`); its path, or None when there is
+        nothing to plot."""
+        if not self.enabled or not (self.local_dir / METRICS_FILE).exists():
+            return None
+        png = plot_loss_curve(self.local_dir / METRICS_FILE, self.local_dir / name)
+        if png is None:
+            return None
+        if self._mirror is not None:
+            self._mirror.push()
+        return f"{self.dir}/{name}" if self._mirror is not None else str(png)
 
     def log(self, step: int, values: dict[str, float], split: str = "train") -> None:
         if not self.enabled:
@@ -136,14 +175,19 @@ class MetricsLogger:
         if self._tb is not None:
             for k, v in values.items():
                 self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
+        if self._mirror is not None and time.monotonic() - self._synced > self.SYNC_SECONDS:
+            self.sync()
 
     def close(self) -> None:
+        """Close the files (uploading them for a gs:// output_dir); `write_loss_curve` still works."""
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._mirror is not None:
+            self._mirror.push()
 
 
 def drop_records_after(path: pathlib.Path, step: int) -> int:
