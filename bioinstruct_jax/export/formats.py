@@ -25,7 +25,7 @@ from bioinstruct_jax.checkpoint.integrity import step_dirs
 from bioinstruct_jax.checkpoint.output import ExportError, check_not_overlapping, check_out_dir
 from bioinstruct_jax.checkpoint.peft import load_peft_adapter, write_peft_adapter
 from bioinstruct_jax.checkpoint.restore import restore_run
-from bioinstruct_jax.export.gguf_export import GGUF_DTYPES, export_gguf
+from bioinstruct_jax.export.gguf_export import GGUF_DTYPES, export_gguf, gguf_file_name
 from bioinstruct_jax.export.merged import DEFAULT_MAX_SHARD_BYTES, export_merged
 from bioinstruct_jax.export.model_card import CARD_FILE, CardInfo, card_info_for_base, card_info_for_run, model_card
 from bioinstruct_jax.model.llama import Llama, dtype_from_name
@@ -84,8 +84,8 @@ def export_model(model: Llama, lora_config: LoraConfig | None, out_dir: str | pa
         raise ExportError("--dtype q8_0 is for --format gguf; a merged export takes float32, bfloat16 or float16")
     card = card or CardInfo(base_model=base_model_name_or_path or "unknown", lora=lora_config)
 
-    def readme(kind: str) -> dict[str, str]:
-        return {CARD_FILE: model_card(card, kind)}
+    def readme(kind: str, files: Sequence[str] = ()) -> dict[str, str]:
+        return {CARD_FILE: model_card(card, kind, files=files)}
 
     if "merged" in targets:
         export_merged(model, targets["merged"], tokenizer_dir=tokenizer, dtype=dtype,
@@ -95,8 +95,10 @@ def export_model(model: Llama, lora_config: LoraConfig | None, out_dir: str | pa
                            overwrite=overwrite, extra_files=readme("peft"))
     if "gguf" in targets:
         name = pathlib.Path(base_model_name_or_path).name or "bioinstruct-jax"
-        export_gguf(model, targets["gguf"], tokenizer=tokenizer, dtype=_gguf_dtype(dtype),
-                    name=f"{name} (bioinstruct-jax LoRA merged)", overwrite=overwrite, extra_files=readme("gguf"))
+        gguf_dtype = _gguf_dtype(dtype)
+        export_gguf(model, targets["gguf"], tokenizer=tokenizer, dtype=gguf_dtype,
+                    name=f"{name} (bioinstruct-jax LoRA merged)", overwrite=overwrite,
+                    extra_files=readme("gguf", [gguf_file_name(gguf_dtype)]))
     return out
 
 

@@ -171,7 +171,7 @@ def _eval_section(results: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(parts)
 
 
-def _loading_section(kind: str, info: CardInfo) -> str:
+def _loading_section(kind: str, info: CardInfo, files: Sequence[str]) -> str:
     if kind == "merged":
         how = ("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
                "model = AutoModelForCausalLM.from_pretrained(\"THIS_FOLDER\")\n"
@@ -181,9 +181,9 @@ def _loading_section(kind: str, info: CardInfo) -> str:
                f"base = AutoModelForCausalLM.from_pretrained(\"{info.base_model}\")\n"
                "model = PeftModel.from_pretrained(base, \"THIS_FOLDER\")\n```\n")
     else:
-        how = ("llama.cpp: `llama-cli -m THIS_FOLDER/model-<TYPE>.gguf`; Ollama: a Modelfile with "
-               "`FROM ./model-<TYPE>.gguf`; transformers: `AutoModelForCausalLM.from_pretrained(\"THIS_FOLDER\", "
-               "gguf_file=\"model-<TYPE>.gguf\")`.\n")
+        f = files[0] if files else "model-<TYPE>.gguf"
+        how = (f"llama.cpp: `llama-cli -m THIS_FOLDER/{f}`; Ollama: a Modelfile with `FROM ./{f}`; "
+               f"transformers: `AutoModelForCausalLM.from_pretrained(\"THIS_FOLDER\", gguf_file=\"{f}\")`.\n")
     return (f"## How to load\n\n{how}\nThe export was written into a hidden temporary folder beside this one and "
             "renamed into place when complete: this folder exists only as a whole export. A `.NAME.tmp-PID` "
             "folder beside it is an unfinished (killed) export; never load it.\n")
@@ -214,7 +214,7 @@ def model_card(info: CardInfo, kind: str, *, files: Sequence[str] = ()) -> str:
         out.append("## Optimizer\n\nAdamW (optax):\n\n"
                    + _table([("setting", "value")] + [(k, v) for k, v in info.optim.items()]) + "\n")
     out.append(_eval_section(info.eval_results))
-    out.append(_loading_section(kind, info))
+    out.append(_loading_section(kind, info, files))
     return "\n".join(out)
 
 
