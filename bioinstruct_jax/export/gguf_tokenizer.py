@@ -58,8 +58,8 @@ def bpe_pre_tokenizer(tokenizer_json: dict[str, Any], where: str) -> str:
         pattern = parts[0].get("pattern", {})
         if pattern.get("Regex") == _LLAMA3_REGEX:
             return "llama-bpe"
-    raise ExportError(f"{where}: its pre-tokenizer ({' + '.join(map(str, kinds)) or 'none'}) matches none llama.cpp "
-                      "names here (gpt-2, smollm, llama-bpe); llama.cpp would split text differently, so no GGUF "
+    raise ExportError(f"{where}: its pre-tokenizer ({' + '.join(map(str, kinds)) or 'none'}) matches none of the llama.cpp "
+                      "names known here (gpt-2, smollm, llama-bpe); llama.cpp would split text differently, so no GGUF "
                       "is written")
 
 
