@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 import yaml
 
@@ -69,6 +71,14 @@ def test_every_export_has_a_card_with_the_runs_facts(run, tmp_path, fmt, folders
         assert "| pubmedqa | accuracy | 61.5 | 50 | accuracy_ci_low 47.6 |" in body
         if lib == "gguf":
             assert 'gguf_file="model-F32.gguf"' in body
+    if fmt == "gguf":  # import -> tune (train) -> GGUF export -> import: the same model
+        from bioinstruct_jax.checkpoint.hf import load_pretrained
+        from bioinstruct_jax.checkpoint.restore import restore_run
+
+        ids = jnp.asarray([[1, 17, 200, 45, 9, 120, 2, 33]])
+        back, _ = load_pretrained(out / "model-F32.gguf", dtype="float32")
+        np.testing.assert_allclose(np.asarray(back(ids)), np.asarray(restore_run(str(run_dir)).model(ids)),
+                                   atol=1e-4, rtol=0)
 
 
 def test_card_front_matter_names_a_hub_base_and_its_license(tmp_path):
