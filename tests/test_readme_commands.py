@@ -136,6 +136,7 @@ def test_readme_train_generate_export_run_as_written(workdir):
     assert max(m["step"] for m in metrics) == 2
     assert (workdir / "hf_out" / "merged" / "config.json").is_file()
     assert (workdir / "hf_out" / "peft" / "adapter_config.json").is_file()
+    assert sorted(p.name for p in (workdir / "gguf_out").iterdir()) == ["README.md", "model-Q8_0.gguf"]
 
 
 @pytest.mark.slow

@@ -4,10 +4,16 @@ A `.gguf` file (or a folder holding exactly one) is read with the `gguf` package
 (memory-mapped; nothing is parsed by hand). Its `llama.*` metadata becomes an HF-style config dict
 (`config_dict`) and so a `LlamaConfig`; embeddings are tied when the file has no `output.weight`.
 `GGUFTensorSource` gives the tensors under their Hugging Face names, in HF's [out, in] layout, with
-llama.cpp's rotary row permutation of `attn_q` / `attn_k` undone, so `checkpoint.hf.fill_params`
+llama.cpp's rotary row permutation of `attn_q` / `attn_k` undone (`permute_rows` applies it, for the
+GGUF export), so `checkpoint.hf.fill_params`
 streams them into their shards exactly as it does safetensors: each tensor is dequantized
 (`gguf.quants.dequantize`, float32) when first asked for and only the last one is kept, so the
 host holds one dequantized tensor at a time.
+
+LLaMA-3.1 / 3.2 files carry `rope_freqs.weight`, per-pair factors that llama.cpp divides the base
+rotary frequencies by: they become the config's `rope_freq_factors` (the model divides by them the
+same way), plus the HF `llama3` rope_scaling that gives the same factors where one does (for an HF
+export of the model).
 
 Every quantization type `gguf.quants` can dequantize is accepted (F32, F16, BF16, Q4_0, Q4_1, Q5_0,
 Q5_1, Q8_0, the K-quants Q2_K ... Q6_K, the IQ types); anything else, a non-llama architecture or a
@@ -33,7 +39,7 @@ _LAYER_NAMES = {
 }
 _GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
                  "output.weight": "lm_head.weight"}
-# Tensors llama.cpp stores that are recomputed from the config here.
+# Tensors llama.cpp stores that are read into the config (`config_dict`), not into the weights.
 _IGNORED = {"rope_freqs.weight"}
 
 
@@ -124,9 +130,6 @@ def config_dict(reader: Any, where: str | pathlib.Path) -> dict[str, Any]:
         raise CheckpointError(f"{where}: llama.rope.dimension_count={rot} != head_dim={head_dim} "
                               "(partial rotary embeddings are not supported)")
     names = {t.name for t in reader.tensors}
-    if "rope_freqs.weight" in names and "llama.rope.scaling.type" not in meta:
-        raise CheckpointError(f"{where}: the file has a rope_freqs.weight tensor (LLaMA-3.1 frequency factors) but "
-                              "no llama.rope.scaling.* metadata to rebuild them from; not supported")
     vocab = key("vocab_size", meta.get("tokenizer.ggml.tokens"))
     if vocab is None:
         raise CheckpointError(f"{where}: GGUF metadata has neither llama.vocab_size nor a token list")
@@ -150,12 +153,53 @@ def config_dict(reader: Any, where: str | pathlib.Path) -> dict[str, Any]:
         if key("rope.scaling.original_context_length", None) is not None:
             rope["original_max_position_embeddings"] = int(key("rope.scaling.original_context_length"))
         cfg["rope_scaling"] = rope
+    if "rope_freqs.weight" in names:
+        factors = _rope_freq_factors(reader, where, head_dim)
+        cfg["rope_freq_factors"] = factors
+        if "rope_scaling" not in cfg:  # what HF's config.json calls it, for an HF export of the model
+            llama3 = llama3_scaling_from_factors(factors, cfg["rope_theta"], head_dim,
+                                                 key("rope.scaling.original_context_length", None))
+            if llama3 is not None:
+                cfg["rope_scaling"] = llama3
     for ours, theirs in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
                          ("pad_token_id", "padding_token_id")):
         value = meta.get(f"tokenizer.ggml.{theirs}")
         if value is not None:
             cfg[ours] = int(value)
     return cfg
+
+
+def _rope_freq_factors(reader: Any, where: str | pathlib.Path, head_dim: int) -> list[float]:
+    """The `rope_freqs.weight` tensor: llama.cpp divides each rotary pair's base frequency by it."""
+    from gguf.quants import dequantize
+
+    t = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
+    factors = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(-1)
+    if factors.shape != (head_dim // 2,) or not np.all(np.isfinite(factors)) or np.any(factors <= 0):
+        raise CheckpointError(f"{where}: tensor 'rope_freqs.weight' must hold {head_dim // 2} positive factors "
+                              f"(head_dim / 2), got shape {tuple(factors.shape)}")
+    return [float(f) for f in factors]
+
+
+def llama3_scaling_from_factors(factors: list[float], rope_theta: float, head_dim: int,
+                                original_context: int | None = None) -> dict[str, Any] | None:
+    """HF's `llama3` rope_scaling that gives exactly these frequency factors (LLaMA 3.1 / 3.2 use
+    low 1, high 4 over 8192 positions, with factor 8 or 32), or None when none does."""
+    factor = max(factors)
+    if factor <= 1.0:
+        return None
+    base = 1.0 / (rope_theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    wavelen = 2 * np.pi / base
+    for old_len in dict.fromkeys([original_context or 8192, 8192]):
+        low, high = 1.0, 4.0
+        smooth = (old_len / wavelen - low) / (high - low)
+        scaled = np.where(wavelen > old_len / low, base / factor, base)
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        inv = np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+        if np.allclose(base / inv, factors, rtol=1e-5, atol=0):
+            return {"rope_type": "llama3", "factor": float(factor), "low_freq_factor": low,
+                    "high_freq_factor": high, "original_max_position_embeddings": int(old_len)}
+    return None
 
 
 def read_config(path: str | pathlib.Path, reader: Any = None):
@@ -177,6 +221,25 @@ def hf_tensor_name(gguf_name: str) -> str | None:
     if m and m.group(2) in _LAYER_NAMES:
         return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.weight"
     return None
+
+
+def gguf_tensor_name(hf_tensor: str) -> str:
+    """llama.cpp name of an HF tensor name (the inverse of `hf_tensor_name`)."""
+    for ours, theirs in _GLOBAL_NAMES.items():
+        if theirs == hf_tensor:
+            return ours
+    m = re.fullmatch(r"model\.layers\.(\d+)\.([\w.]+)\.weight", hf_tensor)
+    short = {v: k for k, v in _LAYER_NAMES.items()}.get(m.group(2)) if m else None
+    if short is None:
+        raise ValueError(f"no llama.cpp name for tensor {hf_tensor!r}")
+    return f"blk.{m.group(1)}.{short}.weight"
+
+
+def permute_rows(weight: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's rotary permutation of HF q/k rows (as its converter writes them): per head, HF's
+    two halves become interleaved (even, odd) row pairs. `unpermute_rows` undoes it."""
+    rows = weight.shape[0]
+    return weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
 def unpermute_rows(weight: np.ndarray, n_head: int) -> np.ndarray:
@@ -248,4 +311,4 @@ class GGUFTensorSource:
 
 
 __all__ = ["is_gguf", "find_gguf", "open_reader", "metadata", "config_dict", "read_config", "hf_tensor_name",
-           "unpermute_rows", "GGUFTensorSource"]
+           "gguf_tensor_name", "permute_rows", "unpermute_rows", "llama3_scaling_from_factors", "GGUFTensorSource"]

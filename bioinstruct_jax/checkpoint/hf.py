@@ -26,6 +26,7 @@ from flax import nnx
 from bioinstruct_jax.checkpoint import gguf
 from bioinstruct_jax.checkpoint.errors import CheckpointError
 from bioinstruct_jax.checkpoint.paths import inside
+from bioinstruct_jax.checkpoint.staging import refuse_unfinished
 from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsError, SafetensorsFile
 from bioinstruct_jax.model.llama import Llama, LlamaConfig, dtype_from_name
 from bioinstruct_jax.parallel.sharding import param_sharding_fn
@@ -215,6 +216,7 @@ def read_config(path: str | pathlib.Path) -> LlamaConfig:
 
 def _open_checkpoint(path: pathlib.Path) -> tuple[LlamaConfig, Any]:
     """(config, tensor source) of an HF folder or a GGUF file / folder."""
+    refuse_unfinished(path)
     if gguf.is_gguf(path):
         source = gguf.GGUFTensorSource(path)
         return source.config, source

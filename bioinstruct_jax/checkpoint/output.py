@@ -5,7 +5,7 @@
   export, never a user's folder); an output that is, contains or lies inside a folder being read is
   always refused (`check_not_overlapping`).
 - `StagedDir`: files are written into a temporary sibling folder, renamed into place when complete
-  and deleted on failure.
+  and deleted on failure; a killed export's folder is removed by the next run (`checkpoint.staging`).
 - Tensors leave the device one at a time (`plain_tensor` makes a fresh copy, `host_array` gathers it).
 - HF module names and order of our Linear modules (`module_hf_name`, `hf_order`).
 `ExportError` is the error of an export or adapter import that cannot be done as asked.
@@ -18,6 +18,7 @@ import os
 import pathlib
 import re
 import shutil
+import sys
 from typing import Any
 
 import jax
@@ -26,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from bioinstruct_jax.checkpoint.hf import hf_name
+from bioinstruct_jax.checkpoint.staging import stale_staging, staging_dir
 from bioinstruct_jax.config.storage import is_remote, local_path
 from bioinstruct_jax.model.llama import Linear
 
@@ -68,7 +70,7 @@ def hf_order(name: str) -> tuple[int, int, str]:
 
 def _export_file(name: str) -> bool:
     """A file name an export writes (what --overwrite may replace)."""
-    return (name in TOKENIZER_FILES or name in ("config.json", "generation_config.json", ADAPTER_CONFIG,
+    return (name in TOKENIZER_FILES or name in ("config.json", "generation_config.json", ADAPTER_CONFIG, "README.md",
                                                 "model.safetensors.index.json", "adapter_model.bin")
             or name.endswith(".safetensors") or name.endswith(".gguf"))
 
@@ -122,16 +124,30 @@ def check_not_overlapping(out_dir: str | pathlib.Path, sources: dict[str, Any]) 
                               f"an export never writes over its input: choose an --out outside it")
 
 
+def clear_stale_staging(out_dir: pathlib.Path) -> None:
+    """Before an export: remove what a killed export of `out_dir` left (one note line each); refuse
+    while another process is still writing it."""
+    for tmp, pid, running in stale_staging(out_dir):
+        if running:
+            raise ExportError(f"{out_dir}: process {pid} is exporting into it now (its unfinished files are in "
+                              f"{tmp}); wait for it to finish or stop it, then rerun")
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"note: removed {tmp}, an unfinished export of {out_dir.name} left by process {pid} "
+              f"(no longer running)", file=sys.stderr)
+
+
 class StagedDir:
-    """Write into `.NAME.tmp-PID` beside `out_dir`; rename into place on success, delete on failure."""
+    """Write into `.NAME.tmp-PID` beside `out_dir` (`checkpoint.staging`); rename into place on
+    success, delete on failure. A killed export's staging folder is removed first (a live one refused)."""
 
     def __init__(self, out_dir: pathlib.Path, overwrite: bool):
         check_out_dir(out_dir, overwrite)
         self.out_dir = out_dir
-        self.tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+        self.tmp = staging_dir(out_dir)
 
     def __enter__(self) -> pathlib.Path:
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        clear_stale_staging(self.out_dir)
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         self.tmp.mkdir()
@@ -148,6 +164,12 @@ class StagedDir:
 
 def write_json(path: pathlib.Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def write_text_files(folder: pathlib.Path, files: dict[str, str] | None) -> None:
+    """name -> text files (the model card) into an export's staging folder."""
+    for name, text in (files or {}).items():
+        (folder / name).write_text(text, encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------------------------

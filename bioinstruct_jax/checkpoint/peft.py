@@ -24,8 +24,10 @@ import numpy as np
 from flax import nnx
 
 from bioinstruct_jax.checkpoint.output import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, ExportError, StagedDir, host_array,
-                                               hf_order, linear_modules, module_hf_name, plain_tensor, write_json)
+                                               hf_order, linear_modules, module_hf_name, plain_tensor, write_json,
+                                               write_text_files)
 from bioinstruct_jax.checkpoint.paths import inside
+from bioinstruct_jax.checkpoint.staging import refuse_unfinished
 from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsError, SafetensorsFile, write_streamed
 from bioinstruct_jax.model.llama import Llama, LlamaConfig
 from bioinstruct_jax.config.sections import ALL_TARGETS, LoraConfig
@@ -61,8 +63,11 @@ def _lora_config_of(model: nnx.Module, adapted: Sequence[tuple[Any, ...]], r: in
 
 
 def write_peft_adapter(model: nnx.Module, lora_config: LoraConfig, out_dir: str | pathlib.Path, *,
-                base_model_name_or_path: str = "", overwrite: bool = False) -> pathlib.Path:
-    """Write the model's LoRA adapters as a PEFT adapter directory; returns it."""
+                base_model_name_or_path: str = "", overwrite: bool = False,
+                extra_files: dict[str, str] | None = None) -> pathlib.Path:
+    """Write the model's LoRA adapters as a PEFT adapter directory; returns it.
+
+    extra_files: name -> text written beside the adapter (the model card)."""
     out_dir = pathlib.Path(out_dir)
     modules = lora_modules(model)
     if not modules:
@@ -103,6 +108,7 @@ def write_peft_adapter(model: nnx.Module, lora_config: LoraConfig, out_dir: str 
         write_streamed(tmp / ADAPTER_WEIGHTS, specs,
                        lambda n: host_array(plain_tensor(fetch[n].get_value(), transpose=True, dtype=jnp.float32)),
                        metadata={"format": "pt"})
+        write_text_files(tmp, extra_files)
     return out_dir
 
 
@@ -167,6 +173,7 @@ def load_peft_adapter(model: Llama, adapter_dir: str | pathlib.Path, rngs: nnx.R
     before anything changes. Returns the LoraConfig used (dropout from the adapter unless given).
     """
     adapter_dir = pathlib.Path(adapter_dir)
+    refuse_unfinished(adapter_dir)
     cfg = read_peft_config(adapter_dir)
     if lora_modules(model):
         raise ExportError("the model already has LoRA adapters; load a PEFT adapter into a base model")

@@ -1,12 +1,15 @@
 """Export to Hugging Face: a merged `LlamaForCausalLM` directory and/or a PEFT LoRA adapter; and back.
 
-`python -m bioinstruct_jax.export --checkpoint RUN_DIR [--step N] --out DIR --format merged|peft|both`
+`python -m bioinstruct_jax.export --checkpoint RUN_DIR [--step N] --out DIR --format merged|peft|both|gguf
+  [--dtype float32|float16|bfloat16|q8_0]`
   (or `--base HF_DIR [--adapter PEFT_DIR]` instead of `--checkpoint`: an HF base plus an adapter
-  made elsewhere, e.g. to merge it).
+  made elsewhere, e.g. to merge it). `gguf` writes DIR/model-<TYPE>.gguf for llama.cpp / Ollama.
+Every output folder gets a model card (README.md).
 
 The command: parses the flags, runs `export.formats.export_checkpoint` / `export_base_adapter` and
 prints one JSON line (the output folder, the format and the files written). Outputs are written to
-a temporary sibling directory and renamed into place when complete; an existing non-empty output
+a temporary sibling directory and renamed into place when complete (so an output folder is a whole
+export; a killed export's leftover is removed by the next run, `checkpoint.staging`); an existing non-empty output
 directory is refused unless `--overwrite`, and even then when it holds anything an export does not
 write. An output that is, contains or lies inside the run / base / adapter being read is always
 refused. `--format both` writes OUT/merged and OUT/peft; other entries of OUT are left alone (and named).
@@ -22,7 +25,7 @@ import sys
 from typing import Sequence
 
 from bioinstruct_jax.cli import errors as cli_errors
-from bioinstruct_jax.export.formats import export_base_adapter, export_checkpoint, format_dirs
+from bioinstruct_jax.export.formats import FORMATS, export_base_adapter, export_checkpoint, format_dirs
 from bioinstruct_jax.export.merged import DEFAULT_MAX_SHARD_BYTES
 from bioinstruct_jax.parallel.distributed import refuse_multi_process
 
@@ -46,9 +49,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--adapter", help="a PEFT LoRA adapter directory (with --base)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--out", required=True, help="output directory (with --format both: OUT/merged and OUT/peft)")
-    p.add_argument("--format", default="merged", choices=("merged", "peft", "both"))
-    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-                   help="weights dtype of the merged model (default: the model's parameter dtype)")
+    p.add_argument("--format", default="merged", choices=FORMATS,
+                   help="merged (HF folder), peft (adapter), both (OUT/merged, OUT/peft), gguf (one llama.cpp file)")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16", "q8_0"),
+                   help="weights dtype of the merged model or GGUF file (default: the model's parameter dtype; "
+                        "GGUF: float32); q8_0 is for gguf only")
+    p.add_argument("--eval-results", action="append", default=[], metavar="RESULTS_JSON",
+                   help="an eval results.json to state in the model card (repeatable; a run's own "
+                        "RUN/*/results.json are found without it)")
     p.add_argument("--max-shard-size", type=parse_size, default=DEFAULT_MAX_SHARD_BYTES,
                    help="largest safetensors shard, e.g. 5GB (default), 2GiB, 500MB")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder/file to ship (default: the run's or the base's)")
@@ -76,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     refuse_multi_process("bioinstruct_jax.export")  # one process; see distributed.py
     common = dict(fmt=args.format, tokenizer=args.tokenizer, dtype=args.dtype, max_shard_bytes=args.max_shard_size,
-                  overwrite=args.overwrite)
+                  overwrite=args.overwrite, eval_results=args.eval_results)
     note = _both_note(pathlib.Path(args.out)) if args.format == "both" else None
     try:
         if args.checkpoint:

@@ -25,8 +25,9 @@ import numpy as np
 
 from bioinstruct_jax.checkpoint.hf import hf_name, is_transposed, named_params
 from bioinstruct_jax.checkpoint.output import (TOKENIZER_FILES, ExportError, StagedDir, hf_order, host_array,
-                                               plain_tensor, write_json)
+                                               plain_tensor, write_json, write_text_files)
 from bioinstruct_jax.checkpoint.safetensors_io import write_streamed
+from bioinstruct_jax.checkpoint.staging import kill_point
 from bioinstruct_jax.checkpoint.tokenizer import load_tokenizer
 from bioinstruct_jax.model.llama import Llama, dtype_from_name
 from bioinstruct_jax.model.lora import lora_modules
@@ -70,7 +71,7 @@ def _merged_tensor(kernel, a, b, scale, *, transpose: bool, dtype):
     return jax.lax.map(block, jnp.arange(blocks)).reshape(rows, cols)
 
 
-def _merged_specs(model: Llama, dtype: Any) -> list[tuple[str, tuple[int, ...], np.dtype, Any]]:
+def merged_specs(model: Llama, dtype: Any) -> list[tuple[str, tuple[int, ...], np.dtype, Any]]:
     """(HF name, HF shape, dtype, fetch()) for every tensor of the merged model, in HF order."""
     adapters = dict(lora_modules(model))
     out = []
@@ -131,15 +132,17 @@ def _save_tokenizer(tokenizer: Any, out_dir: pathlib.Path) -> list[str]:
 
 
 def export_merged(model: Llama, out_dir: str | pathlib.Path, *, tokenizer_dir: Any = None, dtype: Any = None,
-                  max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, overwrite: bool = False) -> pathlib.Path:
+                  max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, overwrite: bool = False,
+                  extra_files: dict[str, str] | None = None) -> pathlib.Path:
     """Write `model` with every LoRA adapter folded in as an HF LLaMA directory; returns it.
 
     dtype: of the written weights (default: each parameter's own dtype); the merge itself is done
     in float32. tokenizer_dir: a tokenizer folder or file, or an object with `save(dir)`; None
-    writes no tokenizer files. The model is left unchanged.
+    writes no tokenizer files. extra_files: name -> text written beside (the model card). The
+    model is left unchanged.
     """
     out_dir = pathlib.Path(out_dir)
-    specs = _merged_specs(model, None if dtype is None else dtype_from_name(dtype))
+    specs = merged_specs(model, None if dtype is None else dtype_from_name(dtype))
     dtypes = {s[2] for s in specs}
     if len(dtypes) != 1:
         raise ExportError(f"parameters have mixed dtypes {sorted(map(str, dtypes))}; pass dtype= to export one")
@@ -150,6 +153,9 @@ def export_merged(model: Llama, out_dir: str | pathlib.Path, *, tokenizer_dir: A
     shards = plan_shards([(s[0], nbytes[s[0]]) for s in specs], max_shard_bytes)
     by_name = {s[0]: s for s in specs}
     config = model.config
+    if config.rope_freq_factors is not None and config.rope_scaling is None:
+        raise ExportError("the model's rotary frequency factors (a GGUF rope_freqs.weight) match no HF rope_scaling "
+                          "rule, so config.json cannot state them; export it with --format gguf")
     with StagedDir(out_dir, overwrite) as tmp:
         write_json(tmp / "config.json", config.to_hf(_DTYPE_NAMES[out_dtype]))
         gen = {"_from_model_config": True, "bos_token_id": config.bos_token_id,
@@ -162,11 +168,13 @@ def export_merged(model: Llama, out_dir: str | pathlib.Path, *, tokenizer_dir: A
         files = (["model.safetensors"] if len(shards) == 1 else
                  [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
         weight_map = {}
-        for filename, names in zip(files, shards):
+        for count, (filename, names) in enumerate(zip(files, shards), 1):
             write_streamed(tmp / filename, [by_name[n][:3] for n in names], lambda n: by_name[n][3](),
                            metadata={"format": "pt"})
             weight_map.update({n: filename for n in names})
+            kill_point(count)
         if len(shards) > 1:
             write_json(tmp / "model.safetensors.index.json",
                         {"metadata": {"total_size": sum(nbytes.values())}, "weight_map": weight_map})
+        write_text_files(tmp, extra_files)
     return out_dir

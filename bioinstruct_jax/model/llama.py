@@ -58,6 +58,9 @@ class LlamaConfig:
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling | None = None
+    # llama.cpp's `rope_freqs.weight` (LLaMA-3.1 / 3.2 GGUF files): per-pair divisors of the base
+    # rotary frequencies; when set they replace the `llama3` rule (see rope_inverse_frequencies).
+    rope_freq_factors: tuple[float, ...] | None = None
     tie_word_embeddings: bool = False
     bos_token_id: int = 1
     eos_token_id: tuple[int, ...] = (2,)
@@ -140,6 +143,7 @@ class LlamaConfig:
                 rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
                 rope_theta=rope_theta,
                 rope_scaling=scaling,
+                rope_freq_factors=tuple(map(float, hf["rope_freq_factors"])) if hf.get("rope_freq_factors") else None,
                 tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
                 bos_token_id=int(hf.get("bos_token_id") if hf.get("bos_token_id") is not None else 1),
                 eos_token_id=eos_ids,
@@ -310,10 +314,13 @@ class RMSNorm(nnx.Module):
 
 
 def rope_inverse_frequencies(config: LlamaConfig) -> jax.Array:
-    """Per-pair rotary frequencies, with the `linear` or `llama3` rule applied."""
+    """Per-pair rotary frequencies, with the `linear` or `llama3` rule (or GGUF frequency factors) applied."""
     dim = config.resolved_head_dim
     inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
     scaling = config.rope_scaling
+    if config.rope_freq_factors is not None:  # as llama.cpp: base / factors, then a linear scale
+        inv_freq = inv_freq / jnp.asarray(config.rope_freq_factors, jnp.float32)
+        return inv_freq / scaling.factor if scaling is not None and scaling.rope_type == "linear" else inv_freq
     if scaling is None or scaling.rope_type == "default":
         return inv_freq
     if scaling.rope_type == "linear":
