@@ -71,6 +71,15 @@ def _merged_tensor(kernel, a, b, scale, *, transpose: bool, dtype):
     return jax.lax.map(block, jnp.arange(blocks)).reshape(rows, cols)
 
 
+def _on_one_device(x: jax.Array) -> jax.Array:
+    """`x` whole on one device. A tensor sharded over a mesh is merged where the unsharded one would
+    be: a partitioned `A @ B` (and the fused add) sums in another order, and the export's bytes
+    would then depend on the mesh (they differ in the last bit on some CPUs)."""
+    if len(x.sharding.device_set) == 1:
+        return x
+    return jax.device_put(host_array(x), jax.local_devices()[0])
+
+
 def merged_specs(model: Llama, dtype: Any) -> list[tuple[str, tuple[int, ...], np.dtype, Any]]:
     """(HF name, HF shape, dtype, fetch()) for every tensor of the merged model, in HF order."""
     adapters = dict(lora_modules(model))
@@ -84,7 +93,7 @@ def merged_specs(model: Llama, dtype: Any) -> list[tuple[str, tuple[int, ...], n
 
         def fetch(var=var, module=module, transpose=transpose, out_dtype=out_dtype):
             if module is not None and not module.merged:
-                arr = _merged_tensor(var.get_value(), module.lora_a.get_value(), module.lora_b.get_value(),
+                arr = _merged_tensor(*(_on_one_device(v.get_value()) for v in (var, module.lora_a, module.lora_b)),
                                      jnp.float32(module.scale), transpose=transpose, dtype=out_dtype)
             else:
                 arr = plain_tensor(var.get_value(), transpose=transpose, dtype=out_dtype)
