@@ -14,7 +14,10 @@ Honesty rules: every timed figure is the median of >= 3 repeats with its min and
 section the 1/5/15-minute load average (before, after) and the cores other processes used
 (`LoadProbe`) are recorded, and a section on a machine that was not idle (other processes using
 > IDLE_FOREIGN_CORES cores during it) prints a warning and is marked LOADED in the tables that
-`headline_markdown` prints at the end (`--markdown FILE` writes them).
+`headline_markdown` prints at the end (`--markdown FILE` writes them). Every run names its
+machine (`machine()`: CPU model and family/model/stepping, cores, L3, the avx512f / avx512_bf16 /
+amx_bf16 flags, a numpy-copy bandwidth probe); the label heads the tables and sits in every train
+and generate row of the JSON, since a ratio means something only with the machine it came from.
 
 - peak: a large f32 and bf16 matmul, timed with jax and torch in this run (best of several);
   every MFU below is against the measured f32 figure on the CPU (the larger of jax's and torch's
@@ -772,20 +775,61 @@ def bench_plan(quick: bool) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 
 
+# The ISA flags that decide which matmul kernels a library can use on an x86 CPU (Linux
+# /proc/cpuinfo names): AVX-512 f32, AVX512-BF16 dot products, AMX bf16 tiles.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_description() -> dict[str, Any]:
+    """The CPU as /proc/cpuinfo and sysfs give it: model name, family/model/stepping (the model
+    name alone is "AMD EPYC" on some VMs; family 25 model 1 is Zen 3, 25/17 Zen 4), logical cores,
+    L3 size and the ISA flags of `ISA_FLAGS` (True / False)."""
+    info: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if not line.strip():
+                break  # the first processor's block is enough
+            key, _, value = line.partition(":")
+            info[key.strip()] = value.strip()
+    flags = set(info.get("flags", "").split())
+    l3 = None
+    with contextlib.suppress(OSError):
+        l3 = pathlib.Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()
+    return {"cpu": info.get("model name", platform.processor() or platform.machine()),
+            "cpu_family_model_stepping": "/".join(info.get(k, "?") for k in ("cpu family", "model", "stepping")),
+            "cores": os.cpu_count(), "l3": l3, "isa": {f: f in flags for f in ISA_FLAGS}}
+
+
+def quick_bandwidth_gbs(mib: int = 256, reps: int = 3) -> float:
+    """Main-memory bandwidth of a numpy copy (read + write, GB/s, best of `reps`): a cheap probe so
+    that every run names its machine's memory speed, also without the bandwidth section."""
+    a = np.ones(mib * (1 << 20) // 4, np.float32)
+    b = np.empty_like(a)
+    np.copyto(b, a)
+    return 2 * a.nbytes / min(_timeit(lambda: np.copyto(b, a)) for _ in range(reps)) / 1e9
+
+
+def machine_label(m: dict[str, Any]) -> str:
+    """One line naming the machine a figure was measured on, e.g. `AMD EPYC (25/1/1), 2 cores, L3
+    32768K, avx512f no, avx512_bf16 no, amx_bf16 no, copy 30.1 GB/s`."""
+    isa = ", ".join(f"{f} {'yes' if m['isa'][f] else 'no'}" for f in ("avx512f", "avx512_bf16", "amx_bf16"))
+    l3 = f", L3 {m['l3']}" if m.get("l3") else ""
+    return (f"{m['cpu']} ({m['cpu_family_model_stepping']}), {m['cores']} cores{l3}, {isa}, "
+            f"copy {m['copy_bandwidth_gbs']:.1f} GB/s")
+
+
 def machine() -> dict[str, Any]:
     import torch
 
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
-            "backend": jax.default_backend(), "jax_devices": len(jax.devices()),
-            "device_kind": jax.devices()[0].device_kind, "torch_threads": torch.get_num_threads(),
-            "env": {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "OMP", "MKL", "XLA_FLAGS"))},
-            "load_avg_start": os.getloadavg()}
+    out = cpu_description()
+    out["copy_bandwidth_gbs"] = quick_bandwidth_gbs()
+    out.update({"jax": jax.__version__, "torch": torch.__version__,
+                "backend": jax.default_backend(), "jax_devices": len(jax.devices()),
+                "device_kind": jax.devices()[0].device_kind, "torch_threads": torch.get_num_threads(),
+                "env": {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "OMP", "MKL", "XLA_FLAGS"))},
+                "load_avg_start": os.getloadavg()})
+    out["label"] = machine_label(out)
+    return out
 
 
 def _fmt(st: dict[str, float] | None, digits: int = 1) -> str:
@@ -799,6 +843,10 @@ def headline_markdown(out: dict[str, Any]) -> str:
     load of each section; rows of sections that were not idle go to a separate 'loaded' table."""
     lines: list[str] = []
     loads = out.get("load", {})
+    if "machine" in out:
+        m = out["machine"]
+        lines += [f"Machine: **{m['label']}**; jax {m['jax']} ({m['backend']}), torch {m['torch']} "
+                  f"({m['torch_threads']} threads)", ""]
 
     def load_cell(section: str) -> str:
         ld = loads.get(section)
@@ -942,6 +990,7 @@ def main(argv=None) -> int:
     if "train" in only:
         with section("train"):
             out["train"] = bench_train(sizes, peak_flops, workdir, args.device)
+            out["train"]["machine"] = out["machine"]["label"]
             if not args.quick and not args.device:
                 out["train"]["tiny_compile_s"] = tiny_compile_seconds()
         log("  " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in out["train"].items()
@@ -949,6 +998,8 @@ def main(argv=None) -> int:
     if "generate" in only:
         with section("generate"):
             out["generate"] = bench_generate(sizes, workdir, args.device, bandwidth, out.get("peak"))
+            for row in out["generate"]["rows"]:
+                row["machine"] = out["machine"]["label"]
     if "data" in only:
         with section("data"):
             out["data"] = bench_data(sizes, out.get("train"))

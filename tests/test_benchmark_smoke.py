@@ -29,6 +29,14 @@ def test_quick_train_and_data(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["machine"]["jax_devices"] == 1
+    # every run names its machine: CPU, cores, the ISA flags that pick matmul kernels, bandwidth
+    machine = res["machine"]
+    assert machine["cores"] == os.cpu_count() and machine["copy_bandwidth_gbs"] > 0
+    assert set(machine["isa"]) >= {"avx512f", "avx512_bf16", "amx_bf16"}
+    with open("/proc/cpuinfo") as f:
+        flags = next(line for line in f if line.startswith("flags")).split()
+    assert machine["isa"]["avx512f"] == ("avx512f" in flags) and machine["isa"]["amx_bf16"] == ("amx_bf16" in flags)
+    assert res["train"]["machine"] == machine["label"] and machine["cpu"] in machine["label"]
     for key in ("jax_f32_gflops", "jax_bf16_gflops", "torch_f32_gflops"):
         assert res["peak"][key] > 0
     train = res["train"]
@@ -52,6 +60,7 @@ def test_quick_train_and_data(tmp_path):
         assert isinstance(load["idle"], bool)
     headline = (tmp_path / "headline.md").read_text()
     assert "| ours tok/s | transformers+peft tok/s | ratio |" in headline and "Memory bandwidth" in headline
+    assert f"Machine: **{machine['label']}**" in headline
     if not res["idle"]:  # a loaded run says so, in the table and on stderr/stdout
         assert "Not idle during" in headline and "WARNING: the machine was not idle" in proc.stdout
     data = res["data"]

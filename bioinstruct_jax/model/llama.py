@@ -563,6 +563,15 @@ class Llama(nnx.Module):
                                 index=cache.index + t)
         return x, new_cache
 
+    def head_weight(self) -> tuple[jax.Array, int] | None:
+        """(weight, index of its hidden axis) of a plain LM head: the tied embedding [V, D] (axis 1)
+        or `lm_head`'s kernel [D, V] (axis 0); None for a LoRA-wrapped head, which keeps its own path."""
+        if self.config.tie_word_embeddings:
+            return self.embed_tokens.embedding[...], 1
+        if type(self.lm_head) is Linear:
+            return self.lm_head.kernel[...], 0
+        return None
+
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Float32 logits from final hidden states.
 
@@ -570,11 +579,7 @@ class Llama(nnx.Module):
         bf16, f32 accumulation, as transformers' bf16 model computes its head): an f32 head dot
         would make XLA keep an f32 copy of the head and read it on every decode step.
         """
-        w, w_in_axis = None, 0
-        if self.config.tie_word_embeddings:
-            w, w_in_axis = self.embed_tokens.embedding[...], 1  # [V, D]
-        elif type(self.lm_head) is Linear:  # [D, V]; a LoRA-wrapped head keeps its own path
-            w = self.lm_head.kernel[...]
+        w, w_in_axis = self.head_weight() or (None, 0)
         if w is not None and w.dtype != jnp.float32 and cpu_dot_forms():
             dims = (((hidden.ndim - 1,), (w_in_axis,)), ((), ()))
             return jax.lax.dot_general(hidden.astype(w.dtype), w, dims, preferred_element_type=jnp.float32)

@@ -33,6 +33,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bioinstruct_jax.data.batch import BATCH_KEYS
+from bioinstruct_jax.model.lm_loss import token_cross_entropy
 from bioinstruct_jax.model.lora import LoRAParam
 from bioinstruct_jax.config.sections import OptimConfig
 from bioinstruct_jax.parallel import sharding as parallel
@@ -81,12 +82,13 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
 def loss_fn(model: nnx.Module, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     """(sum of masked token cross-entropies, number of target tokens), both f32.
 
-    `targets[t]` is the token after `input_ids[t]`; `loss_mask` selects response tokens.
+    `targets[t]` is the token after `input_ids[t]`; `loss_mask` selects response tokens. The LM
+    head and the loss run chunked over positions (`model.lm_loss`): the full [B, T, V] logits are
+    never materialised, in the forward or the backward pass.
     """
-    logits = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"])
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["targets"])
-    mask = batch["loss_mask"].astype(jnp.float32)
-    return jnp.sum(ce * mask), jnp.sum(mask)
+    hidden, _ = model.hidden_states(batch["input_ids"], positions=batch["positions"],
+                                    segment_ids=batch["segment_ids"])
+    return token_cross_entropy(model, hidden, batch["targets"], batch["loss_mask"])
 
 
 @dataclasses.dataclass(frozen=True)
