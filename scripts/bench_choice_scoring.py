@@ -51,7 +51,12 @@ def hf_folder(gguf_path: str, directory: pathlib.Path) -> pathlib.Path:
 
     p = pathlib.Path(gguf_path)
     tok = transformers.AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
-    model = transformers.AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, dtype=torch.float32)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # dequantised already; a GGUF-marked model refuses to save
+        del config.quantization_config
+    model = type(loaded)(config).to(torch.float32)
+    model.load_state_dict(loaded.state_dict())
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory

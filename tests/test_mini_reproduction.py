@@ -78,4 +78,5 @@ def test_script_builds_the_mix_tunes_and_reports_every_scoring(tiny_hf, tmp_path
     assert meta["train_steps"] > 0 and "optim.lr=2e-4" in meta["overrides"] and meta["overall_verdict"]
     assert set(meta["verdicts"]) == {"pubmedqa lm-eval loglik_accuracy", "medqa lm-eval loglik_accuracy"}
     assert meta["stage_rates"]["before"]["medqa/cloze"]["items"] == 3
+    assert set(meta["estimated_eval_s_at_default_sizes"]["after"]) == set(meta["stage_rates"]["after"])
     assert (out / "comparison.png").stat().st_size > 0

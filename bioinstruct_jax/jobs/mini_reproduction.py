@@ -101,7 +101,9 @@ def seeded_task(name: str, n: int, seed: int = SUBSET_SEED) -> tasks_mod.Task:
 def evaluate(predictor: Any, stages: Sequence[Stage], tasks: dict[tuple[str, str], tasks_mod.Task],
              data: tasks_mod.DataSource, side_dir: pathlib.Path, model_id: str, batch_size: int,
              template: str) -> dict[str, dict[str, float]]:
-    """Run every stage into side_dir/<mode>/; returns {"<task>/<mode>": {"items", "seconds"}}."""
+    """Run every stage into side_dir/<mode>/. Returns per "<task>/<mode>" its wall time in two
+    parts: the first batch (compilation included) and the rest (`rest_items` items), from which
+    `estimate_seconds` sizes a larger run; items already in the folder (a resumed run) cost ~0."""
     rates = {}
     for st in stages:
         task = tasks[(st.task, st.mode)]
@@ -111,10 +113,24 @@ def evaluate(predictor: Any, stages: Sequence[Stage], tasks: dict[tuple[str, str
                                 prompt_style=st.mode if loglik else "paper",
                                 max_new_tokens=None if loglik else st.budget)
         t0 = time.perf_counter()
+        runner.run_eval([task], predictor, data, dataclasses.replace(cfg, limit=batch_size), meta={"model": model_id})
+        t1 = time.perf_counter()
         res = runner.run_eval([task], predictor, data, cfg, meta={"model": model_id})
-        rates[f"{st.task}/{st.mode}"] = {"items": res["tasks"][task.name]["n"],
-                                         "seconds": round(time.perf_counter() - t0, 1)}
+        n = res["tasks"][task.name]["n"]
+        rates[f"{st.task}/{st.mode}"] = {"items": n, "first_batch_s": round(t1 - t0, 1),
+                                         "rest_items": max(0, n - batch_size),
+                                         "rest_s": round(time.perf_counter() - t1, 1)}
     return rates
+
+
+def estimate_seconds(rates: dict[str, dict[str, float]], sizes: dict[str, int], batch_size: int) -> dict[str, float]:
+    """Seconds per stage for `sizes` ("<task>/<mode>" -> items) from measured `rates`: the first
+    batch as measured plus the rest at the measured per-item rate of the rest."""
+    out = {}
+    for key, r in rates.items():
+        per_item = r["rest_s"] / r["rest_items"] if r["rest_items"] else r["first_batch_s"] / max(1, r["items"])
+        out[key] = round(r["first_batch_s"] + per_item * max(0, sizes.get(key, r["items"]) - batch_size), 1)
+    return out
 
 
 def paper_delta(task: str, metric: str) -> float | None:
@@ -235,12 +251,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     stamps["total_s"] = time.perf_counter() - start
     table = compare.format_table(rows, paper_column=True)
     train_rows = result.step * cfg.data.batch_size
+    full = build_parser().parse_args([])
+    full_sizes = {f"{st.task}/{st.mode}": getattr(full, st.size) for st in stages}
+    estimates = {side: estimate_seconds(r, full_sizes, args.batch_size) for side, r in rates.items()}
     meta = {"model": model, "mix": str(mix_path), "mix_summary": mix_summary, "train_steps": result.step,
             "train_rows": train_rows, "train_rows_per_s": round(train_rows / stamps["train_s"], 3),
             "train_config": str(args.config), "template": template,
             "overrides": [*DEFAULT_OVERRIDES, *args.overrides], "subset_seed": SUBSET_SEED,
             "sizes": {st.size: getattr(args, st.size) for st in stages}, "n_boot": args.n_boot,
-            "stage_rates": rates, "verdicts": verdicts, "overall_verdict": overall,
+            "stage_rates": rates, "estimated_eval_s_at_default_sizes": estimates,
+            "train_s_per_step": round(stamps["train_s"] / max(1, result.step), 1), "verdicts": verdicts, "overall_verdict": overall,
             "decision_rule": "docs/RESULTS.md, 'Mini reproduction, preregistered (v3)'",
             "paper_delta": f"{PAPER_TUNED} minus {PAPER_BASE} (PAPER.md section 4), QA accuracy rows only",
             **{k: round(v, 1) for k, v in stamps.items()}}
