@@ -161,3 +161,24 @@ def test_train_disk_full_names_the_file(assets, tmp_path):
     mnt.mkdir()
     line = _one_line_error(_run(_train_args(assets, mnt / "run"), mount=f"{mnt}:size=96k"))
     assert str(mnt / "run" / "checkpoints") in line and "saving step 2" in line and "no space left on device" in line
+
+
+@needs_unshare
+@pytest.mark.slow
+@pytest.mark.parametrize("async_save", [False, True])
+def test_disk_full_during_an_orbax_write_is_one_line_and_a_named_log(assets, tmp_path, async_save):
+    """The tmpfs has bytes to spare (the free-space check before a save passes) but only 20 inodes:
+    Orbax's writer fails part-way through step 2 on a real ENOSPC. TensorStore's threads echo it
+    (absl records, one `Event loop is closed` traceback per pending write); those go to a log file
+    the error line names, and the terminal shows one line."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    logs = tmp_path / "tmp"
+    logs.mkdir()
+    proc = _run(_train_args(assets, mnt / "run", **{"train.async_checkpointing": async_save}),
+                mount=f"{mnt}:size=64m,nr_inodes=20", env={**ENV, "TMPDIR": str(logs)})
+    line = _one_line_error(proc)
+    assert "Event loop is closed" not in proc.stderr and "ERROR:absl" not in proc.stderr, proc.stderr[-3000:]
+    assert str(mnt / "run" / "checkpoints" / "2.orbax-checkpoint-tmp") in line and "no space left on device" in line
+    log = logs / line.split("[background threads' messages: ", 1)[1].rstrip("]").rsplit("/", 1)[1]
+    assert log.is_file() and "No space left on device" in log.read_text()

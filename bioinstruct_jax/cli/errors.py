@@ -11,7 +11,8 @@ user error into `error: <message>` on stderr and exit code 2:
     asynchronous checkpoint thread and came back wrapped).
 A failed write that TensorStore reports as a ValueError with an OS error code (a full disk while
 Orbax saves) is shown as that OSError. Log records in which Orbax's save threads report the same
-error before the main thread raises it are dropped. Anything else is a bug, and keeps its traceback. `--debug` anywhere on the command line, or
+error before the main thread raises it, and TensorStore's late `Event loop is closed` callbacks,
+go to a log file in the temporary folder that the `error:` line names (`BackgroundLog`). Anything else is a bug, and keeps its traceback. `--debug` anywhere on the command line, or
 `BIOINSTRUCT_DEBUG=1` in the environment, re-raises user errors too, with the full traceback.
 Ctrl-C prints `interrupted` and exits 130, as shells expect.
 """
@@ -23,6 +24,8 @@ import logging
 import os
 import re
 import sys
+import tempfile
+import traceback
 from typing import Any, Callable, Iterator, Sequence
 
 DEBUG_FLAG = "--debug"
@@ -72,40 +75,85 @@ def _storage_os_error(err: BaseException) -> BaseException:
     code = re.search(r"os_error_code='?(\d+)", text)
     if not code:
         return err
-    path = re.search(r'(?:Failed writing|Error writing|Error reading|file): "([^"]+)"', text)
+    path = (re.search(r'(?:Failed writing|Error writing|Error reading|file): "([^"]+)"', text)
+            or re.search(r'local file "([^"]+)"', text))
     errnum = int(code.group(1))
     return OSError(errnum, os.strerror(errnum), path.group(1) if path else None)
 
 
+class BackgroundLog:
+    """Where the echoes of a background thread's error go instead of the terminal: a file in the
+    temporary folder (`bioinstruct-PID-background.log`, opened at the first echo; the disk that
+    filled up may be the output's), named by the `error:` line `report` prints."""
+
+    path: str | None = None
+    _file: Any = None
+
+    @classmethod
+    def write(cls, text: str) -> None:
+        try:
+            if cls._file is None:
+                cls.path = os.path.join(tempfile.gettempdir(), f"bioinstruct-{os.getpid()}-background.log")
+                cls._file = open(cls.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the process's life
+            cls._file.write(text if text.endswith("\n") else text + "\n")
+            cls._file.flush()
+        except OSError:  # nowhere to write: the echo is dropped
+            pass
+
+
 class _BackgroundErrorFilter(logging.Filter):
-    """Drops the log records in which Orbax's save threads and asyncio report an error that the
-    main thread raises again (and `run` then reports once)."""
+    """Moves to the `BackgroundLog` the log records in which Orbax's save threads and asyncio report
+    an error that the main thread raises again (and `run` then reports once): records that say a
+    thread "raised an exception", an "exception was never retrieved", or carry a user error (a
+    full disk) as their exception."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.ERROR:
             return True
         message = str(record.msg)
-        return not ("raised an exception" in message or "exception was never retrieved" in message)
+        exc = record.exc_info[1] if record.exc_info else None
+        if not ("raised an exception" in message or "exception was never retrieved" in message
+                or (exc is not None and user_error(exc) is not None)):
+            return True
+        BackgroundLog.write(logging.Formatter().format(record))
+        return False
 
 
 def _late_callback(exc_type: type, value: BaseException) -> bool:
     """TensorStore's callbacks that complete after a failed save's event loop closed print
-    `RuntimeError: Event loop is closed` through sys.excepthook, once per pending write."""
+    `RuntimeError: Event loop is closed`, once per pending write."""
     return issubclass(exc_type, RuntimeError) and str(value) == "Event loop is closed"
 
 
 def quiet_background_errors() -> None:
-    """Silence the echoes of an error that `run` reports once (see the module docstring)."""
+    """Move the echoes of an error that `run` reports once to the `BackgroundLog` (see the module
+    docstring). TensorStore's threads print their late callbacks through `sys.unraisablehook` (a
+    write that failed on a full disk: one `Event loop is closed` traceback per pending write), older
+    paths through `sys.excepthook`; both hooks take exactly those and pass everything else on."""
     for name in ("absl", "asyncio"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _BackgroundErrorFilter) for f in logger.filters):
             logger.addFilter(_BackgroundErrorFilter())
+    if not getattr(sys.unraisablehook, "_bioinstruct_quiet", False):
+        previous_unraisable = sys.unraisablehook
+
+        def unraisable(info):
+            if info.exc_type is not None and _late_callback(info.exc_type, info.exc_value):
+                BackgroundLog.write("".join(traceback.format_exception(info.exc_type, info.exc_value,
+                                                                       info.exc_traceback)))
+            else:
+                previous_unraisable(info)
+
+        unraisable._bioinstruct_quiet = True  # type: ignore[attr-defined]
+        sys.unraisablehook = unraisable
     if getattr(sys.excepthook, "_bioinstruct_quiet", False):
         return
     previous = sys.excepthook
 
     def hook(exc_type, value, tb):
-        if not _late_callback(exc_type, value):
+        if _late_callback(exc_type, value):
+            BackgroundLog.write("".join(traceback.format_exception(exc_type, value, tb)))
+        else:
             previous(exc_type, value, tb)
 
     hook._bioinstruct_quiet = True  # type: ignore[attr-defined]
@@ -129,8 +177,12 @@ def describe(err: BaseException) -> str:
 
 
 def report(err: BaseException, file: Any = None) -> int:
-    """Print `error: ...` for a user error; returns the exit code (2)."""
-    print(f"error: {describe(_storage_os_error(err))}", file=file or sys.stderr)
+    """Print `error: ...` for a user error; returns the exit code (2). When background threads
+    echoed the error, the line names the file their messages went to."""
+    line = f"error: {describe(_storage_os_error(err))}"
+    if BackgroundLog.path:
+        line += f" [background threads' messages: {BackgroundLog.path}]"
+    print(line, file=file or sys.stderr)
     return EXIT_USER_ERROR
 
 

@@ -79,6 +79,13 @@ class ExampleEncoder:
         self.bos_prefix = [self.bos] if getattr(tokenizer, "adds_bos", True) else []  # the tokenizer's own rule
 
     def __call__(self, record: Mapping[str, Any]) -> EncodedExample | None:
+        messages = record.get("messages") if isinstance(record, Mapping) else None
+        if messages:
+            if not self.chat:
+                raise ValueError(f"a conversation record (messages / conversations) needs data.template="
+                                 f"{templates.CHAT_TEMPLATE}, not {self.template.name!r}: the tokenizer's chat "
+                                 "template renders it")
+            return self._encode_conversation(messages)
         if self.chat:
             return self._encode_chat(record)
         prompt, response = templates.format_example(record, self.template.name)
@@ -134,6 +141,49 @@ class ExampleEncoder:
         return self._example(prompt_ids, resp, excess if truncated else 0)
 
 
+    def _encode_conversation(self, messages: Sequence[Mapping[str, str]]) -> EncodedExample | None:
+        """A whole conversation through the chat template; the loss covers every assistant turn
+        (its reply and end-of-turn token, as `chat.split_turn` cuts it) and nothing else. Rendered
+        turn by turn: the text before each assistant turn is the conversation so far with the
+        generation prompt, which must be a prefix of the whole rendering. A conversation longer than
+        data.max_length keeps its first turns: it is cut after the last assistant turn that fits
+        (dropped when not even the first one fits)."""
+        messages = [dict(m) for m in messages]
+        ids: list[int] = []
+        mask: list[float] = []
+        rendered = ""
+        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        kept_ids: list[int] | None = None
+        kept_mask: list[float] = []
+        full = False
+        for i in turns:
+            prompt, answer, _ = chat.split_turn(self.tokenizer, messages[: i + 1])
+            if not prompt.startswith(rendered):
+                raise chat.ChatTemplateError(f"{chat._where(self.tokenizer)}: the chat template renders the "
+                                             f"conversation up to turn {i} differently from its whole; cannot "
+                                             "mark the assistant turns")
+            head = chat.encode_rendered(self.tokenizer, prompt[len(rendered):])
+            if not ids and not chat.starts_with_bos_text(self.tokenizer, prompt):
+                head = self.bos_prefix + head
+            resp = chat.encode_rendered(self.tokenizer, answer)
+            if chat.end_of_turn_id(self.tokenizer) is None:
+                resp = resp + [self.eos]
+            ids += head + resp
+            mask += [0.0] * len(head) + [1.0] * len(resp)
+            rendered = prompt + answer
+            if len(ids) > self.max_length + 1:
+                if kept_ids is None:
+                    return None  # not even the first assistant turn fits
+                full = True
+            elif not full:
+                kept_ids, kept_mask = list(ids), list(mask)
+        if kept_ids is None:
+            return None
+        dropped = len(ids) - len(kept_ids)
+        tokens = np.asarray(kept_ids, np.int32)
+        return EncodedExample(tokens[:-1], tokens[1:], np.asarray(kept_mask[1:], np.float32), dropped > 0, dropped)
+
+
 def count_examples(records: Sequence[Mapping[str, Any]], encoder: ExampleEncoder) -> dict[str, int]:
     """{examples, kept, prompt_truncated, prompt_tokens_dropped, largest_prompt_cut,
     dropped_response_too_long, tokens, response_tokens} of a split."""
@@ -162,7 +212,8 @@ def cut_note(counts: Mapping[str, int], max_length: int, split: str = "training"
     if counts.get("prompt_truncated"):
         parts.append(f"{counts['prompt_truncated']} of {counts['examples']} {split} examples had their prompt cut "
                      f"to fit data.max_length={max_length}: {counts['prompt_tokens_dropped']:,} tokens dropped from "
-                     f"the end of the instruction / input, the response header kept (at most "
+                     f"the end of the instruction / input, the response header kept (conversations: their last "
+                     f"turns) (at most "
                      f"{counts['largest_prompt_cut']:,} from one)")
     if counts.get("dropped_response_too_long"):
         parts.append(f"{counts['dropped_response_too_long']} of {counts['examples']} {split} examples are left out: "
@@ -193,6 +244,17 @@ class _DecodedSource:
         return record_from_example(self.source[i])
 
 
+def _check_conversations(records: list[dict[str, Any]], cfg: DataConfig, path: str) -> list[dict[str, Any]]:
+    """Conversation records train only with the chat template (which renders the whole conversation)."""
+    if cfg.template != templates.CHAT_TEMPLATE:
+        first = next((i for i, r in enumerate(records) if r.get("messages")), None)
+        if first is not None:
+            raise ValueError(f"{path}: record {first} is a conversation (messages / conversations); conversations "
+                             f"train with data.template={templates.CHAT_TEMPLATE} (the tokenizer's chat template), "
+                             f"not {cfg.template}")
+    return records
+
+
 def load_split(cfg: DataConfig, split: str) -> Sequence[Mapping[str, Any]]:
     """The records of `split` ("train" / "val" / "validation") named by the config."""
     split = "validation" if split in ("val", "validation", "eval") else split
@@ -209,8 +271,9 @@ def load_split(cfg: DataConfig, split: str) -> Sequence[Mapping[str, Any]]:
             return read_records(cfg.val_file, skip_malformed=cfg.skip_malformed)
         return _DecodedSource(sources[split])
     if split == "validation" and cfg.val_file:
-        return read_records(cfg.val_file, skip_malformed=cfg.skip_malformed)
+        return _check_conversations(read_records(cfg.val_file, skip_malformed=cfg.skip_malformed), cfg, cfg.val_file)
     records = read_records(cfg.train_file, skip_malformed=cfg.skip_malformed)
+    _check_conversations(records, cfg, cfg.train_file)
     if cfg.val_file:
         return records  # the whole file trains
     return [r for r in records

@@ -1,7 +1,11 @@
 """The instruction record shared by seeds, generation and training data, and its file readers.
 
 A record is an (instruction, input, output) triple with a category (qa, ie, gen, other, or empty
-when unlabelled) and an id; `instruction` and `output` are required. `read_jsonl_records` (JSON
+when unlabelled) and an id; `instruction` and `output` are required. Training files may also hold
+conversations, beside such records: OpenAI chat records `{"messages": [{"role": "system" |
+"user" | "assistant", "content": ...}, ...]}` and ShareGPT records `{"conversations": [{"from":
+"system" | "human" | "gpt", "value": ...}, ...]}`, both read into `messages` (roles system / user /
+assistant; a system turn only first; at least one user and one assistant turn). `read_jsonl_records` (JSON
 lines) and `read_instruction_file` (a JSON array or JSON lines) report a bad record, bad JSON or
 bytes that are not UTF-8 as `file:line: reason`.
 """
@@ -19,6 +23,8 @@ from bioinstruct_jax.config.storage import as_path
 
 CATEGORIES = ("qa", "ie", "gen", "other")
 FIELDS = ("id", "instruction", "input", "output", "category")
+CHAT_ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
 class RecordError(ValueError):
@@ -49,9 +55,13 @@ class InstructionRecord:
     output: str = ""
     category: str = ""
     id: str = ""
+    messages: list[dict[str, str]] | None = None  # a conversation (chat records); None for an instruction
 
-    def to_dict(self) -> dict[str, str]:
-        return {k: getattr(self, k) for k in FIELDS}
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: getattr(self, k) for k in FIELDS}
+        if self.messages is not None:
+            out["messages"] = [dict(m) for m in self.messages]
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False)
@@ -61,6 +71,8 @@ class InstructionRecord:
         """Build from a JSON object; `where` (e.g. "file:12") prefixes every error."""
         if not isinstance(obj, dict):
             raise RecordError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        if "messages" in obj or "conversations" in obj:
+            return cls.from_chat(obj, where)
         for key in ("instruction", "output"):
             if obj.get(key) is None:
                 raise RecordError(f"{where}: missing key {key!r} (keys: {sorted(obj)})")
@@ -75,6 +87,46 @@ class InstructionRecord:
         if values["category"] and values["category"] not in CATEGORIES:
             raise RecordError(f"{where}: category {values['category']!r} is not one of {CATEGORIES}")
         return cls(**values)
+
+    @classmethod
+    def from_chat(cls, obj: dict[str, Any], where: str = "<record>") -> "InstructionRecord":
+        """A conversation record (OpenAI `messages` or ShareGPT `conversations`, see the module
+        docstring); `instruction` / `output` hold its first user and last assistant turn."""
+        key = "messages" if "messages" in obj else "conversations"
+        turns = obj[key]
+        if not isinstance(turns, list) or not turns:
+            raise RecordError(f"{where}: {key!r} must be a non-empty list of turns, got {type(turns).__name__}")
+        messages = []
+        for i, turn in enumerate(turns):
+            at = f"{where}: {key}[{i}]"
+            if not isinstance(turn, dict):
+                raise RecordError(f"{at}: expected an object, got {type(turn).__name__}")
+            if key == "messages":
+                role, content = turn.get("role"), turn.get("content")
+                if role not in CHAT_ROLES:
+                    raise RecordError(f"{at}: role {role!r} is not one of {CHAT_ROLES}")
+            else:
+                who, content = turn.get("from"), turn.get("value")
+                if who not in SHAREGPT_ROLES:
+                    raise RecordError(f"{at}: 'from' {who!r} is not one of {tuple(SHAREGPT_ROLES)}")
+                role = SHAREGPT_ROLES[who]
+            if not isinstance(content, str):
+                field = "content" if key == "messages" else "value"
+                raise RecordError(f"{at}: {field!r} must be a string, got {type(content).__name__}")
+            if role == "system" and i:
+                raise RecordError(f"{at}: a system turn may only come first")
+            messages.append({"role": role, "content": content})
+        roles = [m["role"] for m in messages]
+        for need in ("user", "assistant"):
+            if need not in roles:
+                raise RecordError(f"{where}: the conversation has no {need} turn (roles: {roles})")
+        category = obj.get("category") or ""
+        if category and category not in CATEGORIES:
+            raise RecordError(f"{where}: category {category!r} is not one of {CATEGORIES}")
+        first_user = next(m["content"] for m in messages if m["role"] == "user")
+        last_reply = next(m["content"] for m in reversed(messages) if m["role"] == "assistant")
+        return cls(instruction=first_user, output=last_reply, category=category, id=str(obj.get("id") or ""),
+                   messages=messages)
 
 
 def read_jsonl_records(path: str | pathlib.Path, skip_malformed: bool = False) -> list[InstructionRecord]:

@@ -159,7 +159,8 @@ def take_run_lock(cfg: RunConfig) -> RunLock:
     return lock
 
 
-def run(cfg: RunConfig, **kwargs: Any) -> RunResult:
+def run(cfg: RunConfig, *, tokenizer: Any = None, data_factory: DataFactory | None = None,
+        stop_after: int | None = None, verbose: bool = True, resume_step: int | None = None) -> RunResult:
     """Train (or resume) the run described by `cfg`; returns at the last step or on SIGTERM.
 
     tokenizer / data_factory: injected in tests; default from the config. stop_after: end this
@@ -170,7 +171,8 @@ def run(cfg: RunConfig, **kwargs: Any) -> RunResult:
     """
     locks: list[RunLock] = []
     try:
-        return _run(cfg, locks=locks, **kwargs)
+        return _run(cfg, locks=locks, tokenizer=tokenizer, data_factory=data_factory, stop_after=stop_after,
+                    verbose=verbose, resume_step=resume_step)
     finally:
         for lock in locks:
             lock.release()

@@ -100,6 +100,8 @@ BUILDER_CONFIG_NAMES = ("all", "qa", "ie", "gen", "other") + tuple(f"all_{n // 1
 
 
 def record_key(rec: InstructionRecord) -> str:
+    if rec.messages is not None:  # a conversation: all its turns
+        return "\x00".join(f"{m['role']}\x01{m['content']}" for m in rec.messages)
     return "\x00".join((rec.instruction, rec.input, rec.output))
 
 
@@ -161,6 +163,11 @@ class Bioinstruct(common.SourceFileBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
         path = self.source_file(dl_manager)
         records, skipped = read_instruction_file(path, skip_malformed=self.skip_malformed)
+        chats = [i for i, r in enumerate(records) if r.messages is not None]
+        if chats:
+            raise RecordError(f"{path}: record {chats[0]} (and {len(chats) - 1} more) is a conversation (messages / "
+                              "conversations); the TFDS builder stores instruction records only: train conversations "
+                              "from the file itself (leave data.tfds_config empty)")
         if self.labels_path is not None:
             labels = read_labels(self.labels_path)
             for r in records:
