@@ -58,6 +58,7 @@ RUN = {
     ".venv/bin/python -m bioinstruct_jax.train --config FILE --print-config": [],
     ".venv/bin/python -m bioinstruct_jax.generate --model runs/tiny": ["--max-new-tokens", "4"],
     ".venv/bin/python -m bioinstruct_jax.export --checkpoint runs/tiny": [],
+    ".venv/bin/python -m bioinstruct_jax.eval --model runs/tiny": ["--limit", "2"],
 }
 # commands on gs://my-bucket: run against a local GCS emulator serving that bucket (slow test)
 RUN_GCS = {
@@ -107,7 +108,7 @@ def test_every_readme_command_is_classified():
 def workdir(tmp_path_factory):
     """A scratch root holding what the commands read (configs, seeds) so that runs/ lands here."""
     d = tmp_path_factory.mktemp("readme")
-    for name in ("configs", "seeds"):
+    for name in ("configs", "seeds", "tests/fixtures/eval"):
         shutil.copytree(REPO_ROOT / name, d / name)
     return d
 
