@@ -189,9 +189,9 @@ def count_examples(records: Sequence[Mapping[str, Any]], encoder: ExampleEncoder
     dropped_response_too_long, tokens, response_tokens} of a split."""
     c = collections.Counter(examples=0, kept=0, prompt_truncated=0, prompt_tokens_dropped=0, largest_prompt_cut=0,
                             dropped_response_too_long=0, tokens=0, response_tokens=0)
-    for rec in records:
+    for i in range(len(records)):  # by index: a TFDS source raises ValueError, not IndexError, past its end
         c["examples"] += 1
-        ex = encoder(rec)
+        ex = encoder(records[i])
         if ex is None:
             c["dropped_response_too_long"] += 1
             continue
