@@ -16,13 +16,14 @@ from typing import Sequence
 import jax
 
 from bioinstruct_jax.cli import errors as cli_errors
+from bioinstruct_jax.cli.arguments import ArgumentParser
 from bioinstruct_jax.config import dump_yaml, load_run_config
 from bioinstruct_jax.parallel.distributed import maybe_initialize_distributed
 from bioinstruct_jax.train.loop import run
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bioinstruct_jax.train", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m bioinstruct_jax.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="run config YAML (default: configs/tiny.yaml values built in)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1.0e-4 train.steps=500")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
