@@ -14,6 +14,7 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # twelve Python starts, each importing jax: about a minute on 2 cores
 
 
 def _cases(tmp: pathlib.Path) -> dict[str, tuple[list[str], str]]:
