@@ -7,9 +7,11 @@ from __future__ import annotations
 import pytest
 
 from bioinstruct_jax.cli.arguments import ArgumentParser
+from bioinstruct_jax.config import load_run_config
 from bioinstruct_jax.data.self_instruct import cli as generate_data_cli
 from bioinstruct_jax.eval import __main__ as eval_cli
 from bioinstruct_jax.infer import cli as generate_cli
+from bioinstruct_jax.train import __main__ as train_cli
 from bioinstruct_jax.train import plan as plan_cli
 
 
@@ -72,3 +74,11 @@ def test_an_alias_rewrites_options_only():
     assert (args.out, args.prompt, args.rest) == ("o", "--output", ["--output"])
     with pytest.raises(ValueError, match="--nothing"):
         p.add_alias("--old", "--nothing")
+
+
+def test_train_out_is_train_output_dir(tmp_path):
+    out = str(tmp_path / "runs: a #1")  # YAML-special characters stay part of the path
+    new = load_run_config(None, train_cli.config_overrides(train_cli.parse_args(["--out", out, "train.steps=3"])))
+    assert new.train.output_dir == out and new.train.steps == 3
+    old = load_run_config(None, train_cli.config_overrides(train_cli.parse_args([f"train.output_dir={tmp_path}"])))
+    assert old.train.output_dir == str(tmp_path)
