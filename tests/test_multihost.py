@@ -103,10 +103,10 @@ def test_tpu_chips_are_read_from_the_pci_bus(tmp_path):
 
 def test_one_process_tools_refuse_a_multi_process_launch():
     refuse_multi_process("bioinstruct_jax.eval", {})
-    with pytest.raises(SystemExit, match=r"bioinstruct_jax.eval runs as a single process, but this is process 1 of 2"):
+    with pytest.raises(ValueError, match=r"bioinstruct_jax.eval runs as a single process, but this is process 1 of 2"):
         refuse_multi_process("bioinstruct_jax.eval", {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2",
                                                       "JAX_PROCESS_ID": "1"})
-    with pytest.raises(SystemExit, match="multi-host tpu launch"):
+    with pytest.raises(ValueError, match="multi-host tpu launch"):
         refuse_multi_process("bioinstruct_jax.infer.engine", {"TPU_WORKER_HOSTNAMES": "a,b"})
 
 

@@ -10,7 +10,6 @@ damaged, 0 when all are intact.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import json
@@ -19,6 +18,7 @@ import sys
 import numpy as np
 
 from bioinstruct_jax.cli import errors as cli_errors
+from bioinstruct_jax.cli.arguments import ArgumentParser
 from bioinstruct_jax.checkpoint.hf import _TensorSource
 from bioinstruct_jax.checkpoint.integrity import DamagedCheckpointError, step_dirs, verify_step
 from bioinstruct_jax.checkpoint.orbax import checkpoint_dir, is_run
@@ -72,7 +72,7 @@ def describe_run(path: str) -> tuple[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m bioinstruct_jax.checkpoint.describe", description=__doc__.splitlines()[0])
     parser.add_argument("path", help="an HF LLaMA checkpoint directory, or a training run (output_dir)")
     cli_errors.add_debug_argument(parser)
     args = parser.parse_args(argv)

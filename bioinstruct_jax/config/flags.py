@@ -26,13 +26,15 @@ class Flag:
     """One command-line flag of a field. name: e.g. `--top-p`; empty = `--` + the field name with
     dashes. type: argparse's `type=` (a range-checking parser). action: e.g. `store_true` /
     `store_false` (then no type). default: what argparse starts from when it differs from the field's
-    default (e.g. None for "derived later")."""
+    default (e.g. None for "derived later"). aliases: earlier names of the flag, still accepted but not
+    listed in --help (the parser's `add_alias`, cli/arguments.py)."""
 
     name: str = ""
     type: Callable[[str], Any] | None = None
     action: str | None = None
     help: str | None = None
     default: Any = _FIELD_DEFAULT
+    aliases: tuple[str, ...] = ()
 
 
 def flag_field(default: Any, *flags: Flag) -> Any:
@@ -52,7 +54,10 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
                 kwargs["type"] = flag.type
             if flag.help is not None:
                 kwargs["help"] = flag.help
-            parser.add_argument(flag.name or "--" + field.name.replace("_", "-"), **kwargs)
+            name = flag.name or "--" + field.name.replace("_", "-")
+            parser.add_argument(name, **kwargs)
+            for alias in flag.aliases:
+                parser.add_alias(alias, name)
 
 
 def from_args(cls: type[T], args: argparse.Namespace, origin: str = "command line") -> T:

@@ -1,8 +1,8 @@
 """`python -m bioinstruct_jax.eval`: evaluate a model on biomedical tasks, print results beside the paper's.
 
 Example:
-  python -m bioinstruct_jax.eval --model ckpt/llama2-7b-hf --lora runs/bioinstruct/ckpt \
-      --tasks medqa,pubmedqa,mts_dialog --data-dir ../shared/data --output eval_out \
+  python -m bioinstruct_jax.eval --model ckpt/llama2-7b-hf --adapter runs/bioinstruct/ckpt \
+      --tasks medqa,pubmedqa,mts_dialog --data-dir ../shared/data --out eval_out \
       --judge-model gpt-4 --judge-base-url https://my-endpoint/v1
 """
 
@@ -35,7 +35,7 @@ def _kv(items: Sequence[str], flag: str) -> dict[str, str]:
     for it in items:
         k, sep, v = it.partition("=")
         if not sep or not k:
-            raise SystemExit(f"{flag} expects KEY=VALUE, got {it!r}")
+            raise ValueError(f"{flag} expects KEY=VALUE, got {it!r}")
         out[k.strip()] = v
     return out
 
@@ -54,11 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli_types.ArgumentParser(prog="python -m bioinstruct_jax.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="HF checkpoint folder or our checkpoint")
-    p.add_argument("--lora", help="LoRA checkpoint (adapter) to apply on --model")
+    p.add_argument("--adapter", dest="lora", help="LoRA checkpoint (PEFT adapter or training run) to apply on --model")
     p.add_argument("--tasks", default="paper",
                    help="comma list of: " + ",".join(tasks_mod.TASK_NAMES)
                    + ", jsonl:PATH[:METRIC], 'paper' (the paper's tasks) or 'all'")
-    p.add_argument("--output", required=True, help="output folder (predictions, results.json, judge cache)")
+    p.add_argument("--out", dest="output", required=True, help="output folder (predictions, results.json, judge cache)")
     p.add_argument("--data-dir", help="folder laid out like ../shared/data")
     p.add_argument("--path", action="append", default=[], metavar="TASK[.train]=FILE",
                    help="file for one task's test split (or .train: its one-shot pool); repeatable")
@@ -91,11 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-missing", action="store_true",
                    help="skip (one line each) tasks whose data files are missing instead of stopping")
     p.add_argument("--template", help="prompt template (alpaca, bioinstruct_paper, chat); default: the one the "
-                   "training run (--model or --lora) was trained with, else alpaca")
+                   "training run (--model or --adapter) was trained with, else alpaca")
     p.add_argument("--predictor-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra keyword for bioinstruct_jax.infer.predictor.load_predictor (YAML scalar); repeatable")
     p.add_argument("--step", type=int, default=None, help="checkpoint step of a training run (default: the latest)")
     cli_errors.add_debug_argument(p)
+    p.add_alias("--lora", "--adapter")  # earlier names, still accepted
+    p.add_alias("--output", "--out")
     return p
 
 
@@ -112,7 +114,7 @@ def build_text_scorers(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None, predictor: Predictor | None = None) -> dict[str, Any]:
     """CLI entry; `predictor` lets callers (tests) supply the model instead of loading --model."""
     args = build_parser().parse_args(argv)
-    with staged_folder(args.output) as output:  # a gs:// --output: written locally, uploaded at the end
+    with staged_folder(args.output) as output:  # a gs:// --out: written locally, uploaded at the end
         return _evaluate(args, str(output), predictor)
 
 
@@ -120,7 +122,7 @@ def _evaluate(args: argparse.Namespace, output: str, predictor: Predictor | None
     refuse_multi_process("bioinstruct_jax.eval")  # one process; see distributed.py
     task_list = [tasks_mod.get_task(t) for t in tasks_mod.parse_task_list(args.tasks)]
     if not task_list:
-        raise SystemExit("--tasks selected no task")
+        raise ValueError("--tasks selected no task")
     data = tasks_mod.DataSource(args.data_dir, _kv(args.path, "--path"))
     cfg = runner.EvalConfig(output_dir=output, shots=args.shots, qa_mode=args.qa_mode,
                             limit=args.limit, batch_size=args.batch_size, seed=args.seed,
@@ -142,7 +144,7 @@ def _evaluate(args: argparse.Namespace, output: str, predictor: Predictor | None
         predictor = load_predictor(args.model, args.lora, **extra)
     template = args.template or _run_template(predictor)
     if template not in templates.TEMPLATE_NAMES:
-        raise SystemExit(f"--template {template!r}: known templates are {', '.join(templates.TEMPLATE_NAMES)}")
+        raise ValueError(f"--template {template!r}: known templates are {', '.join(templates.TEMPLATE_NAMES)}")
     cfg = dataclasses.replace(cfg, template=template)
     meta = {"model": args.model, "lora": args.lora, "judge_model": args.judge_model, "template": template}
     results = runner.run_eval(task_list, predictor, data, cfg, judge=judge, meta=meta,

@@ -25,6 +25,8 @@ import re
 import sys
 from typing import Any, Sequence
 
+from bioinstruct_jax.cli import errors as cli_errors
+from bioinstruct_jax.cli.arguments import ArgumentParser
 from bioinstruct_jax.config import load_run_config
 from bioinstruct_jax.data.journal import write_json_atomic
 from bioinstruct_jax.data.pipeline import load_split
@@ -162,7 +164,7 @@ def labels_needed(config: str | None, overrides: Sequence[str], default: str) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bioinstruct_jax.eval.ablation", description=__doc__,
+    p = ArgumentParser(prog="python -m bioinstruct_jax.eval.ablation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("category", help="category ablation table beside the paper's")
@@ -176,12 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     lab.add_argument("--config")
     lab.add_argument("--default", required=True, help="path to print when data.labels_file is unset")
     lab.add_argument("overrides", nargs="*")
-    args = p.parse_args(argv)
-    try:
-        return _run(args)
-    except (FileNotFoundError, ValueError) as err:  # a missing run / bad record: one line, not a traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cli_errors.add_debug_argument(p)
+    return _run(p.parse_args(argv))  # a missing run / bad record: one `error:` line through cli_errors.run
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -205,4 +203,4 @@ def _run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_errors.run(main))

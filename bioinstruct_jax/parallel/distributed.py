@@ -111,15 +111,16 @@ def maybe_initialize_distributed(env: Mapping[str, str] | None = None, **overrid
 
 
 def refuse_multi_process(program: str, env: Mapping[str, str] | None = None) -> None:
-    """SystemExit with a one-line reason when `program` (eval, generate, export: one-process
-    tools) is started as one of several processes; they run once, on one host."""
+    """ValueError with a one-line reason (`error: ...` through cli/errors.run) when `program` (eval,
+    generate, export: one-process tools) is started as one of several processes; they run once,
+    on one host."""
     env = os.environ if env is None else env
     kind, kwargs = detect_environment(env, tpu_chips=0)  # a single TPU VM is fine; a slice's variables are not
     if kind is None:
         return
     where = (f"process {kwargs['process_id']} of {kwargs['num_processes']} (JAX_NUM_PROCESSES / JAX_PROCESS_ID)"
              if kind == "coordinator" else f"one process of a multi-host {kind} launch")
-    raise SystemExit(f"error: python -m {program} runs as a single process, but this is {where}; run it once, "
+    raise ValueError(f"python -m {program} runs as a single process, but this is {where}; run it once, "
                      f"on one host (unset those variables): it uses that host's devices, and checkpoints "
                      f"written by several processes load there")
 

@@ -16,15 +16,17 @@ from typing import Sequence
 import jax
 
 from bioinstruct_jax.cli import errors as cli_errors
+from bioinstruct_jax.cli.arguments import ArgumentParser
 from bioinstruct_jax.config import dump_yaml, load_run_config
 from bioinstruct_jax.parallel.distributed import maybe_initialize_distributed
 from bioinstruct_jax.train.loop import run
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bioinstruct_jax.train", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m bioinstruct_jax.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="run config YAML (default: configs/tiny.yaml values built in)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1.0e-4 train.steps=500")
+    p.add_argument("--out", help="the run folder (the same as the override train.output_dir=OUT, which it follows)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--step", type=int, default=None,
                    help="resume from this checkpoint step (default: the newest intact one); newer steps are "
@@ -33,10 +35,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """The key=value overrides the command line gives (`--out` as train.output_dir, written as JSON)."""
+    return [*args.overrides, *([f"train.output_dir={json.dumps(args.out)}"] if args.out else [])]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        cfg = load_run_config(args.config, args.overrides)
+        cfg = load_run_config(args.config, config_overrides(args))
         if args.print_config:
             print(dump_yaml(cfg))
             return 0

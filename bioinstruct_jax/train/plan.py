@@ -1,6 +1,6 @@
 """Memory planner: compile the LoRA train step ahead of time from shapes only, report per-device bytes.
 
-    python -m bioinstruct_jax.plan --preset llama2-7b --mesh 1,8,1 --batch 128 --grad-accum 16 --seq 512 \\
+    python -m bioinstruct_jax.plan --preset llama2-7b --mesh 1,8,1 --batch-size 128 --grad-accum 16 --max-length 512 \\
         --lora-r 16 --targets q_proj,k_proj,v_proj,o_proj --remat --accelerator tpu-v3
 
 builds the model abstractly (`nnx.eval_shape`, no weights), gives every argument of the training
@@ -29,7 +29,7 @@ times slower to compile. The report says which compiler answered.
 
 `--config FILE [key=value ...]` reads the run YAML (sections model/lora/mesh/data/optim/train) through
 the typed run config, as training does: the same keys, base files and errors. Each flag overrides one
-config key (`SETTING_KEYS`: --batch is data.batch_size, --seq data.max_length, ...) and wins over the
+config key (`SETTING_KEYS`: --batch-size is data.batch_size, --max-length data.max_length, ...) and wins over the
 file; without --config the planner's own defaults (`PlanSettings`) stand in for the file.
 """
 
@@ -50,6 +50,7 @@ from flax import nnx
 
 from bioinstruct_jax.checkpoint import factory
 from bioinstruct_jax.cli import errors as cli_errors
+from bioinstruct_jax.cli.arguments import ArgumentParser
 from bioinstruct_jax.config import RunConfig, load_run_config
 from bioinstruct_jax.config.sections import LoraConfig, ModelConfig, OptimConfig
 from bioinstruct_jax.data.batch import BATCH_DTYPES, BATCH_KEYS
@@ -351,15 +352,15 @@ def settings_from_run(run: RunConfig, devices: int, tpu_aot: bool = False) -> Pl
 
 
 def parse_args(argv: Sequence[str]) -> tuple[PlanSettings, argparse.Namespace]:
-    p = argparse.ArgumentParser(prog="python -m bioinstruct_jax.plan", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m bioinstruct_jax.plan", description=__doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", help="key=value overrides of the --config file (e.g. data.max_length=1024)")
     p.add_argument("--config", help="run config YAML (sections model/lora/mesh/data/train)")
     p.add_argument("--preset", help="model preset (llama2-7b, llama2-13b, llama1-7b, tiny, ...)")
     p.add_argument("--mesh", help="data,fsdp,tensor sizes, e.g. 1,8,1 (one may be -1 with --devices)")
     p.add_argument("--devices", type=int, default=8, help="device count used to resolve a -1 mesh axis (default 8)")
-    p.add_argument("--batch", type=int, help="global batch: rows per optimizer step (data.batch_size)")
+    p.add_argument("--batch-size", dest="batch", type=int, help="global batch: rows per optimizer step (data.batch_size)")
     p.add_argument("--grad-accum", type=int, help="micro-batches per step (optim.grad_accum); batch must divide by it")
-    p.add_argument("--seq", type=int, help="sequence length")
+    p.add_argument("--max-length", dest="seq", type=int, help="sequence length (data.max_length)")
     p.add_argument("--lora-r", type=int)
     p.add_argument("--lora-alpha", type=float)
     p.add_argument("--targets", help="comma-separated projections, e.g. q_proj,k_proj,v_proj,o_proj")
@@ -371,6 +372,8 @@ def parse_args(argv: Sequence[str]) -> tuple[PlanSettings, argparse.Namespace]:
                         "compiler's own figures; several times slower than the default XLA:CPU estimate)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     cli_errors.add_debug_argument(p)
+    p.add_alias("--batch", "--batch-size")  # earlier names, still accepted
+    p.add_alias("--seq", "--max-length")
     args = p.parse_args(argv)
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
@@ -428,8 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = plan(settings)
     except ValueError as err:  # a batch / mesh that training would refuse too (ShardingError is one)
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return cli_errors.report_or_raise(err)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:

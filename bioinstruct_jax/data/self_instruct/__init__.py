@@ -13,7 +13,7 @@ requests run in a thread pool, but their replies are absorbed in request order, 
 the main thread, so a run's output depends only on the replies, not on their timing. Absorbing
 request i commits it in two steps: first `<output stem>.progress.json` is replaced atomically with
 the counters after request i *and the tasks it accepted* (with their ids), then those tasks are
-appended to the output JSONL and fsynced. A rerun with the same --output reads the progress file,
+appended to the output JSONL and fsynced. A rerun with the same --out reads the progress file,
 drops a torn last line, appends whatever of the recorded tasks the file lacks, rebuilds the ROUGE
 pool from the file and goes on with request i+1. A kill before the progress file is replaced
 leaves request i unabsorbed: the rerun asks it again.
@@ -24,7 +24,7 @@ with each task's category. A task the model fails to label keeps an empty catego
 (`label_failures`, `unlabelled`), never put into "other"; the next run asks for it again. With
 `--no-label` a category the model wrote in its reply (`N. Category:`) is kept instead.
 
-`--label-only --input FILE [--output LABELS.jsonl]` runs only the labelling pass on an existing
+`--label-only --input FILE [--out LABELS.jsonl]` runs only the labelling pass on an existing
 instruction file (JSON array or JSON lines, e.g. the published 25K file) and writes the labels file
 the TFDS builder's `labels_file` reads. `<output stem>.summary.json` is written at the end (and on
 Ctrl-C). The API key comes only from the environment and never reaches a message or a file (see

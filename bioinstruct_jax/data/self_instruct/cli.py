@@ -24,6 +24,7 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
                                 description="Generate BioInstruct-style tasks from seeds with an OpenAI-compatible "
                                             "model and label them; or (--label-only) label an existing file.")
     add_flags(p, GenerateConfig)
+    cli_errors.add_debug_argument(p)
     args = p.parse_args(argv)
     if args.input and not args.label_only:
         p.error("--input is only used with --label-only")
@@ -54,10 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted; everything done is saved in {cfg.output}", file=sys.stderr)
         return 130
     except (GenerationError, LLMError, RecordError, FileNotFoundError, ValueError) as exc:
-        if os.environ.get("BIOINSTRUCT_DEBUG") == "1":
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli_errors.report_or_raise(exc)
     unlabelled = summary.get("unlabelled", 0)
     if unlabelled:
         what = summary["output"] if cfg.label_only else summary["labels_file"]

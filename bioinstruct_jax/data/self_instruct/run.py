@@ -245,7 +245,7 @@ def label_only(cfg: GenerateConfig, client: LLMClient | None = None) -> dict[str
         raise FileNotFoundError(f"instruction file {src} does not exist")
     out = pathlib.Path(cfg.output)
     if out.resolve() == src.resolve():
-        raise ValueError(f"--output {out} is the --input file; the labels go to a file of their own")
+        raise ValueError(f"--out {out} is the --input file; the labels go to a file of their own")
     records, _ = read_instruction_file(src)
     client = client or LLMClient(cfg.client_config())
     summary_path = sidecar_paths(out)[1]

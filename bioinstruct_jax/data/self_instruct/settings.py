@@ -18,7 +18,7 @@ DEFAULT_OUTPUT = "data/bioinstruct_generated.jsonl"
 class GenerateConfig:
     """The settings of one generation (or --label-only) run; each field declares its own flag(s)."""
 
-    output: str = flag_field(DEFAULT_OUTPUT, Flag(default=None, help=(
+    output: str = flag_field(DEFAULT_OUTPUT, Flag("--out", default=None, aliases=("--output",), help=(
         f"JSONL to append to, resumed if it exists (default {DEFAULT_OUTPUT}); with --label-only the "
         "labels file (default: <input stem>.labels.jsonl beside the input)")))
     label_only: bool = flag_field(False, Flag(action="store_true", help=(  # label `input` into `output`; no generation
@@ -27,7 +27,8 @@ class GenerateConfig:
     seeds_path: str = flag_field(str(DEFAULT_SEEDS_PATH), Flag("--seeds"))
     num_instructions: int = flag_field(PAPER_NUM_INSTRUCTIONS, Flag(type=positive_int, help=(
         f"tasks to generate (default {PAPER_NUM_INSTRUCTIONS:,}, the paper's count)")))
-    model: str = flag_field("gpt-4")
+    model: str = flag_field("gpt-4", Flag("--teacher-model", aliases=("--model",), help=(
+        "the API model that writes and labels the tasks (default gpt-4, the paper's)")))
     base_url: str | None = flag_field(None, Flag(help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1"))
     api_key_env: str = flag_field("OPENAI_API_KEY", Flag(help="environment variable holding the API key"))
     concurrency: int = flag_field(4, Flag(type=positive_int))
