@@ -38,6 +38,8 @@ from typing import Any, Callable
 
 from etils import epath
 
+from bioinstruct_jax.config.storage import as_path
+
 LOCK_NAME = "run.lock"
 DEFAULT_LEASE_S = 3600
 _READBACK_S = 1.0  # object stores: how long to wait before reading a written lock back
@@ -95,7 +97,7 @@ class RunLock:
 
     def __init__(self, run_dir: Any, *, lease_s: float = DEFAULT_LEASE_S, primary: bool = True,
                  warn: Callable[[str], None] | None = None):
-        self.run_dir = epath.Path(run_dir)
+        self.run_dir = as_path(run_dir)  # gs:// needs gcsfs: one line naming the extra
         self.path = self.run_dir / LOCK_NAME
         self.lease_s = float(lease_s)
         self.primary = primary
