@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import runpy
 import sys
+from typing import Callable
 
 COMMANDS = {
     "train": "bioinstruct_jax.train",
@@ -21,37 +22,24 @@ COMMANDS = {
 }
 
 
-def _run(module: str) -> None:
-    sys.argv[0] = f"python -m {module}"
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+def _entry(name: str) -> Callable[[], None]:
+    """The console-script function of command `name`: runs its module as `__main__`."""
+    module = COMMANDS[name]
+
+    def run() -> None:
+        sys.argv[0] = f"python -m {module}"
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+    run.__name__ = run.__qualname__ = name
+    return run
 
 
-def train() -> None:
-    _run(COMMANDS["train"])
+train = _entry("train")
+plan = _entry("plan")
+generate = _entry("generate")
+evaluate = _entry("evaluate")
+export = _entry("export")
+describe = _entry("describe")
+quickstart = _entry("quickstart")
 
-
-def plan() -> None:
-    _run(COMMANDS["plan"])
-
-
-def generate() -> None:
-    _run(COMMANDS["generate"])
-
-
-def evaluate() -> None:
-    _run(COMMANDS["evaluate"])
-
-
-def export() -> None:
-    _run(COMMANDS["export"])
-
-
-def describe() -> None:
-    _run(COMMANDS["describe"])
-
-
-def quickstart() -> None:
-    _run(COMMANDS["quickstart"])
-
-
-__all__ = ["COMMANDS", "train", "plan", "generate", "evaluate", "export", "describe", "quickstart"]
+__all__ = ["COMMANDS", *COMMANDS]
