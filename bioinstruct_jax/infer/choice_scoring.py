@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bioinstruct_jax.infer.engine import Generator, batch_bucket, next_power_of_two
+from bioinstruct_jax.infer.engine import Generator, batch_bucket, next_power_of_two, pack_pairs
 
 
 @dataclasses.dataclass
@@ -120,24 +120,15 @@ class ChoiceScorer:
         width = self._width(max(len(contexts[i]) + len(choices[i][j]) for i, j in pairs))
         c_width = next_power_of_two(max(len(choices[i][j]) for i, j in pairs))
         b = batch_bucket(len(pairs), g._dp)
-        ids = np.full((b, width), g.pad_id, np.int32)
-        seg = np.zeros((b, width), np.int32)
+        ids, seg, kept, truncated = pack_pairs([(contexts[i], choices[i][j]) for i, j in pairs], width, b,
+                                               g.pad_id, g.max_length)
         pos = np.zeros((b, c_width), np.int32)
         tgt = np.zeros((b, c_width), np.int32)
         mask = np.zeros((b, c_width), bool)
-        truncated = 0
-        for r, (i, j) in enumerate(pairs):
-            ctx, cont = list(contexts[i]), list(choices[i][j])
-            if len(cont) >= width:
-                raise ValueError(f"a choice of {len(cont)} tokens does not fit max_length={g.max_length}")
-            if len(ctx) + len(cont) > width:
-                truncated += 1
-                ctx = ctx[len(ctx) + len(cont) - width:]
-            seq = ctx + cont
-            ids[r, :len(seq)] = seq
-            seg[r, :len(seq)] = 1
+        for r, (n_ctx, (i, j)) in enumerate(zip(kept, pairs)):
+            cont = list(choices[i][j])
             n = len(cont)
-            pos[r, :n] = np.arange(len(ctx) - 1, len(seq) - 1)
+            pos[r, :n] = np.arange(n_ctx - 1, n_ctx + n - 1)
             tgt[r, :n] = cont
             mask[r, :n] = True
         res = np.asarray(self._cont_jit(g._state, *self._place(ids, seg, pos, tgt, mask)))

@@ -291,19 +291,11 @@ class Generator:
             longest = max(len(p) + len(c) for p, c in pairs)
             width = min(max(next_power_of_two(longest), self.min_length_bucket), self.max_length)
             b = batch_bucket(len(pairs), self._dp)
-            ids = np.full((b, width), self.pad_id, np.int32)
-            seg = np.zeros((b, width), np.int32)
+            ids, seg, kept, cut = pack_pairs(pairs, width, b, self.pad_id, self.max_length)
+            truncated += cut
             target = np.zeros((b, width), bool)
-            for r, (p, c) in enumerate(pairs):
-                if len(c) >= width:
-                    raise ValueError(f"continuation of {len(c)} tokens does not fit max_length={self.max_length}")
-                if len(p) + len(c) > width:
-                    truncated += 1
-                    p = p[len(p) + len(c) - width:]
-                seq = p + c
-                ids[r, :len(seq)] = seq
-                seg[r, :len(seq)] = 1
-                target[r, max(len(p), 1):len(seq)] = True  # a first token without context is not scored
+            for r, (n, (_, c)) in enumerate(zip(kept, pairs)):
+                target[r, max(n, 1):n + len(c)] = True  # a first token without context is not scored
             out = np.asarray(self._score_jit(self._state, *self._place(ids, seg, target)))
             for r, i in enumerate(rows):
                 scores[i] = float(out[r])
@@ -313,8 +305,28 @@ class Generator:
         return scores
 
 
+def pack_pairs(pairs: Sequence[tuple[list[int], list[int]]], width: int, batch: int, pad_id: int,
+               max_length: int) -> tuple[np.ndarray, np.ndarray, list[int], int]:
+    """(ids [batch, width], segment ids, each row's kept context length, rows cut): each (context,
+    continuation) pair left-aligned in its row; a pair longer than `width` loses the beginning of
+    its context. A continuation that cannot fit with one context token is an error."""
+    ids = np.full((batch, width), pad_id, np.int32)
+    seg = np.zeros((batch, width), np.int32)
+    kept, cut = [], 0
+    for r, (p, c) in enumerate(pairs):
+        if len(c) >= width:
+            raise ValueError(f"a continuation of {len(c)} tokens does not fit max_length={max_length}")
+        if len(p) + len(c) > width:
+            cut += 1
+            p = p[len(p) + len(c) - width:]
+        ids[r, :len(p) + len(c)] = list(p) + list(c)
+        seg[r, :len(p) + len(c)] = 1
+        kept.append(len(p))
+    return ids, seg, kept, cut
+
+
 def _ends_with_any(row: list[int], seqs: Sequence[Sequence[int]]) -> bool:
     return any(len(s) and row[-len(s):] == list(s) for s in seqs)
 
 
-__all__ = ["Generator", "GenerationResult", "batch_bucket", "default_cache_dtype", "next_power_of_two"]
+__all__ = ["Generator", "GenerationResult", "batch_bucket", "default_cache_dtype", "next_power_of_two", "pack_pairs"]
