@@ -14,7 +14,7 @@
 # Variables: OUT (runs root, default runs/ablation), CATEGORIES (default "qa ie gen"), EPOCHS
 #   (default 3), PY (default .venv/bin/python), TRAIN (command prefix, default "$PY -m
 #   bioinstruct_jax.train.loop"; e.g. scripts/gpu/launch.sh), EVAL (default "$PY -m bioinstruct_jax.eval";
-#   EVAL_ARGS are appended), LABEL_ARGS (appended to the labelling command, e.g. "--model gpt-4").
+#   EVAL_ARGS are appended), LABEL_ARGS (appended to the labelling command, e.g. "--teacher-model gpt-4").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config="$1"; shift
@@ -33,7 +33,7 @@ if [[ -n "$need_labels" ]]; then
     | $PY -c 'import sys, yaml; print(yaml.safe_load(sys.stdin)["data"]["train_file"])')"
   echo "labelling $train_file -> $need_labels (label-only data generation)" >&2
   # shellcheck disable=SC2086
-  $PY -m bioinstruct_jax.data.generate --label-only --input "$train_file" --output "$need_labels" ${LABEL_ARGS:-}
+  $PY -m bioinstruct_jax.data.generate --label-only --input "$train_file" --out "$need_labels" ${LABEL_ARGS:-}
   labels_args=("data.labels_file=$need_labels")
 fi
 
@@ -43,7 +43,7 @@ for cat in $CATEGORIES; do
 done
 for cat in $CATEGORIES; do
   # shellcheck disable=SC2086
-  $EVAL --model "$OUT/$cat" --output "$OUT/$cat/eval" --skip-missing ${EVAL_ARGS:-}
+  $EVAL --model "$OUT/$cat" --out "$OUT/$cat/eval" --skip-missing ${EVAL_ARGS:-}
 done
 # shellcheck disable=SC2086
 $PY -m bioinstruct_jax.eval.ablation category --runs "$OUT" --categories $CATEGORIES

@@ -25,7 +25,7 @@ for size in $SIZES; do
 done
 for size in $SIZES; do
   # shellcheck disable=SC2086
-  $EVAL --model "$OUT/$size" --output "$OUT/$size/eval" --skip-missing ${EVAL_ARGS:-}
+  $EVAL --model "$OUT/$size" --out "$OUT/$size/eval" --skip-missing ${EVAL_ARGS:-}
 done
 # shellcheck disable=SC2086
 $PY -m bioinstruct_jax.eval.ablation data-size --runs "$OUT" --sizes $SIZES --png "$OUT/data_size.png"
