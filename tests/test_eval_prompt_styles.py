@@ -101,9 +101,13 @@ def test_choice_scorer_single_and_multi_token_paths_match_row_scoring(tmp_path):
     contexts = [list(rng.integers(3, 128, size=n)) for n in (5, 17, 9, 30, 2)]
     single = [[[7], [9], [11], [13]] for _ in contexts]
     multi = [[[7, 8], [9], [11, 12, 13]] for _ in contexts]
-    for choices, rows in ((single, len(contexts)), (multi, 3 * len(contexts))):
-        got = ChoiceScorer(gen).score(contexts, choices)
-        assert got.forward_rows == rows  # single-token items: one row (one forward) per item
-        flat = gen.score_continuations([c for c, ch in zip(contexts, choices) for _ in ch],
-                                       [x for ch in choices for x in ch])
+    # single-token items: one row per item; multi-token ones share the context's forward (one
+    # context row per item) unless context + longest choice exceeds max_length (here the
+    # 30-token context with max_length 32: one cut row per choice, as the reference cuts them)
+    short = Generator(model, max_batch_size=4, pad_id=0, max_length=32)
+    for g, choices, rows in ((gen, single, 5), (gen, multi, 5), (short, multi, 4 + 3)):
+        got = ChoiceScorer(g).score(contexts, choices)
+        assert got.forward_rows == rows
+        flat = g.score_continuations([c for c, ch in zip(contexts, choices) for _ in ch],
+                                     [x for ch in choices for x in ch])
         assert np.allclose([x for s in got.scores for x in s], flat, atol=1e-5)

@@ -6,9 +6,13 @@ continuation ids and returns, per item, the summed log-probability of each conti
 - When every choice of every item in a batch is one token after the same context (" A" / " B" /
   ..., " yes" / " no" / " maybe" for most tokenizers), the batch is ONE forward pass over the
   contexts: the next-token log-softmax at each context's last position, read at the choices' ids.
-- Otherwise each (context, choice) is a row of context + continuation; rows are batched and only
-  the continuation positions go through the output layer (the [rows, length, vocab] logits of
-  every prompt position are never built).
+- Otherwise (cloze options, multi-token answers) the context goes through the model once per
+  item: a prefill writes its keys / values into a cache, the cache is repeated for the item's
+  choices, and the choices run as short rows on top of it (positions continuing the context's).
+  A MedQA item of a 250-token question and four 10-token options is 250 + 4 x 10 token positions,
+  not 4 x 260. Only the continuation positions go through the output layer.
+- An item whose context plus longest choice exceeds the generator's `max_length` is scored as one
+  row per (context, choice), cut from the left, so that the cut is the same as the reference's.
 
 Sequences longer than the generator's `max_length` keep their last tokens (lm-eval's HF backend
 does the same: `(context + continuation)[-(max_length + 1):][:-1]`); `truncated` counts them.
@@ -25,12 +29,14 @@ import numpy as np
 from flax import nnx
 
 from bioinstruct_jax.infer.engine import Generator, batch_bucket, next_power_of_two, pack_pairs
+from bioinstruct_jax.model.llama import KVCache, init_cache
 
 
 @dataclasses.dataclass
 class ChoiceScores:
     scores: list[list[float]]  # per item, per choice: sum of log p(continuation | context)
-    forward_rows: int  # rows that went through the model (items for the single-token path)
+    forward_rows: int  # context rows that went through the model: one per item, or per (item, choice) for
+    # the rows of items too long to share their context
     truncated: int  # items whose context lost its beginning to fit max_length
 
 
@@ -41,6 +47,7 @@ class ChoiceScorer:
         self.generator = generator
         self._next_jit = jax.jit(self._next_token_impl)
         self._cont_jit = jax.jit(self._continuation_impl)
+        self._shared_jit = jax.jit(self._shared_context_impl)
 
     def _model(self, state):
         return nnx.merge(self.generator._graphdef, state)
@@ -59,6 +66,31 @@ class ChoiceScorer:
         logp = jax.nn.log_softmax(model.logits(h).astype(jnp.float32), axis=-1)
         tok = jnp.take_along_axis(logp, tgt[:, :, None], axis=-1)[..., 0]
         return jnp.sum(jnp.where(mask, tok, 0.0), axis=1)
+
+    def _shared_context_impl(self, state, ids, seg, last, first, opt_ids, opt_seg, opt_pos, tgt, mask):
+        """Per item [B, K]: log p(choice | context), the context's forward shared by its K choices.
+
+        ids / seg [B, W]: right-padded contexts; last [B]: each context's last position; first [B, K]:
+        each choice's first token; opt_* [B*K, C]: the choices (row b*K + k), at positions after
+        their context; tgt / mask [B*K, C]: position c predicts tgt[c] (the choice's token c+1)."""
+        g = self.generator
+        model = self._model(state)
+        b, w = ids.shape
+        k = first.shape[1]
+        cache = g._constrain_cache(model, init_cache(g.config, b, w + opt_ids.shape[1], g.cache_dtype))
+        hidden, cache = model.hidden_states(ids, segment_ids=seg, cache=cache, prefill=True)
+        h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)  # [B, 1, D]
+        logp = jax.nn.log_softmax(model.logits(h)[:, 0].astype(jnp.float32), axis=-1)  # [B, V]
+        head = jnp.take_along_axis(logp, first, axis=1)  # [B, K]
+        rep = lambda a: jnp.repeat(a, k, axis=0)  # noqa: E731  row b -> rows b*K .. b*K + K-1
+        cache = g._constrain_cache(model, KVCache(keys=tuple(rep(x) for x in cache.keys),
+                                                  values=tuple(rep(x) for x in cache.values),
+                                                  valid=rep(cache.valid), index=cache.index))
+        hidden, _ = model.hidden_states(opt_ids, positions=opt_pos, segment_ids=opt_seg, cache=cache)
+        logp = jax.nn.log_softmax(model.logits(hidden).astype(jnp.float32), axis=-1)  # [B*K, C, V]
+        tok = jnp.take_along_axis(logp, tgt[:, :, None], axis=-1)[..., 0]
+        rest = jnp.sum(jnp.where(mask, tok, 0.0), axis=1).reshape(b, k)
+        return head + rest
 
     def _place(self, *arrays: np.ndarray):
         return self.generator._place(*arrays)
@@ -80,7 +112,11 @@ class ChoiceScorer:
             items = single[start:start + step]
             t, n = self._single_token_batch(items, contexts, choices, out)
             rows, truncated = rows + n, truncated + t
-        flat = [(i, j) for i in multi for j in range(len(choices[i]))]
+        fits = [i for i in multi if len(contexts[i]) + max(map(len, choices[i])) <= self.generator.max_length]
+        for start in range(0, len(fits), step):
+            rows += self._shared_context_batch(fits[start:start + step], contexts, choices, out)
+        shared = set(fits)
+        flat = [(i, j) for i in multi if i not in shared for j in range(len(choices[i]))]
         for start in range(0, len(flat), step):
             pairs = flat[start:start + step]
             t, n = self._continuation_batch(pairs, contexts, choices, out)
@@ -114,6 +150,40 @@ class ChoiceScorer:
         for r, i in enumerate(items):
             out[i] = [float(x) for x in res[r, :len(choices[i])]]
         return truncated, len(items)
+
+    def _shared_context_batch(self, items, contexts, choices, out) -> int:
+        g = self.generator
+        width = self._width(max(len(contexts[i]) for i in items))
+        c_width = next_power_of_two(max(len(c) for i in items for c in choices[i]))
+        k = max(len(choices[i]) for i in items)
+        b = batch_bucket(len(items), g._dp)
+        ids = np.full((b, width), g.pad_id, np.int32)
+        seg = np.zeros((b, width), np.int32)
+        last = np.zeros((b,), np.int32)
+        first = np.zeros((b, k), np.int32)
+        opt_ids = np.full((b * k, c_width), g.pad_id, np.int32)
+        opt_seg = np.zeros((b * k, c_width), np.int32)
+        opt_pos = np.zeros((b * k, c_width), np.int32)
+        tgt = np.zeros((b * k, c_width), np.int32)
+        mask = np.zeros((b * k, c_width), bool)
+        for r, i in enumerate(items):
+            n_ctx = len(contexts[i])
+            ids[r, :n_ctx] = contexts[i]
+            seg[r, :n_ctx] = 1
+            last[r] = n_ctx - 1
+            for j, cont in enumerate(choices[i]):
+                n, row = len(cont), r * k + j
+                first[r, j] = cont[0]
+                opt_ids[row, :n] = cont
+                opt_seg[row, :n] = 1
+                opt_pos[row, :n] = np.arange(n_ctx, n_ctx + n)
+                tgt[row, :n - 1] = cont[1:]
+                mask[row, :n - 1] = True
+        res = np.asarray(self._shared_jit(g._state, *self._place(ids, seg, last, first, opt_ids, opt_seg,
+                                                                   opt_pos, tgt, mask)))
+        for r, i in enumerate(items):
+            out[i] = [float(x) for x in res[r, :len(choices[i])]]
+        return len(items)
 
     def _continuation_batch(self, pairs, contexts, choices, out) -> tuple[int, int]:
         g = self.generator
