@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bioinstruct_jax.infer.engine import Generator, default_cache_dtype
+from bioinstruct_jax.infer.engine import Generator, default_cache_dtype, length_bucket
 from bioinstruct_jax.model.llama import Llama, LlamaConfig, init_cache, padded_positions
 from bioinstruct_jax.infer.sampling import SamplingConfig
 
@@ -84,3 +84,11 @@ def _loop_cache_copies(hlo: str, shapes: set[str]) -> list[str]:
         if m and "while/body" in line and m.group(1) in shapes:
             out.append(line.strip())
     return out
+
+
+def test_length_bucket_is_the_smallest_power_of_two_or_one_and_a_half_times_one_that_holds_n():
+    assert [length_bucket(n) for n in (1, 2, 3, 5, 7, 9, 13, 17, 25, 129, 193, 257, 520, 769)] == \
+        [1, 2, 3, 6, 8, 12, 16, 24, 32, 192, 256, 384, 768, 1024]
+    allowed = sorted({1 << k for k in range(14)} | {3 << k for k in range(13)})
+    for n in range(1, 5000):
+        assert length_bucket(n) == next(a for a in allowed if a >= n), n

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bioinstruct_jax.infer.engine import Generator, batch_bucket, next_power_of_two, pack_pairs
+from bioinstruct_jax.infer.engine import Generator, batch_bucket, length_bucket, next_power_of_two, pack_pairs
 from bioinstruct_jax.model.llama import KVCache, init_cache
 
 
@@ -124,8 +124,10 @@ class ChoiceScorer:
         return ChoiceScores(out, rows, truncated)
 
     def _width(self, longest: int) -> int:
+        """Row width for contexts of up to `longest` tokens: 1.5x steps between powers of two (a
+        PubMedQA context of 520 tokens pads to 768, not 1,024)."""
         g = self.generator
-        return min(max(next_power_of_two(longest), g.min_length_bucket), g.max_length)
+        return min(max(length_bucket(longest), g.min_length_bucket), g.max_length)
 
     def _single_token_batch(self, items, contexts, choices, out) -> tuple[int, int]:
         g = self.generator

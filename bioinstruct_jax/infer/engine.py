@@ -52,6 +52,13 @@ def next_power_of_two(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+def length_bucket(n: int) -> int:
+    """The smallest of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and 1.5x them) that holds n:
+    padding wastes at most a third of a row instead of a half, for twice the compiled shapes."""
+    p = next_power_of_two(n)
+    return 3 * p // 4 if p >= 4 and 3 * p // 4 >= n else p
+
+
 def default_cache_dtype(compute_dtype: Any) -> Any:
     """The compute dtype, except float32 on XLA:CPU: there bf16 dots run in f32 (XLA converts the
     weights once, outside the decode loop), and a bf16 cache would be converted whole, every layer,
@@ -329,4 +336,4 @@ def _ends_with_any(row: list[int], seqs: Sequence[Sequence[int]]) -> bool:
     return any(len(s) and row[-len(s):] == list(s) for s in seqs)
 
 
-__all__ = ["Generator", "GenerationResult", "batch_bucket", "default_cache_dtype", "next_power_of_two", "pack_pairs"]
+__all__ = ["Generator", "GenerationResult", "batch_bucket", "default_cache_dtype", "length_bucket", "next_power_of_two", "pack_pairs"]
