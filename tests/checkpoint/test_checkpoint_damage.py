@@ -14,7 +14,7 @@ import pytest
 
 from bioinstruct_jax.checkpoint.integrity import DamagedCheckpointError, choose_step, verify_step
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _largest(pattern_dir: pathlib.Path) -> pathlib.Path:

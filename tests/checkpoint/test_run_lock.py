@@ -19,7 +19,7 @@ import pytest
 
 from bioinstruct_jax.checkpoint.run_lock import LOCK_NAME, RunLock, RunLockedError, process_start_ticks
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 ENV = {**{k: v for k, v in os.environ.items() if k != "BIOINSTRUCT_DEBUG"},
        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # twelve Python starts, each importing jax: about a minute on 2 cores
 
 

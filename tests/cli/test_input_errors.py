@@ -16,7 +16,7 @@ from bioinstruct_jax.data.records import RecordError, read_instruction_file
 from bioinstruct_jax.eval.runner import EvalConfig
 from bioinstruct_jax.data.tokenizer import TokenizerFileError, load_tokenizer
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 GOOD = {"instruction": "Name a loop diuretic.", "input": "", "output": "Furosemide."}
 
 

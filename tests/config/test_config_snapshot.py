@@ -1,5 +1,5 @@
 """Every YAML under configs/ resolves (bases merged, through the typed loader) to exactly the config it
-resolved to before the files were split into bases and overlays: tests/data/resolved_configs.json."""
+resolved to before the files were split into bases and overlays: tests/fixtures/resolved_configs.json."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from bioinstruct_jax.config import load_run_config, to_dict
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SNAPSHOT = json.loads((REPO / "tests" / "data" / "resolved_configs.json").read_text())
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SNAPSHOT = json.loads((REPO / "tests" / "fixtures" / "resolved_configs.json").read_text())
 # bases (configs/**/base/) are not runs on their own; every other file is
 RUN_CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml")
                      if "base" not in p.relative_to(REPO).parts)

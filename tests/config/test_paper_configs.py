@@ -13,7 +13,7 @@ import pytest
 from bioinstruct_jax.config import config_files, load_run_config
 from conftest import shared_path
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 PAPER_CONFIGS = sorted((REPO / "configs" / "paper").glob("*.yaml"))
 SHORT = [p for p in PAPER_CONFIGS if "tpu-v3-8" in p.stem or "tpu-v5e-8" in p.stem]
 

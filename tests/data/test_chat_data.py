@@ -24,7 +24,7 @@ from bioinstruct_jax.data.pipeline import ExampleEncoder, read_records
 from bioinstruct_jax.data.records import RecordError, read_instruction_file
 from gguf_fixtures import smollm2_path, write_tiny_gguf
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 ENV = {**{k: v for k, v in os.environ.items() if k != "BIOINSTRUCT_DEBUG"},
        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
 

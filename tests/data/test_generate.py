@@ -24,7 +24,7 @@ from bioinstruct_jax.data.records import InstructionRecord, read_jsonl_records, 
 from bioinstruct_jax.data.llm_client import LLMClient
 from openai_server import Reply, ScriptedOpenAIServer, replies_in_order
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 VOCAB = [f"term{i}" for i in range(600)]
 
 SEEDS = [

@@ -33,7 +33,7 @@ from bioinstruct_jax.data.labels import LABEL_PROMPT_HEADER
 from bioinstruct_jax.data.records import read_jsonl_records
 from openai_server import Reply, ScriptedOpenAIServer
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 VOCAB = [f"word{i}" for i in range(500)]
 CATS = ("qa", "ie", "gen", "other")
 

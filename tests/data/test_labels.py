@@ -16,7 +16,7 @@ from bioinstruct_jax.data.records import InstructionRecord, read_instruction_fil
 from bioinstruct_jax.data.tfds.bioinstruct import read_labels
 from openai_server import Reply, ScriptedOpenAIServer
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 # (instruction, the label the server gives it)
 TASKS = [("Answer the multiple-choice question about beta blockers.", "qa"),
          ("Extract every drug name from the discharge note.", "ie"),

@@ -16,7 +16,7 @@ from bioinstruct_jax.data import templates
 from bioinstruct_jax.data.records import RecordError
 from bioinstruct_jax.data.tokenizer import load_tokenizer, train_sentencepiece
 
-FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "instructions_small.jsonl"
+FIXTURE = pathlib.Path(__file__).parents[1] / "fixtures" / "instructions_small.jsonl"
 RECORDS = [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
 
 

@@ -15,7 +15,7 @@ from bioinstruct_jax.data.records import RecordError  # noqa: E402
 from bioinstruct_jax.data.tfds import bioinstruct as B  # noqa: E402
 from bioinstruct_jax.data.tfds import common  # noqa: E402
 
-FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "instructions_small.jsonl"
+FIXTURE = pathlib.Path(__file__).parents[1] / "fixtures" / "instructions_small.jsonl"
 RECORDS = [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
 
 

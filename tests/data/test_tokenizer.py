@@ -13,7 +13,7 @@ import sentencepiece as spm
 from bioinstruct_jax.data.tokenizer import (HFTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer,
                                        train_sentencepiece)
 
-FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "instructions_small.jsonl"
+FIXTURE = pathlib.Path(__file__).parents[1] / "fixtures" / "instructions_small.jsonl"
 TEXT = "The patient's HbA1c was 7.2% (elevated); recheck in 3 months.\nNo aspirin."
 
 

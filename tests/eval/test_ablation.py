@@ -16,8 +16,8 @@ import pytest
 
 from bioinstruct_jax.eval import ablation, paper_results
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-FIX = pathlib.Path(__file__).parent / "fixtures" / "eval"
+REPO = pathlib.Path(__file__).resolve().parents[2]
+FIX = pathlib.Path(__file__).parents[1] / "fixtures" / "eval"
 SIZES = {"qa": 60, "ie": 130, "gen": 90, "other": 20}
 
 

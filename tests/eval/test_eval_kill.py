@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 ENV = {**{k: v for k, v in os.environ.items() if k != "BIOINSTRUCT_DEBUG"},
        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
 N_ITEMS = 48  # one is held out as the one-shot pool: 47 scored

@@ -11,7 +11,7 @@ from bioinstruct_jax.eval import loaders as L
 from bioinstruct_jax.eval import tasks as T
 from conftest import shared_path
 
-FIX = pathlib.Path(__file__).parent / "fixtures" / "eval"
+FIX = pathlib.Path(__file__).parents[1] / "fixtures" / "eval"
 
 
 def test_medqa_fixture():

@@ -13,7 +13,7 @@ import pytest
 from bioinstruct_jax.eval import runner, tasks as T
 from bioinstruct_jax.eval.__main__ import main
 
-FIX = pathlib.Path(__file__).parent / "fixtures" / "eval"
+FIX = pathlib.Path(__file__).parents[1] / "fixtures" / "eval"
 
 
 class ChoiceDouble:

@@ -13,7 +13,7 @@ import pytest
 from bioinstruct_jax.eval import concepts, runner, tasks as T
 from bioinstruct_jax.eval.__main__ import main
 
-FIX = pathlib.Path(__file__).parent / "fixtures" / "eval"
+FIX = pathlib.Path(__file__).parents[1] / "fixtures" / "eval"
 WORDS = ("the patient has a fever and cough no pain chest mild severe denies shortness of breath "
          "history hypertension diabetes mother father smokes alcohol").split()
 

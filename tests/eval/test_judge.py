@@ -15,7 +15,7 @@ from bioinstruct_jax.eval.judge import JUDGE_PROMPT, Judge, aggregate, parse_jud
 from bioinstruct_jax.data.llm_client import LLMClient, LLMClientConfig
 from openai_server import Reply, ScriptedOpenAIServer
 
-FIX = pathlib.Path(__file__).parent / "fixtures" / "eval"
+FIX = pathlib.Path(__file__).parents[1] / "fixtures" / "eval"
 GOOD = '{"coherence": 4, "completeness": 3, "naturalness": 5}'
 
 

@@ -23,7 +23,7 @@ from test_export_gguf import write_bpe_tokenizer
 
 pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run_export(args, kill_after: int | None = None) -> subprocess.CompletedProcess:

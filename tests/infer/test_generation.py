@@ -2,7 +2,7 @@
 (`bioinstruct_jax.infer.engine` / `bioinstruct_jax.infer.sampling`), against transformers and plain forwards;
 sharded generation on 8 virtual CPU devices (tests/conftest.py sets them before jax is imported).
 
-(`tests/test_generate.py` holds the tests of `bioinstruct_jax.data.self_instruct`, the instruction
+(`tests/data/test_generate.py` holds the tests of `bioinstruct_jax.data.self_instruct`, the instruction
 generator; this file is the model-side generator.)
 """
 

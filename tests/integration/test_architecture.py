@@ -22,7 +22,7 @@ import sys
 import pytest
 
 PACKAGE = "bioinstruct_jax"
-ROOT = pathlib.Path(__file__).resolve().parents[1] / PACKAGE
+ROOT = pathlib.Path(__file__).resolve().parents[2] / PACKAGE
 
 # Stages in data-flow order. A stage may import its own modules and those of earlier ranks only;
 # stages of the same rank (train / infer, eval / export) are siblings and may not import each other.

@@ -24,11 +24,11 @@ import time
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # tests/: the helper modules
 import gcs_emulator  # noqa: E402
 import multihost_cli as mh  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 STEPS, SAVE_EVERY = 6, 2
 TINY = ["--config", "configs/tiny.yaml", f"train.steps={STEPS}", f"train.save_every={SAVE_EVERY}",
         "train.log_every=1", "train.eval_every=3", "train.keep_last=5", "train.progress_bar=false"]

@@ -15,8 +15,8 @@ import pytest
 from bioinstruct_jax.parallel.distributed import (detect_environment, host_batch_rows, host_batch_slice, refuse_multi_process,
                                          tpu_chips_on_host)
 
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+TESTS = pathlib.Path(__file__).resolve().parents[1]  # the helper modules live here
+sys.path.insert(0, str(TESTS))
 import multihost_worker  # noqa: E402
 
 TIMEOUT_S = 150
@@ -33,11 +33,11 @@ def test_two_processes_match_single_process(tmp_path):
         pytest.skip("this jax build has no CPU collectives option (jax_cpu_collectives_implementation)")
     port = _free_port()
     env_base = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_", "TPU_", "SLURM_"))}
-    env_base["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env_base.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env_base["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), env_base.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     procs = []
     for pid in range(2):
         env = dict(env_base, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid))
-        procs.append(subprocess.Popen([sys.executable, str(HERE / "multihost_worker.py"), str(tmp_path)], env=env,
+        procs.append(subprocess.Popen([sys.executable, str(TESTS / "multihost_worker.py"), str(tmp_path)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = []
     try:

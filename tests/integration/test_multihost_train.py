@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # tests/: the helper modules
 import multihost_cli as mh  # noqa: E402
 
 STEPS = 16

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 ENV = {**{k: v for k, v in os.environ.items() if k != "BIOINSTRUCT_DEBUG"},
        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
 CONTEXT = 256  # the tiny model's max_position_embeddings

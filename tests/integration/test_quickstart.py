@@ -1,5 +1,5 @@
 """The README's first command, shortened: `python -m bioinstruct_jax.quickstart --tiny` with a few
-steps (the random tiny LLaMA stands in for SmolLM2; tests/test_readme_commands.py runs the real one
+steps (the random tiny LLaMA stands in for SmolLM2; tests/integration/test_readme_commands.py runs the real one
 when it is installed).
 
 Every stage's artifact is checked by something other than the code that wrote it: the Orbax
@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from bioinstruct_jax.jobs import quickstart
-from test_export import ours
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -86,6 +86,6 @@ def test_quickstart_trains_checkpoints_evaluates_and_exports(tmp_path, capsys):
     ids = hf_tok("Summarise the patient's question.", return_tensors="np")["input_ids"]
     with torch.no_grad():
         theirs = hf(torch.from_numpy(ids)).logits.numpy()
-    np.testing.assert_allclose(ours(model, ids), theirs, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(model(jnp.asarray(ids))), theirs, atol=1e-4, rtol=1e-4)
     adapter = peft.PeftConfig.from_pretrained(out / "export" / "peft")
     assert adapter.r == cfg.lora.r and adapter.peft_type == "LORA"

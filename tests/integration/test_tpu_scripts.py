@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 TPU = REPO / "scripts" / "tpu"
 
 STUB = """#!/usr/bin/env python3

@@ -24,7 +24,7 @@ import sysconfig
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 BUILD_INPUTS = ("pyproject.toml", "README.md", "bioinstruct_jax", "seeds", "configs", "data/quickstart")
 
 

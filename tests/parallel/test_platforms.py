@@ -11,7 +11,7 @@ import pytest
 
 from bioinstruct_jax.parallel import platforms
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 PROBE = """
 import bioinstruct_jax, os, jax
 jax.devices()

@@ -16,7 +16,7 @@ from bioinstruct_jax.config import ConfigError, config_files, load_run_config
 from bioinstruct_jax.model.llama import LlamaConfig
 from gguf_fixtures import write_tiny_gguf
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 PAPER_CONFIGS = sorted((REPO / "configs" / "paper").glob("*.yaml"))
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (virtual) devices; see tests/conftest.py")

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-HELPER = pathlib.Path(__file__).with_name("train_helpers.py")
+HELPER = pathlib.Path(__file__).resolve().parents[1] / "train_helpers.py"
 REPO = HELPER.parents[1]
 # LoRA dropout on, so the saved RNG state matters; 1 device for speed.
 COMMON = ["train.steps=40", "train.save_every=10", "lora.dropout=0.1", "optim.lr=0.003", "train.keep_last=5"]
