@@ -19,7 +19,7 @@ _DTYPES = ("bfloat16", "float32", "float16")
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # Prompt template names a run may choose (`data.template`); `data.templates` holds what each one
-# renders (tests/test_config.py checks that it renders exactly these).
+# renders (tests/config/test_config.py checks that it renders exactly these).
 DEFAULT_TEMPLATE = "alpaca"
 CHAT_TEMPLATE = "chat"
 TEMPLATE_NAMES: tuple[str, ...] = ("alpaca", "bioinstruct_paper", CHAT_TEMPLATE)
