@@ -64,11 +64,6 @@ def _write_jsonl(path: pathlib.Path, records: Sequence[Any]) -> int:
     return len(records)
 
 
-def write_heldout(cfg, path: pathlib.Path) -> int:
-    """The run's validation records (never trained on) as instruction/input/output JSONL."""
-    return _write_jsonl(path, list(load_split(cfg.data, "validation")))
-
-
 def write_data(data_dir: pathlib.Path, with_meqsum: bool) -> dict[str, pathlib.Path]:
     """train.jsonl (seeds' training split [+ MeQSum training slice]) and the held-out files:
     heldout_seeds.jsonl (the seeds' validation split by record hash) [+ heldout_meqsum.jsonl]."""
