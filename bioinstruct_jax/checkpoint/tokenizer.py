@@ -40,8 +40,8 @@ class GGUFTokenizer(AutoTokenizerAdapter):
 
     Built with `TokenizersBackend.from_pretrained(folder, gguf_file=name)`, the class
     `AutoTokenizer` picks for llama GGUF files, called directly: `AutoTokenizer` first parses the
-    whole file again to choose the class (19 s vs 1.7 s for SmolLM2's 49k-token vocabulary on the
-    loaded 2-core machine). transformers' own GGUF metadata reader imports torch; without torch the
+    whole file again to choose the class, which costs about ten times the load itself
+    (BENCHMARKS.md, "Loading a GGUF file's tokenizer"). transformers' own GGUF metadata reader imports torch; without torch the
     same conversion (`convert_gguf_tokenizer`) runs on metadata read by the `gguf` package
     (`gguf_tokenizer_backend`)."""
 

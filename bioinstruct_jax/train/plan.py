@@ -19,9 +19,9 @@ The process re-executes itself with `XLA_FLAGS=--xla_force_host_platform_device_
 `JAX_PLATFORMS=cpu`) when it does not already see enough devices.
 
 Where the figures come from. By default, XLA:CPU's buffer assignment for the same SPMD program on
-virtual CPU devices: fast (7B / 13B on 8 devices in ~100 / 140 s on an idle 2-core machine), but an
-approximation that reads high for bf16 programs -- XLA:CPU converts bf16 weights to f32 for its
-dots (before their all-gathers) and schedules collectives its own way. With `--tpu-aot`, a TPU
+virtual CPU devices: fast (a few minutes for 7B / 13B on 8 devices; docs/PLANNER.md has the wall
+times), but an approximation that reads high for bf16 programs -- XLA:CPU converts bf16 weights to
+f32 for its dots (before their all-gathers) and schedules collectives its own way. With `--tpu-aot`, a TPU
 target whose slice is in `TPU_TOPOLOGIES` (v3-8, v4-8, v5e-8, v5p-8, ...) is compiled ahead of time
 *for that TPU* on this CPU machine (libtpu via `jax.experimental.topologies`, no TPU attached, as
 MaxText's train_compile does; `pip install -e '.[plan]'`): the TPU compiler's own figures, several
