@@ -57,7 +57,7 @@ from bioinstruct_jax.data.batch import BATCH_DTYPES, BATCH_KEYS
 from bioinstruct_jax.model import llama
 from bioinstruct_jax.model.lora import parameter_summary
 from bioinstruct_jax.parallel import accelerators
-from bioinstruct_jax.parallel import sharding as parallel
+from bioinstruct_jax.parallel import sharding
 from bioinstruct_jax.parallel.accelerators import GiB
 from bioinstruct_jax.train import step as train_step
 
@@ -249,16 +249,16 @@ def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanRe
     if len(devices) < settings.num_devices:
         raise ValueError(f"mesh {settings.mesh} needs {settings.num_devices} devices, only {len(devices)} visible "
                          f"(run as `python -m bioinstruct_jax.plan`, which sets up virtual devices)")
-    mesh = parallel.make_mesh(settings.mesh, devices=devices[: settings.num_devices])
-    parallel.check_batch((micro, settings.seq), mesh, what="micro-batch [batch/grad_accum, length]")
+    mesh = sharding.make_mesh(settings.mesh, devices=devices[: settings.num_devices])
+    sharding.check_batch((micro, settings.seq), mesh, what="micro-batch [batch/grad_accum, length]")
     model = build_abstract_model(settings)
-    parallel.set_constraint(model, parallel.activation_constraint(mesh))
+    sharding.set_constraint(model, sharding.activation_constraint(mesh))
     trainable, total = parameter_summary(model)
     graphdef, _, lora, rng, base = train_step.split_for_modes(model)
 
-    lora_sds = parallel.abstract_sharded_state(lora, mesh)
-    rng_sds = parallel.abstract_sharded_state(rng, mesh)
-    base_sds = parallel.abstract_sharded_state(base, mesh)
+    lora_sds = sharding.abstract_sharded_state(lora, mesh)
+    rng_sds = sharding.abstract_sharded_state(rng, mesh)
+    base_sds = sharding.abstract_sharded_state(base, mesh)
     # The optimizer's state does not depend on lr / schedule values, only on its structure.
     tx = train_step.make_optimizer(OptimConfig(grad_accum=k), total_steps=1000)
     opt_sds = optimizer_state_shapes(tx, lora_sds, mesh)
@@ -274,10 +274,10 @@ def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanRe
     peak = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
     return PlanResult(
         settings=settings,
-        params_bytes=parallel.per_device_bytes(base_sds),
-        lora_bytes=parallel.per_device_bytes(lora_sds),
-        optimizer_bytes=parallel.per_device_bytes(opt_sds),
-        batch_bytes=parallel.per_device_bytes(batch_sds),
+        params_bytes=sharding.per_device_bytes(base_sds),
+        lora_bytes=sharding.per_device_bytes(lora_sds),
+        optimizer_bytes=sharding.per_device_bytes(opt_sds),
+        batch_bytes=sharding.per_device_bytes(batch_sds),
         argument_bytes=mem.argument_size_in_bytes,
         output_bytes=mem.output_size_in_bytes,
         alias_bytes=mem.alias_size_in_bytes,
