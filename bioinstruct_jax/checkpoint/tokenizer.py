@@ -6,7 +6,7 @@
   template. It lives with the GGUF reader (`checkpoint.gguf.open_reader`), since a GGUF file is a
   checkpoint.
 - `load_tokenizer(path)`: a `.gguf` file, or a folder with one and no tokenizer files, gives its
-  `GGUFTokenizer`; anything else goes to `data.tokenizer.load_tokenizer` (SentencePiece model,
+  `GGUFTokenizer`; anything else goes to `data.tokenizer.load_tokenizer_files` (SentencePiece model,
   `tokenizer.json`, or a folder transformers reads offline).
 """
 
@@ -23,7 +23,7 @@ from bioinstruct_jax.data.tokenizer import AutoTokenizerAdapter, Tokenizer
 
 def load_tokenizer(path: str | pathlib.Path, *, pad_id: int | None = None) -> Tokenizer:
     """The tokenizer at `path`: a GGUF file's (or a folder's only GGUF file's, when the folder has
-    no tokenizer files), else `data.tokenizer.load_tokenizer(path)`."""
+    no tokenizer files), else `data.tokenizer.load_tokenizer_files(path)`."""
     p = pathlib.Path(path)
     if p.is_file() and p.suffix.lower() == ".gguf":
         return GGUFTokenizer(p, pad_id=pad_id)
@@ -31,7 +31,7 @@ def load_tokenizer(path: str | pathlib.Path, *, pad_id: int | None = None) -> To
         ggufs = sorted(p.glob("*.gguf"))
         if len(ggufs) == 1:
             return GGUFTokenizer(ggufs[0], pad_id=pad_id)
-    return tokenizer_files.load_tokenizer(p, pad_id=pad_id)
+    return tokenizer_files.load_tokenizer_files(p, pad_id=pad_id)
 
 
 class GGUFTokenizer(AutoTokenizerAdapter):

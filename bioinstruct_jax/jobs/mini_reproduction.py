@@ -267,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "decision_rule": "docs/RESULTS.md, 'Mini reproduction, preregistered (v3)'",
             "paper_delta": f"{PAPER_TUNED} minus {PAPER_BASE} (PAPER.md section 4), QA accuracy rows only",
             **{k: round(v, 1) for k, v in stamps.items()}}
-    compare.write_json(rows, out / "comparison.json", meta)
+    compare.write_comparison_json(rows, out / "comparison.json", meta)
     compare.plot(rows, out / "comparison.png", out / "run" / "metrics.jsonl",
                  title=f"{pathlib.Path(model).name}: before / after LoRA on {mix_path.name}")
     print(table)

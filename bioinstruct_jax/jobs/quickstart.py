@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = compare.compare(task_list, out / "eval" / "before", out / "eval" / "after")
     meta = {"model": cfg.model.hf_path or f"preset:{cfg.model.preset}", "train_steps": result.step,
             "train_records": n_train, "heldout": {k: str(v) for k, v in files.items() if k.startswith("heldout")}}
-    compare.write_json(rows, out / "results.json", meta)
+    compare.write_comparison_json(rows, out / "results.json", meta)
     png = compare.plot(rows, out / "before_after.png", result.metrics_path,
                        title=f"{pathlib.Path(meta['model']).name}: untuned vs LoRA-tuned ({result.step} steps)")
     print("\n" + compare.format_table(rows) + "\n")
