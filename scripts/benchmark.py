@@ -94,7 +94,7 @@ from flax import nnx  # noqa: E402
 import export_memory  # noqa: E402 - scripts/export_memory.py, beside this file
 from bioinstruct_jax.checkpoint.hf import load_pretrained  # noqa: E402
 from bioinstruct_jax.data.pipeline import DataConfig, make_batch_iterator  # noqa: E402
-from bioinstruct_jax.data.tokenizer import load_tokenizer, train_sentencepiece  # noqa: E402
+from bioinstruct_jax.data.tokenizer import load_tokenizer_files, train_sentencepiece  # noqa: E402
 from bioinstruct_jax.infer.engine import Generator  # noqa: E402
 from bioinstruct_jax.model.llama import Llama, LlamaConfig  # noqa: E402
 from bioinstruct_jax.model.lora import LoraConfig, apply_lora  # noqa: E402
@@ -674,7 +674,7 @@ def bench_pipeline(sizes: Sizes) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as d:
         texts = [" ".join(str(v) for v in r.values() if isinstance(v, str)) for r in records[:80]]
         t_sp = time.perf_counter()
-        tok = load_tokenizer(train_sentencepiece(texts, 1000, d))
+        tok = load_tokenizer_files(train_sentencepiece(texts, 1000, d))
         sp_train_s = time.perf_counter() - t_sp
         cfg = DataConfig(max_length=sizes.seq, batch_size=8, num_epochs=1, shuffle=True)
         t0 = time.perf_counter()

@@ -8,7 +8,7 @@ for inference / export and the memory planner agree on the same modules, dtypes 
     checkpoint's model signature;
   - `model_signature`: what a checkpoint must agree on with the run that resumes from it;
   - `init_model`: a preset with seeded random weights + LoRA, unsharded (a pure function of the
-    config: `parallel.shard_model` creates it straight into its shards, `nnx.eval_shape` abstractly);
+    config: `sharding.shard_model` creates it straight into its shards, `nnx.eval_shape` abstractly);
   - `build_model`: the base model (HF / GGUF weights streamed onto the mesh, or `init_model`) + LoRA,
     sharded, in train mode.
 """
@@ -28,7 +28,7 @@ from bioinstruct_jax.config import ConfigError, RunConfig, to_dict
 from bioinstruct_jax.checkpoint.tokenizer import load_tokenizer
 from bioinstruct_jax.model.llama import Llama, LlamaConfig, RopeScaling, dtype_from_name
 from bioinstruct_jax.model.lora import apply_lora
-from bioinstruct_jax.parallel import sharding as parallel
+from bioinstruct_jax.parallel import sharding
 
 
 def _attr(obj: Any, name: str, default: Any = None) -> Any:
@@ -117,7 +117,7 @@ def _lora_rngs(cfg: RunConfig) -> nnx.Rngs:
 def init_model(cfg: RunConfig, llama_config: LlamaConfig) -> Llama:
     """A preset with random weights from model.seed, plus LoRA; unsharded, nothing loaded from disk.
 
-    A pure function of the config: `parallel.shard_model(lambda: init_model(...), mesh)` creates the
+    A pure function of the config: `sharding.shard_model(lambda: init_model(...), mesh)` creates the
     weights straight into their shards (the same seed gives the same weights whatever the mesh:
     threefry is partitionable), `nnx.eval_shape(lambda: init_model(...))` gives shapes only."""
     m = cfg.model
@@ -134,8 +134,8 @@ def build_model(cfg: RunConfig, llama_config: LlamaConfig, mesh: jax.sharding.Me
         model, _ = load_pretrained(m.hf_path, dtype=m.param_dtype, compute_dtype=m.dtype, mesh=mesh,
                                    **_model_kwargs(cfg))
         apply_lora(model, cfg.lora, _lora_rngs(cfg))
-        model = parallel.shard_model(model, mesh)
+        model = sharding.shard_model(model, mesh)
     else:
-        model = parallel.shard_model(lambda: init_model(cfg, llama_config), mesh)
+        model = sharding.shard_model(lambda: init_model(cfg, llama_config), mesh)
     model.train()
     return model

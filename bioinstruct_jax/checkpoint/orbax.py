@@ -48,7 +48,6 @@ from bioinstruct_jax.checkpoint.paths import check_tree
 from bioinstruct_jax.config.storage import as_path, is_remote
 
 CHECKPOINT_SUBDIR = "checkpoints"
-ITEMS = ("lora", "opt", "rng", "data", "meta")
 
 
 class _ReadOnlyNotice(logging.Filter):

@@ -26,7 +26,7 @@ from bioinstruct_jax.checkpoint.orbax import RunCheckpointer
 from bioinstruct_jax.config import RunConfig, from_dict
 from bioinstruct_jax.model.llama import Llama, LlamaConfig
 from bioinstruct_jax.config.sections import LoraConfig
-from bioinstruct_jax.parallel import sharding as parallel
+from bioinstruct_jax.parallel import sharding
 from bioinstruct_jax.train import step as train_step
 
 
@@ -53,7 +53,7 @@ class RestoredRun:
 
 def one_device_mesh() -> jax.sharding.Mesh:
     """The (1, 1, 1) mesh on the first device, where a read-only command restores by default."""
-    return parallel.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    return sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
 
 
 def read_run_config(ckpt: RunCheckpointer, step: int) -> tuple[RunConfig, LlamaConfig]:

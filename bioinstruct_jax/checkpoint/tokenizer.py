@@ -6,7 +6,7 @@
   template. It lives with the GGUF reader (`checkpoint.gguf.open_reader`), since a GGUF file is a
   checkpoint.
 - `load_tokenizer(path)`: a `.gguf` file, or a folder with one and no tokenizer files, gives its
-  `GGUFTokenizer`; anything else goes to `data.tokenizer.load_tokenizer` (SentencePiece model,
+  `GGUFTokenizer`; anything else goes to `data.tokenizer.load_tokenizer_files` (SentencePiece model,
   `tokenizer.json`, or a folder transformers reads offline).
 """
 
@@ -23,7 +23,7 @@ from bioinstruct_jax.data.tokenizer import AutoTokenizerAdapter, Tokenizer
 
 def load_tokenizer(path: str | pathlib.Path, *, pad_id: int | None = None) -> Tokenizer:
     """The tokenizer at `path`: a GGUF file's (or a folder's only GGUF file's, when the folder has
-    no tokenizer files), else `data.tokenizer.load_tokenizer(path)`."""
+    no tokenizer files), else `data.tokenizer.load_tokenizer_files(path)`."""
     p = pathlib.Path(path)
     if p.is_file() and p.suffix.lower() == ".gguf":
         return GGUFTokenizer(p, pad_id=pad_id)
@@ -31,7 +31,7 @@ def load_tokenizer(path: str | pathlib.Path, *, pad_id: int | None = None) -> To
         ggufs = sorted(p.glob("*.gguf"))
         if len(ggufs) == 1:
             return GGUFTokenizer(ggufs[0], pad_id=pad_id)
-    return tokenizer_files.load_tokenizer(p, pad_id=pad_id)
+    return tokenizer_files.load_tokenizer_files(p, pad_id=pad_id)
 
 
 class GGUFTokenizer(AutoTokenizerAdapter):
@@ -40,8 +40,8 @@ class GGUFTokenizer(AutoTokenizerAdapter):
 
     Built with `TokenizersBackend.from_pretrained(folder, gguf_file=name)`, the class
     `AutoTokenizer` picks for llama GGUF files, called directly: `AutoTokenizer` first parses the
-    whole file again to choose the class (19 s vs 1.7 s for SmolLM2's 49k-token vocabulary on the
-    loaded 2-core machine). transformers' own GGUF metadata reader imports torch; without torch the
+    whole file again to choose the class, which costs about ten times the load itself
+    (BENCHMARKS.md, "Loading a GGUF file's tokenizer"). transformers' own GGUF metadata reader imports torch; without torch the
     same conversion (`convert_gguf_tokenizer`) runs on metadata read by the `gguf` package
     (`gguf_tokenizer_backend`)."""
 

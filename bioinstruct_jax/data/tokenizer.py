@@ -29,7 +29,7 @@ post-processor; GGUF `tokenizer.ggml.add_bos_token` through transformers' conver
 SentencePiece models without a config keep LLaMA 1/2's rule: BOS, no EOS. `chat_template` is the
 tokenizer's jinja chat template or None (`bioinstruct_jax.data.chat` renders it).
 
-`load_tokenizer(path)` picks the backend from what is at `path` (a directory holding both a
+`load_tokenizer_files(path)` picks the backend from what is at `path` (a directory holding both a
 `tokenizer.model` and a `tokenizer.json` uses the SentencePiece model: exact LLaMA 1/2 ids).
 """
 
@@ -337,13 +337,13 @@ def _first_present(tok: Any, names: Iterable[str]) -> str | None:
 
 
 def has_tokenizer_files(directory: str | pathlib.Path) -> bool:
-    """Whether `load_tokenizer` finds tokenizer files in `directory`."""
+    """Whether `load_tokenizer_files` finds tokenizer files in `directory`."""
     d = pathlib.Path(directory)
     names = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
     return d.is_dir() and (any((d / name).is_file() for name in names) or len(list(d.glob("*.model"))) == 1)
 
 
-def load_tokenizer(path: str | pathlib.Path, *, pad_id: int | None = None) -> Tokenizer:
+def load_tokenizer_files(path: str | pathlib.Path, *, pad_id: int | None = None) -> Tokenizer:
     """The tokenizer at `path`: a `.model` file, a `tokenizer.json`, or a directory holding one
     (SentencePiece preferred), or else any directory AutoTokenizer reads offline."""
     p = pathlib.Path(path)
@@ -402,4 +402,4 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, out_dir: str | pa
 
 
 __all__ = ["Tokenizer", "SentencePieceTokenizer", "HFTokenizer", "AutoTokenizerAdapter", "has_tokenizer_files",
-           "load_tokenizer", "train_sentencepiece"]
+           "load_tokenizer_files", "train_sentencepiece"]

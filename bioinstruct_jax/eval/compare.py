@@ -213,7 +213,7 @@ def format_diagnostics(row: Row) -> str:
     return "\n".join(lines)
 
 
-def write_json(rows: Sequence[Row], path: str | pathlib.Path, meta: dict[str, Any] | None = None) -> pathlib.Path:
+def write_comparison_json(rows: Sequence[Row], path: str | pathlib.Path, meta: dict[str, Any] | None = None) -> pathlib.Path:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"meta": {**(meta or {}), "interval": "percentile bootstrap 95%, paired over the same items"},

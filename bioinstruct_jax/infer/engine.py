@@ -39,7 +39,7 @@ from flax import nnx
 from bioinstruct_jax.infer.sampling import SamplingConfig, sample_next
 from bioinstruct_jax.model.llama import (CACHE_KEY_AXES, CACHE_VALUE_AXES, KVCache, Llama, init_cache,
                                          padded_positions)
-from bioinstruct_jax.parallel import sharding as parallel
+from bioinstruct_jax.parallel import sharding
 
 # Stop table fillers: a required slot that no token equals, and a wildcard (shorter sequences are
 # right-aligned and padded on the left with it).
@@ -107,7 +107,7 @@ class Generator:
         self._dp = 1
         self._batch_sharding = None
         if mesh is not None:
-            self._batch_sharding = parallel.batch_sharding(mesh)
+            self._batch_sharding = sharding.batch_sharding(mesh)
             self._dp = math.prod(mesh.shape[a] for a in ("data", "fsdp") if a in mesh.shape)
         self.update(model)
 

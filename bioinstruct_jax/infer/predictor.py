@@ -35,7 +35,7 @@ from bioinstruct_jax.infer.engine import Generator
 from bioinstruct_jax.infer.sampling import SamplingConfig
 from bioinstruct_jax.model import lora as lora_lib
 from bioinstruct_jax.model.llama import Llama
-from bioinstruct_jax.parallel import sharding as parallel
+from bioinstruct_jax.parallel import sharding
 
 
 def stop_token_sequences(tokenizer: Any, stop: Sequence[str]) -> list[list[int]]:
@@ -183,14 +183,14 @@ def is_hf_model(path: pathlib.Path) -> bool:
 
 
 def resolve_mesh(mesh: Any) -> jax.sharding.Mesh | None:
-    """None, a Mesh, a `parallel.MeshConfig`, a (data, fsdp, tensor) tuple / "d,f,t" string, or a dict."""
+    """None, a Mesh, a `sharding.MeshConfig`, a (data, fsdp, tensor) tuple / "d,f,t" string, or a dict."""
     if mesh is None or isinstance(mesh, jax.sharding.Mesh):
         return mesh
     if isinstance(mesh, str):
         mesh = tuple(int(x) for x in mesh.split(","))
     if isinstance(mesh, dict):
-        mesh = parallel.MeshConfig(**mesh)
-    return parallel.make_mesh(mesh)
+        mesh = sharding.MeshConfig(**mesh)
+    return sharding.make_mesh(mesh)
 
 
 def load_model(path: str | pathlib.Path, *, dtype: Any = "bfloat16", mesh: jax.sharding.Mesh | None = None,
@@ -208,7 +208,7 @@ def load_model(path: str | pathlib.Path, *, dtype: Any = "bfloat16", mesh: jax.s
     if not is_remote(p) and is_hf_model(pathlib.Path(p)):
         model, _ = load_pretrained(p, dtype=dtype, mesh=mesh)
         if mesh is not None:
-            parallel.set_constraint(model, parallel.activation_constraint(mesh))
+            sharding.set_constraint(model, sharding.activation_constraint(mesh))
         model.eval()
         return model, str(p)
     if orbax.is_run(p):
@@ -287,7 +287,7 @@ def _add_peft_adapter(model: Llama, adapter_dir: pathlib.Path, mesh: jax.shardin
     """Load a PEFT LoRA adapter onto a base model (`checkpoint.peft.load_peft_adapter`), dropout off."""
     load_peft_adapter(model, adapter_dir, dropout=0.0)
     if mesh is not None:
-        parallel.shard_model(model, mesh)  # places the new adapter weights by their logical axes
+        sharding.shard_model(model, mesh)  # places the new adapter weights by their logical axes
     model.eval()
 
 

@@ -191,9 +191,9 @@ def _mix(args: argparse.Namespace, data: tasks_mod.DataSource, out: pathlib.Path
     return path, summary
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    start = time.perf_counter()
+def model_and_stages(args: argparse.Namespace) -> tuple[str, list[Stage]]:
+    """The model (--model or the installed SmolLM2 file) and the stages of --tasks with a size > 0;
+    a missing model or an unknown task is a `ValueError` naming it."""
     model = args.model or default_model()
     if not model:
         raise ValueError("no --model given and SmolLM2-135M-Instruct is not installed "
@@ -202,7 +202,46 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     unknown = [t for t in names if t not in TASK_NAMES]
     if unknown:
         raise ValueError(f"--tasks: unknown {unknown}; known: {', '.join(TASK_NAMES)}")
-    stages = [st for st in STAGES if st.task in names and getattr(args, st.size) > 0]
+    return model, [st for st in STAGES if st.task in names and getattr(args, st.size) > 0]
+
+
+def compare_stages(stages: Sequence[Stage], tasks: dict[tuple[str, str], Any], out: pathlib.Path, n_boot: int,
+                   data: Any) -> list[compare.Row]:
+    """Before / after rows of every stage (out/before/<mode> against out/after/<mode>), each with
+    the paper's delta beside it."""
+    rows: list[compare.Row] = []
+    for st in stages:
+        label = st.mode + (", in-task" if st.in_task else "")
+        for row in compare.compare([(tasks[(st.task, st.mode)], st.metrics)], out / "before" / st.mode,
+                                   out / "after" / st.mode, n_boot=n_boot, data=data, label=label):
+            rows.append(dataclasses.replace(row, paper_delta=paper_delta(row.task, row.metric)))
+    return rows
+
+
+def primary_verdicts(rows: Sequence[compare.Row]) -> tuple[dict[str, dict[str, str]], str | None]:
+    """The preregistered verdict of each primary endpoint found in `rows`, and the overall verdict
+    (None unless every primary endpoint was run)."""
+    verdicts = {}
+    for task, mode, metric in PRIMARY:
+        row = next((r for r in rows if (r.task, r.label, r.metric) == (task, mode, metric)), None)
+        if row is not None:
+            v, why = verdict.endpoint_verdict(row)
+            verdicts[f"{task} {mode} {metric}"] = {"verdict": v, "why": why}
+    overall = verdict.overall_verdict([v["verdict"] for v in verdicts.values()]) if len(verdicts) == len(PRIMARY) else None
+    return verdicts, overall
+
+
+def print_verdicts(verdicts: dict[str, dict[str, str]], overall: str | None) -> None:
+    print("\nPrimary endpoints (preregistered rule, docs/RESULTS.md):")
+    for name, v in verdicts.items():
+        print(f"  {name}: {v['verdict']} ({v['why']})")
+    print(f"  overall: {overall}")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    model, stages = model_and_stages(args)
     tasks = {(st.task, st.mode): seeded_task(st.task, getattr(args, st.size)) for st in stages}
     out = pathlib.Path(args.out).resolve()
     data = tasks_mod.DataSource(args.data_dir)
@@ -237,19 +276,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"[after] {out / 'after'}", flush=True)
 
     t0 = time.perf_counter()
-    rows: list[compare.Row] = []
-    for st in stages:
-        label = st.mode + (", in-task" if st.in_task else "")
-        for row in compare.compare([(tasks[(st.task, st.mode)], st.metrics)], out / "before" / st.mode,
-                                   out / "after" / st.mode, n_boot=args.n_boot, data=data, label=label):
-            rows.append(dataclasses.replace(row, paper_delta=paper_delta(row.task, row.metric)))
-    verdicts = {}
-    for task, mode, metric in PRIMARY:
-        row = next((r for r in rows if (r.task, r.label, r.metric) == (task, mode, metric)), None)
-        if row is not None:
-            v, why = verdict.endpoint_verdict(row)
-            verdicts[f"{task} {mode} {metric}"] = {"verdict": v, "why": why}
-    overall = verdict.overall_verdict([v["verdict"] for v in verdicts.values()]) if len(verdicts) == len(PRIMARY) else None
+    rows = compare_stages(stages, tasks, out, args.n_boot, data)
+    verdicts, overall = primary_verdicts(rows)
     stamps["compare_s"] = time.perf_counter() - t0
     stamps["total_s"] = time.perf_counter() - start
     table = compare.format_table(rows, paper_column=True)
@@ -267,14 +295,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "decision_rule": "docs/RESULTS.md, 'Mini reproduction, preregistered (v3)'",
             "paper_delta": f"{PAPER_TUNED} minus {PAPER_BASE} (PAPER.md section 4), QA accuracy rows only",
             **{k: round(v, 1) for k, v in stamps.items()}}
-    compare.write_json(rows, out / "comparison.json", meta)
+    compare.write_comparison_json(rows, out / "comparison.json", meta)
     compare.plot(rows, out / "comparison.png", out / "run" / "metrics.jsonl",
                  title=f"{pathlib.Path(model).name}: before / after LoRA on {mix_path.name}")
     print(table)
-    print("\nPrimary endpoints (preregistered rule, docs/RESULTS.md):")
-    for name, v in verdicts.items():
-        print(f"  {name}: {v['verdict']} ({v['why']})")
-    print(f"  overall: {overall}")
+    print_verdicts(verdicts, overall)
     print(json.dumps({"output": str(out), "table": str(out / "comparison.json"), "png": str(out / "comparison.png"),
                       **{k: round(v, 1) for k, v in stamps.items()}}))
     return {"rows": rows, "meta": meta}

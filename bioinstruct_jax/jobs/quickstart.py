@@ -64,11 +64,6 @@ def _write_jsonl(path: pathlib.Path, records: Sequence[Any]) -> int:
     return len(records)
 
 
-def write_heldout(cfg, path: pathlib.Path) -> int:
-    """The run's validation records (never trained on) as instruction/input/output JSONL."""
-    return _write_jsonl(path, list(load_split(cfg.data, "validation")))
-
-
 def write_data(data_dir: pathlib.Path, with_meqsum: bool) -> dict[str, pathlib.Path]:
     """train.jsonl (seeds' training split [+ MeQSum training slice]) and the held-out files:
     heldout_seeds.jsonl (the seeds' validation split by record hash) [+ heldout_meqsum.jsonl]."""
@@ -166,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = compare.compare(task_list, out / "eval" / "before", out / "eval" / "after")
     meta = {"model": cfg.model.hf_path or f"preset:{cfg.model.preset}", "train_steps": result.step,
             "train_records": n_train, "heldout": {k: str(v) for k, v in files.items() if k.startswith("heldout")}}
-    compare.write_json(rows, out / "results.json", meta)
+    compare.write_comparison_json(rows, out / "results.json", meta)
     png = compare.plot(rows, out / "before_after.png", result.metrics_path,
                        title=f"{pathlib.Path(meta['model']).name}: untuned vs LoRA-tuned ({result.step} steps)")
     print("\n" + compare.format_table(rows) + "\n")

@@ -19,9 +19,9 @@ The process re-executes itself with `XLA_FLAGS=--xla_force_host_platform_device_
 `JAX_PLATFORMS=cpu`) when it does not already see enough devices.
 
 Where the figures come from. By default, XLA:CPU's buffer assignment for the same SPMD program on
-virtual CPU devices: fast (7B / 13B on 8 devices in ~100 / 140 s on an idle 2-core machine), but an
-approximation that reads high for bf16 programs -- XLA:CPU converts bf16 weights to f32 for its
-dots (before their all-gathers) and schedules collectives its own way. With `--tpu-aot`, a TPU
+virtual CPU devices: fast (a few minutes for 7B / 13B on 8 devices; docs/PLANNER.md has the wall
+times), but an approximation that reads high for bf16 programs -- XLA:CPU converts bf16 weights to
+f32 for its dots (before their all-gathers) and schedules collectives its own way. With `--tpu-aot`, a TPU
 target whose slice is in `TPU_TOPOLOGIES` (v3-8, v4-8, v5e-8, v5p-8, ...) is compiled ahead of time
 *for that TPU* on this CPU machine (libtpu via `jax.experimental.topologies`, no TPU attached, as
 MaxText's train_compile does; `pip install -e '.[plan]'`): the TPU compiler's own figures, several
@@ -57,7 +57,7 @@ from bioinstruct_jax.data.batch import BATCH_DTYPES, BATCH_KEYS
 from bioinstruct_jax.model import llama
 from bioinstruct_jax.model.lora import parameter_summary
 from bioinstruct_jax.parallel import accelerators
-from bioinstruct_jax.parallel import sharding as parallel
+from bioinstruct_jax.parallel import sharding
 from bioinstruct_jax.parallel.accelerators import GiB
 from bioinstruct_jax.train import step as train_step
 
@@ -249,16 +249,16 @@ def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanRe
     if len(devices) < settings.num_devices:
         raise ValueError(f"mesh {settings.mesh} needs {settings.num_devices} devices, only {len(devices)} visible "
                          f"(run as `python -m bioinstruct_jax.plan`, which sets up virtual devices)")
-    mesh = parallel.make_mesh(settings.mesh, devices=devices[: settings.num_devices])
-    parallel.check_batch((micro, settings.seq), mesh, what="micro-batch [batch/grad_accum, length]")
+    mesh = sharding.make_mesh(settings.mesh, devices=devices[: settings.num_devices])
+    sharding.check_batch((micro, settings.seq), mesh, what="micro-batch [batch/grad_accum, length]")
     model = build_abstract_model(settings)
-    parallel.set_constraint(model, parallel.activation_constraint(mesh))
+    sharding.set_constraint(model, sharding.activation_constraint(mesh))
     trainable, total = parameter_summary(model)
     graphdef, _, lora, rng, base = train_step.split_for_modes(model)
 
-    lora_sds = parallel.abstract_sharded_state(lora, mesh)
-    rng_sds = parallel.abstract_sharded_state(rng, mesh)
-    base_sds = parallel.abstract_sharded_state(base, mesh)
+    lora_sds = sharding.abstract_sharded_state(lora, mesh)
+    rng_sds = sharding.abstract_sharded_state(rng, mesh)
+    base_sds = sharding.abstract_sharded_state(base, mesh)
     # The optimizer's state does not depend on lr / schedule values, only on its structure.
     tx = train_step.make_optimizer(OptimConfig(grad_accum=k), total_steps=1000)
     opt_sds = optimizer_state_shapes(tx, lora_sds, mesh)
@@ -274,10 +274,10 @@ def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanRe
     peak = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
     return PlanResult(
         settings=settings,
-        params_bytes=parallel.per_device_bytes(base_sds),
-        lora_bytes=parallel.per_device_bytes(lora_sds),
-        optimizer_bytes=parallel.per_device_bytes(opt_sds),
-        batch_bytes=parallel.per_device_bytes(batch_sds),
+        params_bytes=sharding.per_device_bytes(base_sds),
+        lora_bytes=sharding.per_device_bytes(lora_sds),
+        optimizer_bytes=sharding.per_device_bytes(opt_sds),
+        batch_bytes=sharding.per_device_bytes(batch_sds),
         argument_bytes=mem.argument_size_in_bytes,
         output_bytes=mem.output_size_in_bytes,
         alias_bytes=mem.alias_size_in_bytes,

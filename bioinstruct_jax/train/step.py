@@ -36,7 +36,7 @@ from bioinstruct_jax.data.batch import BATCH_KEYS
 from bioinstruct_jax.model.lm_loss import token_cross_entropy
 from bioinstruct_jax.model.lora import LoRAParam
 from bioinstruct_jax.config.sections import OptimConfig
-from bioinstruct_jax.parallel import sharding as parallel
+from bioinstruct_jax.parallel import sharding
 
 
 def split_model(model: nnx.Module):
@@ -111,13 +111,13 @@ class StepShardings:
 def step_shardings(mesh: jax.sharding.Mesh, lora: Any, opt_state: Any, base: Any, rng: Any) -> StepShardings:
     """Shardings from the logical-axis rules (parameters) and propagation (optimizer state)."""
     replicated = NamedSharding(mesh, PartitionSpec())
-    batch2 = parallel.batch_sharding(mesh)
+    batch2 = sharding.batch_sharding(mesh)
     batch3 = NamedSharding(mesh, PartitionSpec(None, *batch2.spec))
     return StepShardings(
-        lora=parallel.state_shardings(lora, mesh),
+        lora=sharding.state_shardings(lora, mesh),
         opt=optimizer_shardings(opt_state, mesh),
-        base=parallel.state_shardings(base, mesh),
-        rng=parallel.state_shardings(rng, mesh),
+        base=sharding.state_shardings(base, mesh),
+        rng=sharding.state_shardings(rng, mesh),
         batch=batch3, eval_batch=batch2, replicated=replicated,
     )
 
@@ -128,10 +128,11 @@ def optimizer_shardings(opt_state: Any, mesh: jax.sharding.Mesh) -> Any:
     return jax.tree.map(lambda x: optimizer_leaf_sharding(getattr(x, "sharding", None), mesh), opt_state)
 
 
-def optimizer_leaf_sharding(sharding: Any, mesh: jax.sharding.Mesh) -> NamedSharding:
-    """`sharding` when it is a NamedSharding on a mesh of `mesh`'s shape, else replicated on `mesh`."""
-    if isinstance(sharding, NamedSharding) and sharding.mesh.shape == mesh.shape:
-        return sharding
+def optimizer_leaf_sharding(current: Any, mesh: jax.sharding.Mesh) -> NamedSharding:
+    """`current` (a leaf's sharding) when it is a NamedSharding on a mesh of `mesh`'s shape, else
+    replicated on `mesh`."""
+    if isinstance(current, NamedSharding) and current.mesh.shape == mesh.shape:
+        return current
     return NamedSharding(mesh, PartitionSpec())
 
 

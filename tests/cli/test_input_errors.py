@@ -14,7 +14,7 @@ import pytest
 from bioinstruct_jax.data.pipeline import read_records
 from bioinstruct_jax.data.records import RecordError, read_instruction_file
 from bioinstruct_jax.eval.runner import EvalConfig
-from bioinstruct_jax.data.tokenizer import TokenizerFileError, load_tokenizer
+from bioinstruct_jax.data.tokenizer import TokenizerFileError, load_tokenizer_files
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 GOOD = {"instruction": "Name a loop diuretic.", "input": "", "output": "Furosemide."}
@@ -75,7 +75,7 @@ def test_garbage_tokenizer_files_are_one_line_errors_naming_them(tmp_path):
     (folder / "tokenizer.model").write_bytes(b"not a model")
     for path, named in ((sp, sp), (hf.parent, hf), (folder, folder / "tokenizer.model")):
         with pytest.raises(TokenizerFileError) as info:
-            load_tokenizer(path)
+            load_tokenizer_files(path)
         msg = str(info.value)
         assert msg.startswith(f"{named}: not a ") and "\n" not in msg, msg
 

@@ -42,9 +42,9 @@ def test_config_is_a_short_overlay_on_a_hardware_base(path):
 @pytest.mark.slow  # tokenizes 11,394 records twice: ~1 min on the 2-core machine
 def test_max_length_figures_stated_in_the_tpu_configs(shared_dir):
     from bioinstruct_jax.data.pipeline import ExampleEncoder, count_examples, read_records
-    from bioinstruct_jax.data.tokenizer import load_tokenizer
+    from bioinstruct_jax.data.tokenizer import load_tokenizer_files
 
-    tok = load_tokenizer(shared_path(shared_dir, "tokenizers/llama/tokenizer.model"))
+    tok = load_tokenizer_files(shared_path(shared_dir, "tokenizers/llama/tokenizer.model"))
     recs = []
     for name in ("medical_meadow_small.json", "chatdoctor5k.json"):
         recs += read_records(shared_path(shared_dir, f"data/instructions/{name}"), skip_malformed=True)

@@ -14,7 +14,7 @@ import pytest
 from bioinstruct_jax.data import pipeline as P
 from bioinstruct_jax.data import templates
 from bioinstruct_jax.data.records import RecordError
-from bioinstruct_jax.data.tokenizer import load_tokenizer, train_sentencepiece
+from bioinstruct_jax.data.tokenizer import load_tokenizer_files, train_sentencepiece
 
 FIXTURE = pathlib.Path(__file__).parents[1] / "fixtures" / "instructions_small.jsonl"
 RECORDS = [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
@@ -25,7 +25,7 @@ def tok(tmp_path_factory):
     texts = [r[k] for r in RECORDS for k in ("instruction", "input", "output") if r[k]]
     texts += [templates.format_prompt("x", "y"), templates.format_prompt("x"),
               templates.format_prompt("x", "y", "bioinstruct_paper")]
-    return load_tokenizer(train_sentencepiece(texts, 512, tmp_path_factory.mktemp("sp")))
+    return load_tokenizer_files(train_sentencepiece(texts, 512, tmp_path_factory.mktemp("sp")))
 
 
 def cfg(**kw) -> P.DataConfig:

@@ -10,7 +10,7 @@ import pathlib
 import pytest
 import sentencepiece as spm
 
-from bioinstruct_jax.data.tokenizer import (HFTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer,
+from bioinstruct_jax.data.tokenizer import (HFTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer_files,
                                        train_sentencepiece)
 
 FIXTURE = pathlib.Path(__file__).parents[1] / "fixtures" / "instructions_small.jsonl"
@@ -40,7 +40,7 @@ def test_train_sentencepiece_llama_layout_and_deterministic(tmp_path, sp_model):
 
 
 def test_sentencepiece_round_trip_and_specials(sp_model):
-    tok = load_tokenizer(sp_model)
+    tok = load_tokenizer_files(sp_model)
     assert isinstance(tok, SentencePieceTokenizer) and isinstance(tok, Tokenizer)
     assert (tok.bos_id, tok.eos_id, tok.vocab_size) == (1, 2, 512)
     assert tok.pad_id == 0  # no pad piece: defaults to unk
@@ -54,14 +54,14 @@ def test_sentencepiece_round_trip_and_specials(sp_model):
     assert tok.encode(TEXT, add_eos=True) == ids + [2]
     assert tok.decode(both) == TEXT
     assert tok.decode(both, skip_special=False) == "<s>" + TEXT + "</s>"
-    assert load_tokenizer(sp_model, pad_id=2).pad_id == 2
+    assert load_tokenizer_files(sp_model, pad_id=2).pad_id == 2
     with pytest.raises(ValueError, match="pad_id=999"):
-        load_tokenizer(sp_model, pad_id=999)
+        load_tokenizer_files(sp_model, pad_id=999)
 
 
 def test_sentencepiece_save_loads_in_transformers(tmp_path, sp_model):
     transformers = pytest.importorskip("transformers")
-    tok = load_tokenizer(sp_model)
+    tok = load_tokenizer_files(sp_model)
     out = tok.save(tmp_path / "export")
     assert {p.name for p in out.iterdir()} >= {"tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"}
     hf = transformers.AutoTokenizer.from_pretrained(str(out))
@@ -69,7 +69,7 @@ def test_sentencepiece_save_loads_in_transformers(tmp_path, sp_model):
     assert (hf.bos_token_id, hf.eos_token_id, hf.unk_token_id) == (1, 2, 0)
     assert hf.encode(TEXT) == tok.encode(TEXT, add_bos=True)  # HF adds BOS, as LLaMA's does
     assert hf.decode(hf.encode(TEXT), skip_special_tokens=True) == TEXT
-    assert isinstance(load_tokenizer(out), SentencePieceTokenizer)  # the directory loads back
+    assert isinstance(load_tokenizer_files(out), SentencePieceTokenizer)  # the directory loads back
 
 
 def _hf_tokenizer_json(directory: pathlib.Path) -> pathlib.Path:
@@ -88,7 +88,7 @@ def _hf_tokenizer_json(directory: pathlib.Path) -> pathlib.Path:
 
 def test_hf_tokenizer_json_backend(tmp_path):
     path = _hf_tokenizer_json(tmp_path / "hf")
-    tok = load_tokenizer(path)
+    tok = load_tokenizer_files(path)
     assert isinstance(tok, HFTokenizer)
     assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 0)
     from tokenizers import Tokenizer as Tok
@@ -99,7 +99,7 @@ def test_hf_tokenizer_json_backend(tmp_path):
     assert tok.decode(ids) == TEXT
     assert tok.vocab_size == Tok.from_file(str(path)).get_vocab_size(with_added_tokens=True)
     out = tok.save(tmp_path / "export")
-    again = load_tokenizer(out)
+    again = load_tokenizer_files(out)
     assert isinstance(again, HFTokenizer) and again.encode(TEXT) == ref
     transformers = pytest.importorskip("transformers")
     hf = transformers.AutoTokenizer.from_pretrained(str(out))
@@ -108,9 +108,9 @@ def test_hf_tokenizer_json_backend(tmp_path):
 
 def test_missing_path_errors_name_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing_here"):
-        load_tokenizer(tmp_path / "nothing_here")
+        load_tokenizer_files(tmp_path / "nothing_here")
     with pytest.raises(FileNotFoundError, match="no tokenizer.model"):
-        load_tokenizer(tmp_path)
+        load_tokenizer_files(tmp_path)
 
 
 SENTENCE = "Metformin is the first-line treatment for type 2 diabetes; HbA1c fell from 8.1% to 6.9%."
@@ -121,7 +121,7 @@ def test_real_llama_tokenizer(shared_dir, tmp_path):
     if not model.is_file():
         pytest.skip(f"{model} is missing")
     transformers = pytest.importorskip("transformers")
-    tok = load_tokenizer(model)
+    tok = load_tokenizer_files(model)
     sp = spm.SentencePieceProcessor(model_file=str(model))
     assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id) == (32000, 1, 2, 0)
     ids = tok.encode(SENTENCE, add_bos=True)

@@ -60,7 +60,7 @@ def test_compare_matches_items_by_id_and_writes_table_and_json(tmp_path):
     assert rows[0].after.value == pytest.approx(metrics.rouge(GOOD, GOLDS)["rougeL"])
     table = compare.format_table(rows, paper_column=True)
     assert "user_held" in table and "delta (95% CI)" in table and "paper delta" in table
-    doc = json.loads(compare.write_json(rows, tmp_path / "c.json").read_text())
+    doc = json.loads(compare.write_comparison_json(rows, tmp_path / "c.json").read_text())
     assert doc["rows"][0]["delta"]["ci95"][0] <= doc["rows"][0]["delta"]["value"]
     png = compare.plot(rows, tmp_path / "c.png")
     assert png.stat().st_size > 0

@@ -29,12 +29,12 @@ LM_EVAL_YAML = {"medqa": "medqa/medqa.yaml", "medmcqa": "medmcqa/medmcqa.yaml", 
 
 @pytest.fixture(scope="module")
 def tiny_hf(tmp_path_factory):
-    from bioinstruct_jax.data.tokenizer import load_tokenizer, train_sentencepiece
+    from bioinstruct_jax.data.tokenizer import load_tokenizer_files, train_sentencepiece
 
     d = tmp_path_factory.mktemp("lm_eval_hf")
     texts = [json.loads(line)["instruction"] + " " + json.loads(line).get("input", "") for line in
              (REPO_ROOT / "seeds" / "bioinstruct_seeds.jsonl").read_text().splitlines() if line.strip()]
-    tok = load_tokenizer(train_sentencepiece(texts * 2, 400, d / "sp"))
+    tok = load_tokenizer_files(train_sentencepiece(texts * 2, 400, d / "sp"))
     tok.save(d)
     write_tiny_llama(d, "gqa_tied", vocab_size=tok.vocab_size, max_position_embeddings=2048,
                      initializer_range=0.3)

@@ -46,10 +46,10 @@ def test_cli_exports_a_training_checkpoint(tmp_path):
     hf = transformers.AutoModelForCausalLM.from_pretrained(out / "merged").eval()
     np.testing.assert_allclose(torch_logits(hf, ids), logits, atol=1e-4, rtol=0)
     hf_tok = transformers.AutoTokenizer.from_pretrained(out / "merged")
-    from bioinstruct_jax.data.tokenizer import load_tokenizer
+    from bioinstruct_jax.data.tokenizer import load_tokenizer_files
 
     text = "Capitalise each symbol. s3 s5"
-    assert hf_tok(text, add_special_tokens=False)["input_ids"] == load_tokenizer(sp).encode(text)
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == load_tokenizer_files(sp).encode(text)
 
     acfg = json.loads((out / "peft" / "adapter_config.json").read_text())
     assert acfg["base_model_name_or_path"] == "preset:tiny:seed0" and acfg["r"] == 16

@@ -22,14 +22,14 @@ from test_generation import INIT  # noqa: E402
 
 @pytest.fixture(scope="module")
 def hf_with_tokenizer(tmp_path_factory):
-    from bioinstruct_jax.data.tokenizer import train_sentencepiece, load_tokenizer
+    from bioinstruct_jax.data.tokenizer import train_sentencepiece, load_tokenizer_files
     from conftest import REPO_ROOT
 
     d = tmp_path_factory.mktemp("hf_tok")
     texts = [json.loads(line)["instruction"] for line in
              (REPO_ROOT / "seeds" / "bioinstruct_seeds.jsonl").read_text().splitlines() if line.strip()]
     tok_file = train_sentencepiece(texts * 3, 400, d / "sp")
-    tok = load_tokenizer(tok_file)
+    tok = load_tokenizer_files(tok_file)
     tok.save(d)
     write_tiny_llama(d, "gqa_tied", vocab_size=tok.vocab_size, **INIT)
     return d
@@ -102,7 +102,7 @@ def test_peft_adapter_directory_as_lora(hf_with_tokenizer, tmp_path):
 
     from bioinstruct_jax.checkpoint.peft import write_peft_adapter
     from bioinstruct_jax.model.lora import LoraConfig, apply_lora, lora_modules
-    from bioinstruct_jax.data.tokenizer import load_tokenizer
+    from bioinstruct_jax.data.tokenizer import load_tokenizer_files
 
     model, _ = load_pretrained(hf_with_tokenizer, dtype=jnp.float32)
     lcfg = LoraConfig(r=4, alpha=8, dropout=0.0, targets=("q_proj", "v_proj"))
@@ -113,7 +113,7 @@ def test_peft_adapter_directory_as_lora(hf_with_tokenizer, tmp_path):
     model.eval()
     adapter = write_peft_adapter(model, lcfg, tmp_path / "adapter", base_model_name_or_path=str(hf_with_tokenizer))
     prompts = ["Summarize the patient note.", "List the drugs."]
-    tok = load_tokenizer(hf_with_tokenizer)
+    tok = load_tokenizer_files(hf_with_tokenizer)
     want = JaxPredictor(Generator(model, eos_ids=[tok.eos_id], pad_id=tok.pad_id), tok).generate(prompts, max_new_tokens=6)
     got = load_predictor(str(hf_with_tokenizer), lora=str(adapter), batch_size=2).generate(prompts, max_new_tokens=6)
     base = load_predictor(str(hf_with_tokenizer), batch_size=2).generate(prompts, max_new_tokens=6)

@@ -11,6 +11,10 @@ module or subpackage has to be placed in a stage here first.
 
 `KNOWN_BACK_EDGES` lists the back edges the code still has; each is an arrow to remove, never to
 add to. A listed edge that is gone also fails the test, so that the list only shrinks.
+
+Functions fit on a screen: none in the package is longer than `MAX_FUNCTION_LINES` (its `def`
+line to its last line, docstring included), apart from those `LONG_FUNCTIONS` names, a list that
+likewise only shrinks.
 """
 
 from __future__ import annotations
@@ -66,6 +70,11 @@ STAGES: dict[str, str] = {
 # Empty since the config package owns every section schema and checkpoint/restore.py is the one
 # restore path. Never add a line: move the code to the stage it belongs to.
 KNOWN_BACK_EDGES: set[tuple[str, str]] = set()
+
+MAX_FUNCTION_LINES = 80
+# Qualified names of the functions still longer than MAX_FUNCTION_LINES, each one to split into
+# named steps. Never add a name: split the function.
+LONG_FUNCTIONS: set[str] = {f"{PACKAGE}.eval.tasks._builtin_tasks", f"{PACKAGE}.eval.runner.run_task"}
 
 
 def stage_of(module: str) -> str | None:
@@ -199,3 +208,78 @@ def test_no_import_circle():
 ])
 def test_stage_rule(source, target, expected):
     assert is_back_edge(source, target) is expected
+
+
+def function_lengths() -> dict[str, tuple[int, pathlib.Path, int]]:
+    """module.Class.function (nested ones as outer.inner) -> (lines, file, first line)."""
+    out: dict[str, tuple[int, pathlib.Path, int]] = {}
+
+    def visit(node: ast.AST, prefix: str, path: pathlib.Path) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = f"{prefix}.{child.name}"
+                if not isinstance(child, ast.ClassDef):
+                    out[name] = (child.end_lineno - child.lineno + 1, path, child.lineno)
+                visit(child, name, path)
+            else:
+                visit(child, prefix, path)
+
+    for module, path in package_modules().items():
+        visit(ast.parse(path.read_text(encoding="utf-8"), str(path)), module, path)
+    return out
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = {name: where for name, where in function_lengths().items() if where[0] > MAX_FUNCTION_LINES}
+    bad = [f"{path.relative_to(ROOT.parent)}:{line}: {name} is {n} lines"
+           for name, (n, path, line) in sorted(long.items()) if name not in LONG_FUNCTIONS]
+    assert not bad, f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps):\n" + "\n".join(bad)
+    short_now = sorted(LONG_FUNCTIONS - set(long))
+    assert not short_now, f"no longer over {MAX_FUNCTION_LINES} lines (or gone), delete from LONG_FUNCTIONS: {short_now}"
+
+
+def _calls_error_policy(node: ast.AST, policy_names: set[str]) -> bool:
+    """Whether `node` calls `cli.errors.run` (as `run(...)` imported from it, or `<alias>.run(...)`)."""
+    for call in ast.walk(node):
+        if isinstance(call, ast.Call):
+            f = call.func
+            if isinstance(f, ast.Name) and f.id in policy_names:
+                return True
+            if isinstance(f, ast.Attribute) and f.attr == "run" and isinstance(f.value, ast.Name) \
+                    and f.value.id in policy_names:
+                return True
+    return False
+
+
+def _error_policy_names(tree: ast.Module) -> set[str]:
+    """Local names of `cli.errors.run` / of the `cli.errors` module in a module."""
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == f"{PACKAGE}.cli.errors":
+            names |= {a.asname or a.name for a in node.names if a.name == "run"}
+        if isinstance(node, ast.ImportFrom) and node.module == f"{PACKAGE}.cli":
+            names |= {a.asname or a.name for a in node.names if a.name == "errors"}
+    return names
+
+
+def test_every_command_exits_through_the_one_error_policy():
+    """Each `if __name__ == "__main__":` block calls `cli.errors.run` (docs/ERRORS.md), directly or
+    through one function of another package module that does (data.generate's `run_command`)."""
+    modules = package_modules()
+    trees = {m: ast.parse(p.read_text(encoding="utf-8"), str(p)) for m, p in modules.items()}
+    commands, bad = [], []
+    for module, tree in trees.items():
+        for block in tree.body:
+            if not (isinstance(block, ast.If) and "__main__" in ast.unparse(block.test)):
+                continue
+            commands.append(module)
+            if _calls_error_policy(block, _error_policy_names(tree)):
+                continue
+            called = {c.func.id for c in ast.walk(block) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)}
+            via = [(n.module, a.name) for n in tree.body if isinstance(n, ast.ImportFrom) and n.module in trees
+                   for a in n.names if (a.asname or a.name) in called]
+            if not any(_calls_error_policy(d, _error_policy_names(trees[m])) for m, name in via
+                       for d in trees[m].body if isinstance(d, ast.FunctionDef) and d.name == name):
+                bad.append(module)
+    assert len(commands) >= 10, commands
+    assert not bad, f"commands that do not exit through cli.errors.run: {bad}"

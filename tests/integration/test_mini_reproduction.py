@@ -21,12 +21,12 @@ pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def tiny_hf(tmp_path_factory):
-    from bioinstruct_jax.data.tokenizer import load_tokenizer, train_sentencepiece
+    from bioinstruct_jax.data.tokenizer import load_tokenizer_files, train_sentencepiece
 
     d = tmp_path_factory.mktemp("tiny_hf")
     texts = [json.loads(line)["instruction"] for line in
              (REPO_ROOT / "seeds" / "bioinstruct_seeds.jsonl").read_text().splitlines() if line.strip()]
-    tok = load_tokenizer(train_sentencepiece(texts * 3, 400, d / "sp"))
+    tok = load_tokenizer_files(train_sentencepiece(texts * 3, 400, d / "sp"))
     tok.save(d)
     write_tiny_llama(d, "gqa_tied", vocab_size=tok.vocab_size, initializer_range=0.3)
     return d

@@ -47,9 +47,9 @@ def _notes(proc) -> list[str]:
 
 
 def _tokens(sp, text: str) -> int:
-    from bioinstruct_jax.data.tokenizer import load_tokenizer
+    from bioinstruct_jax.data.tokenizer import load_tokenizer_files
 
-    tok = load_tokenizer(sp)
+    tok = load_tokenizer_files(sp)
     return len(tok.encode(text, add_bos=bool(getattr(tok, "adds_bos", True))))
 
 
@@ -97,7 +97,7 @@ def test_eval_records_cut_items_in_results_and_says_so_once(assets, tmp_path):
 
 def test_train_says_once_how_many_examples_it_cut(assets, tmp_path):
     from bioinstruct_jax.data.templates import get_template
-    from bioinstruct_jax.data.tokenizer import load_tokenizer
+    from bioinstruct_jax.data.tokenizer import load_tokenizer_files
     from train_helpers import tiny_overrides
 
     records = [json.loads(line) for line in assets["train"].read_text().splitlines()]
@@ -110,7 +110,7 @@ def test_train_says_once_how_many_examples_it_cut(assets, tmp_path):
     proc = _run(["-m", "bioinstruct_jax.train", *tiny_overrides(
         tmp_path / "run", train, assets["val"], **{"model.tokenizer": assets["sp"], "train.steps": 1,
                                                    "train.save_every": 0, "data.max_length": max_length})])
-    tok, template = load_tokenizer(assets["sp"]), get_template()
+    tok, template = load_tokenizer_files(assets["sp"]), get_template()
     bos = 1 if getattr(tok, "adds_bos", True) else 0
     over = [len(tok.encode(template.head(r["instruction"], r["input"]))) + len(tok.encode(template.tail()))
             + bos + len(tok.encode(r["output"])) + 1 - (max_length + 1) for i, r in enumerate(records) if i != 9]
