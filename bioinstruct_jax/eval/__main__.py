@@ -27,7 +27,8 @@ from bioinstruct_jax.eval import paper_results, prompt_styles, report, runner, t
 from bioinstruct_jax.eval.bertscore import BERTScorer
 from bioinstruct_jax.eval.concepts import ConceptScorer, load_extractor
 from bioinstruct_jax.eval.judge import Judge
-from bioinstruct_jax.eval.predictor import Predictor, load_predictor
+from bioinstruct_jax.eval.predictor import Predictor
+from bioinstruct_jax.infer.predictor import load_predictor
 
 
 def _kv(items: Sequence[str], flag: str) -> dict[str, str]:

@@ -8,14 +8,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bioinstruct_jax.eval import paper_results
+from bioinstruct_jax.eval import metric_registry, paper_results
 from bioinstruct_jax.eval.diagnostics import format_baselines, format_distribution
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, digits: int = 2) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
-    return f"{v:.2f}" if isinstance(v, (int, float)) else str(v)
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) else str(v)
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -28,15 +28,11 @@ def format_table(results: dict[str, Any]) -> str:
         key = e.get("headline", "")
         paper_key = paper_results.PAPER_METRIC.get(name, (None,))[0]
         paper = e.get("paper") if key == paper_key else None
-        rows.append((name, key, _fmt(m.get(key)), _fmt(paper), str(e.get("n", "")),
+        rows.append((name, key, _fmt(m.get(key), metric_registry.digits(key)), _fmt(paper), str(e.get("n", "")),
                      _fmt(e.get("parse_failure_rate"))))
-        if "loglik_accuracy" in m and key != "loglik_accuracy":
-            rows.append(("", "loglik_accuracy", _fmt(m["loglik_accuracy"]), "", "", ""))
-        if "loglik_accuracy_norm" in m and key != "loglik_accuracy_norm":
-            rows.append(("", "loglik_accuracy_norm", _fmt(m["loglik_accuracy_norm"]), "", "", ""))
-        for extra in EXTRA_METRICS:  # the paper reports these without numbers in its tables
+        for extra, paper_cell in metric_registry.report_rows():  # the metrics printed under the headline
             if extra in m and extra != key:
-                rows.append(("", extra, _fmt(m[extra]), "-", "", ""))
+                rows.append(("", extra, _fmt(m[extra], metric_registry.digits(extra)), paper_cell, "", ""))
     text = grid(rows)
     groups = group_rows(results.get("tasks", {}), model)
     if groups:
@@ -69,9 +65,6 @@ def diagnostics_lines(tasks: dict[str, Any]) -> list[str]:
                        f"{d['balanced_accuracy']:.1f}, macro-F1 {d['macro_f1']:.1f}, unreadable {d['unreadable']}; "
                        f"answers {format_distribution(d['predicted'])}")
     return out
-
-
-EXTRA_METRICS = ("bertscore_f1", "concept_f1", "concept_f1_macro")
 
 
 def grid(rows: list[tuple[str, ...]]) -> str:
