@@ -151,8 +151,8 @@ def _evaluate(args: argparse.Namespace, output: str, predictor: Predictor | None
     results = runner.run_eval(task_list, predictor, data, cfg, judge=judge, meta=meta,
                               paper_model=paper_model, text_scorers=text_scorers,
                               skip_missing=args.skip_missing)
-    print(report.format_table(results))
-    note = runner.cut_note(results)
+    print(report.results_table(results))
+    note = runner.results_cut_note(results)
     if note:
         print(note, file=sys.stderr)
     print(f"\nresults: {args.output}/results.json", file=sys.stderr)

@@ -67,7 +67,7 @@ PAPER_RESULTS: dict[str, dict[str, float]] = {
 }
 
 
-def group_average(model: str | None, group: str) -> float | None:
+def paper_group_average(model: str | None, group: str) -> float | None:
     """The mean of the paper's numbers for a model over a group's tasks (None if any is missing)."""
     vals = [paper_value(model, t) for t in GROUPS[group]]
     return sum(vals) / len(vals) if vals and all(v is not None for v in vals) else None  # type: ignore[arg-type]
@@ -79,7 +79,7 @@ def data_size_points(group: str) -> list[tuple[int, float]]:
     figure in the paper, without values."""
     pts = []
     for n, model in ((0, "LLaMA 2 7B"), (25_005, "LLaMA 2 7B + BioInstruct")):
-        v = group_average(model, group)
+        v = paper_group_average(model, group)
         if v is not None:
             pts.append((n, v))
     return pts

@@ -18,7 +18,7 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return f"{v:.{digits}f}" if isinstance(v, (int, float)) else str(v)
 
 
-def format_table(results: dict[str, Any]) -> str:
+def results_table(results: dict[str, Any]) -> str:
     """One row per task: metric, ours, the paper's (for the matched model), n, parse failures."""
     model = results.get("meta", {}).get("paper_model")
     paper_col = f"paper ({model})" if model else "paper (no matching model)"
@@ -74,7 +74,7 @@ def grid(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
-def group_average(tasks: dict[str, Any], group: str) -> tuple[str, float, list[str]] | None:
+def our_group_average(tasks: dict[str, Any], group: str) -> tuple[str, float, list[str]] | None:
     """(metric, mean, tasks averaged) of one group over the tasks present: the paper's metric for
     the group when any task has it, else the first fallback metric present; None when no task."""
     names = [t for t in paper_results.GROUPS[group] if t in tasks]
@@ -90,7 +90,7 @@ def group_rows(tasks: dict[str, Any], model: str | None) -> list[tuple[str, str,
     """(group, metric, ours, the paper's mean over the same tasks or None, "k/n") per group present."""
     out = []
     for g, members in paper_results.GROUPS.items():
-        got = group_average(tasks, g)
+        got = our_group_average(tasks, g)
         if got is None:
             continue
         metric, ours, used = got

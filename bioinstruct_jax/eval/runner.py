@@ -180,7 +180,7 @@ def _record_cuts(recs: list[dict[str, Any]], cuts: Sequence[int] | None, per_rec
             r["prompt_tokens_cut"] = max(most, int(r.get("prompt_tokens_cut", 0)))
 
 
-def cut_note(results: dict[str, Any]) -> str | None:
+def results_cut_note(results: dict[str, Any]) -> str | None:
     """The eval command's one line on prompts cut to fit the context, per task, from results.json's
     `prompts_cut` / `prompt_tokens_cut` (None when no task's prompt was cut)."""
     parts = [f"{name} {e['prompts_cut']} of {e['n']} items ({e.get('prompt_tokens_cut', 0):,} tokens)"
