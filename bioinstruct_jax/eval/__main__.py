@@ -27,7 +27,8 @@ from bioinstruct_jax.eval import paper_results, prompt_styles, report, runner, t
 from bioinstruct_jax.eval.bertscore import BERTScorer
 from bioinstruct_jax.eval.concepts import ConceptScorer, load_extractor
 from bioinstruct_jax.eval.judge import Judge
-from bioinstruct_jax.eval.predictor import Predictor, load_predictor
+from bioinstruct_jax.eval.predictor import Predictor
+from bioinstruct_jax.infer.predictor import load_predictor
 
 
 def _kv(items: Sequence[str], flag: str) -> dict[str, str]:
@@ -150,8 +151,8 @@ def _evaluate(args: argparse.Namespace, output: str, predictor: Predictor | None
     results = runner.run_eval(task_list, predictor, data, cfg, judge=judge, meta=meta,
                               paper_model=paper_model, text_scorers=text_scorers,
                               skip_missing=args.skip_missing)
-    print(report.format_table(results))
-    note = runner.cut_note(results)
+    print(report.results_table(results))
+    note = runner.results_cut_note(results)
     if note:
         print(note, file=sys.stderr)
     print(f"\nresults: {args.output}/results.json", file=sys.stderr)

@@ -5,8 +5,8 @@ Input: two eval output folders written by `eval.runner` (`<task>.predictions.jso
 matched by id, so "before" and "after" are scored on exactly the same examples. Each score comes
 with n and a percentile bootstrap 95% interval (items resampled with replacement, `n_boot` times);
 the delta's interval resamples the same items on both sides (paired). Metrics that are a mean over
-items (accuracy, ROUGE, exact match) are bootstrapped from per-item values; corpus metrics (BLEU,
-micro F1) are recomputed on each resample with the task's own scorer.
+items (`metric_registry`: average MEAN, e.g. accuracy, ROUGE, exact match) are bootstrapped from
+per-item values; corpus metrics (BLEU, micro F1) are recomputed on each resample by their family.
 
 Given the task data (`data=`), stored generations are parsed again with the current parser on
 both sides, so a comparison never mixes two parser versions. Accuracy rows of choice tasks carry
@@ -24,14 +24,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from bioinstruct_jax.data.journal import write_json_atomic
-from bioinstruct_jax.eval import metrics, runner
+from bioinstruct_jax.eval import metric_registry, runner
 from bioinstruct_jax.eval.diagnostics import answer_diagnostics, format_baselines, format_distribution
-from bioinstruct_jax.eval.tasks import DataSource, Task, TextTask
+from bioinstruct_jax.eval.tasks import DataSource, Task
 from bioinstruct_jax.train.metrics import read_metrics
-
-MEAN_METRICS = ("accuracy", "loglik_accuracy", "loglik_accuracy_norm", "rouge1", "rouge2", "rougeL",
-                "exact_match")
-
 
 @dataclasses.dataclass(frozen=True)
 class Score:
@@ -39,10 +35,10 @@ class Score:
     lo: float
     hi: float
 
-    def fmt(self, signed: bool = False) -> str:
+    def fmt(self, signed: bool = False, digits: int = 1) -> str:
         if math.isnan(self.value):
             return "-"
-        f = "{:+.1f}" if signed else "{:.1f}"
+        f = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
         return f"{f.format(self.value)} [{f.format(self.lo)}, {f.format(self.hi)}]"
 
 
@@ -86,12 +82,9 @@ def reparse(task: Task, records: Sequence[dict[str, Any]], examples: dict[str, A
     return out
 
 
-PRED_KEYS = {"accuracy": "pred", "loglik_accuracy": "loglik_pred", "loglik_accuracy_norm": "loglik_pred_norm"}
-
-
 def _diagnostics(task: Task, before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]],
                  metric: str) -> dict[str, Any] | None:
-    key = PRED_KEYS.get(metric)
+    key = metric_registry.answer_field(metric)
     if task.kind != "choice" or key is None or key not in before[0]:
         return None
     golds = [r["gold"] for r in before]
@@ -114,14 +107,6 @@ def _matched(task: Task, before_dir: pathlib.Path, after_dir: pathlib.Path, data
     return before, after
 
 
-def _corpus_scorer(task: Task, metric: str):
-    """records -> metric. BLEU of a text task directly (its full `score` also computes ROUGE,
-    which dominates the time of a thousand resamples); anything else through the task's scorer."""
-    if metric == "bleu" and isinstance(task, TextTask) and task.metric in ("rouge", "bleu"):
-        return lambda recs: metrics.bleu([r["pred"] or "" for r in recs], [r["gold"] for r in recs])
-    return lambda recs: task.score(list(recs))[metric]
-
-
 def paired_bootstrap(task: Task, before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]],
                      metric: str, n_boot: int = 1000, seed: int = 0) -> tuple[Score, Score, Score]:
     """(before, after, delta) of `metric` with percentile 95% intervals over item resamples."""
@@ -129,14 +114,13 @@ def paired_bootstrap(task: Task, before: Sequence[dict[str, Any]], after: Sequen
     if n != len(after):
         raise ValueError(f"task {task.name}: {n} items before vs {len(after)} after")
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    full_b = float(task.score(list(before))[metric])
-    full_a = float(task.score(list(after))[metric])
-    if metric in MEAN_METRICS:
-        per_b = np.array([task.score([r])[metric] for r in before], dtype=np.float64)
-        per_a = np.array([task.score([r])[metric] for r in after], dtype=np.float64)
+    score = metric_registry.key_scorer(task.metrics, metric)  # only the family giving `metric`
+    full_b, full_a = float(score(list(before))), float(score(list(after)))
+    if metric_registry.is_mean(metric):
+        per_b = np.array([score([r]) for r in before], dtype=np.float64)
+        per_a = np.array([score([r]) for r in after], dtype=np.float64)
         boot_b, boot_a = per_b[idx].mean(axis=1), per_a[idx].mean(axis=1)
     else:
-        score = _corpus_scorer(task, metric)
         boot_b = np.array([score([before[j] for j in row]) for row in idx], dtype=np.float64)
         boot_a = np.array([score([after[j] for j in row]) for row in idx], dtype=np.float64)
 
@@ -182,8 +166,9 @@ def format_table(rows: Sequence[Row], *, paper_column: bool = False) -> str:
             continue
         body = []
         for r in group:
-            line = [r.task, *([r.label or "-"] if labelled else []), r.metric, str(r.n), r.before.fmt(),
-                    r.after.fmt(), r.delta.fmt(signed=True)]
+            d = metric_registry.ci_digits(r.metric)
+            line = [r.task, *([r.label or "-"] if labelled else []), r.metric, str(r.n), r.before.fmt(digits=d),
+                    r.after.fmt(digits=d), r.delta.fmt(signed=True, digits=d)]
             if paper_column:
                 line.append("-" if r.paper_delta is None else f"{r.paper_delta:+.2f}")
             body.append(line)

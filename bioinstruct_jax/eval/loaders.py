@@ -23,8 +23,6 @@ from bioinstruct_jax.data.records import RecordError, decode_utf8
 
 PathLike = str | os.PathLike[str]
 
-MCQA_LETTERS = "ABCDE"
-
 
 @dataclasses.dataclass(frozen=True)
 class Example:

@@ -14,6 +14,8 @@ import pathlib
 import re
 from typing import Any
 
+from bioinstruct_jax.eval import tasks
+
 # task -> (our metric key, what the paper reports)
 PAPER_METRIC = {
     "medqa": ("accuracy", "accuracy %, zero-shot"),
@@ -27,11 +29,9 @@ PAPER_METRIC = {
     "icliniq": ("judge_coherence", "GPT-4 coherence 1-5, one-shot"),
 }
 
-_QA = ("medqa", "medmcqa", "pubmedqa", "bioasq", "mednli")
 
-# The paper's evaluation groups and the tasks in each (PAPER.md §3).
-GROUPS: dict[str, tuple[str, ...]] = {"qa": _QA, "ie": ("medication_status", "coreference"),
-                                      "gen": ("mts_dialog", "icliniq")}
+# The paper's evaluation groups and the tasks in each (PAPER.md §3), from the task table's `paper` marks.
+GROUPS: dict[str, tuple[str, ...]] = tasks.paper_groups()
 GROUP_METRIC = {"qa": "accuracy", "ie": "f1", "gen": "judge_coherence"}
 # Used for a group when no task has the paper's metric (no judge run): ours only, never beside the paper's.
 GROUP_FALLBACK = {"qa": ("loglik_accuracy",), "ie": (), "gen": ("bertscore_f1", "rougeL")}
@@ -47,7 +47,7 @@ PAPER_ABLATION: dict[str, dict[str, float]] = {
 
 
 def _qa(*vals: float) -> dict[str, float]:
-    return dict(zip(_QA, vals))
+    return dict(zip(GROUPS["qa"], vals))
 
 
 PAPER_RESULTS: dict[str, dict[str, float]] = {
@@ -67,7 +67,7 @@ PAPER_RESULTS: dict[str, dict[str, float]] = {
 }
 
 
-def group_average(model: str | None, group: str) -> float | None:
+def paper_group_average(model: str | None, group: str) -> float | None:
     """The mean of the paper's numbers for a model over a group's tasks (None if any is missing)."""
     vals = [paper_value(model, t) for t in GROUPS[group]]
     return sum(vals) / len(vals) if vals and all(v is not None for v in vals) else None  # type: ignore[arg-type]
@@ -79,7 +79,7 @@ def data_size_points(group: str) -> list[tuple[int, float]]:
     figure in the paper, without values."""
     pts = []
     for n, model in ((0, "LLaMA 2 7B"), (25_005, "LLaMA 2 7B + BioInstruct")):
-        v = group_average(model, group)
+        v = paper_group_average(model, group)
         if v is not None:
             pts.append((n, v))
     return pts

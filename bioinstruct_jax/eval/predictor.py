@@ -1,4 +1,4 @@
-"""The model side of evaluation: the `Predictor` protocol and the one call that builds it.
+"""The model side of evaluation: the `Predictor` protocol.
 
 The evaluation code only ever talks to a `Predictor`. The JAX implementation lives in
 `bioinstruct_jax.infer.predictor` (`JaxPredictor`); tests use small deterministic doubles.
@@ -6,9 +6,7 @@ The evaluation code only ever talks to a `Predictor`. The JAX implementation liv
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
-
-from bioinstruct_jax.infer import predictor as jax_predictor
+from typing import Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -27,9 +25,3 @@ class Predictor(Protocol):
 
     def score(self, prompts: list[str], continuations: list[str]) -> list[float]: ...
 
-
-def load_predictor(model: str, lora: str | None = None, **kwargs: Any) -> Predictor:
-    """Build the JAX predictor for `model` (HF checkpoint dir or our Orbax checkpoint) with an
-    optional LoRA checkpoint. Keyword arguments (dtype, mesh settings, batch size, max length,
-    ...) are passed through unchanged to `bioinstruct_jax.infer.predictor.load_predictor`."""
-    return jax_predictor.load_predictor(model, lora=lora, **kwargs)

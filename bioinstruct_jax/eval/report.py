@@ -8,17 +8,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bioinstruct_jax.eval import paper_results
+from bioinstruct_jax.eval import metric_registry, paper_results
 from bioinstruct_jax.eval.diagnostics import format_baselines, format_distribution
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, digits: int = 2) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
-    return f"{v:.2f}" if isinstance(v, (int, float)) else str(v)
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) else str(v)
 
 
-def format_table(results: dict[str, Any]) -> str:
+def results_table(results: dict[str, Any]) -> str:
     """One row per task: metric, ours, the paper's (for the matched model), n, parse failures."""
     model = results.get("meta", {}).get("paper_model")
     paper_col = f"paper ({model})" if model else "paper (no matching model)"
@@ -28,15 +28,11 @@ def format_table(results: dict[str, Any]) -> str:
         key = e.get("headline", "")
         paper_key = paper_results.PAPER_METRIC.get(name, (None,))[0]
         paper = e.get("paper") if key == paper_key else None
-        rows.append((name, key, _fmt(m.get(key)), _fmt(paper), str(e.get("n", "")),
+        rows.append((name, key, _fmt(m.get(key), metric_registry.digits(key)), _fmt(paper), str(e.get("n", "")),
                      _fmt(e.get("parse_failure_rate"))))
-        if "loglik_accuracy" in m and key != "loglik_accuracy":
-            rows.append(("", "loglik_accuracy", _fmt(m["loglik_accuracy"]), "", "", ""))
-        if "loglik_accuracy_norm" in m and key != "loglik_accuracy_norm":
-            rows.append(("", "loglik_accuracy_norm", _fmt(m["loglik_accuracy_norm"]), "", "", ""))
-        for extra in EXTRA_METRICS:  # the paper reports these without numbers in its tables
+        for extra, paper_cell in metric_registry.report_rows():  # the metrics printed under the headline
             if extra in m and extra != key:
-                rows.append(("", extra, _fmt(m[extra]), "-", "", ""))
+                rows.append(("", extra, _fmt(m[extra], metric_registry.digits(extra)), paper_cell, "", ""))
     text = grid(rows)
     groups = group_rows(results.get("tasks", {}), model)
     if groups:
@@ -71,9 +67,6 @@ def diagnostics_lines(tasks: dict[str, Any]) -> list[str]:
     return out
 
 
-EXTRA_METRICS = ("bertscore_f1", "concept_f1", "concept_f1_macro")
-
-
 def grid(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -81,7 +74,7 @@ def grid(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
-def group_average(tasks: dict[str, Any], group: str) -> tuple[str, float, list[str]] | None:
+def our_group_average(tasks: dict[str, Any], group: str) -> tuple[str, float, list[str]] | None:
     """(metric, mean, tasks averaged) of one group over the tasks present: the paper's metric for
     the group when any task has it, else the first fallback metric present; None when no task."""
     names = [t for t in paper_results.GROUPS[group] if t in tasks]
@@ -97,7 +90,7 @@ def group_rows(tasks: dict[str, Any], model: str | None) -> list[tuple[str, str,
     """(group, metric, ours, the paper's mean over the same tasks or None, "k/n") per group present."""
     out = []
     for g, members in paper_results.GROUPS.items():
-        got = group_average(tasks, g)
+        got = our_group_average(tasks, g)
         if got is None:
             continue
         metric, ours, used = got

@@ -17,7 +17,7 @@ from typing import Any, Protocol, Sequence
 from tqdm.auto import tqdm
 
 from bioinstruct_jax.data.journal import read_jsonl_tail_safe, write_json_atomic
-from bioinstruct_jax.eval import paper_results, prompt_styles
+from bioinstruct_jax.eval import metric_registry, paper_results, prompt_styles
 from bioinstruct_jax.eval.diagnostics import answer_diagnostics
 from bioinstruct_jax.eval.judge import Judge, aggregate
 from bioinstruct_jax.eval.loaders import Example
@@ -80,8 +80,9 @@ def stop_strings(template: str = "alpaca") -> list[str]:
 
 
 def _modes(task: Task, qa_mode: str) -> tuple[bool, bool]:
-    """(generate?, loglik?) for this task; log-likelihood only exists for choice tasks."""
-    if task.kind != "choice":
+    """(generate?, loglik?) for this task; log-likelihood only exists for tasks with a metric
+    computed from it (`metric_registry`: the choice tasks)."""
+    if not metric_registry.uses(task.metrics, "loglik"):
         return True, False
     return qa_mode in ("generate", "both"), qa_mode in ("loglik", "both")
 
@@ -179,7 +180,7 @@ def _record_cuts(recs: list[dict[str, Any]], cuts: Sequence[int] | None, per_rec
             r["prompt_tokens_cut"] = max(most, int(r.get("prompt_tokens_cut", 0)))
 
 
-def cut_note(results: dict[str, Any]) -> str | None:
+def results_cut_note(results: dict[str, Any]) -> str | None:
     """The eval command's one line on prompts cut to fit the context, per task, from results.json's
     `prompts_cut` / `prompt_tokens_cut` (None when no task's prompt was cut)."""
     parts = [f"{name} {e['prompts_cut']} of {e['n']} items ({e.get('prompt_tokens_cut', 0):,} tokens)"
@@ -190,12 +191,25 @@ def cut_note(results: dict[str, Any]) -> str | None:
             "prompt_tokens_cut in TASK.predictions.jsonl): " + "; ".join(parts))
 
 
-def run_task(task: Task, predictor: Predictor, data: DataSource, cfg: EvalConfig,
-             judge: Judge | None = None, model_id: str = "",
-             text_scorers: dict[str, TextScorer] | None = None) -> dict[str, Any]:
-    """Evaluate one task; returns its results entry (also usable alone)."""
-    out_dir = pathlib.Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+@dataclasses.dataclass(frozen=True)
+class TaskPlan:
+    """What one task's run does: its items, the one-shot example, how it answers, its budget."""
+
+    examples: list[Example]
+    shots: int
+    shot: Example | None
+    generate: bool
+    loglik: bool
+    style: str
+    max_new_tokens: int
+
+    @property
+    def mode(self) -> str:
+        return "both" if self.generate and self.loglik else "generate" if self.generate else "loglik"
+
+
+def plan_task(task: Task, data: DataSource, cfg: EvalConfig) -> TaskPlan:
+    """Load `task`'s items and check the settings apply to it (ValueError naming the task)."""
     examples = task.load(data)
     if not examples:
         raise ValueError(f"task {task.name}: its data has no examples ({task.description})")
@@ -213,60 +227,88 @@ def run_task(task: Task, predictor: Predictor, data: DataSource, cfg: EvalConfig
         prompt_styles.check_style(style, task.name)
         if shots:
             raise ValueError(f"task {task.name}: --prompt-style {style} is zero-shot; drop --shots 1")
-    max_new = cfg.max_new_tokens or task.max_new_tokens
-    settings = {"task": task.name, "model": model_id, "shots": shots,
-                "shot_id": shot.id if shot else None, "generate": gen, "loglik": ll,
-                "max_new_tokens": max_new, "instruction": task.instruction,
-                **({"template": cfg.template} if cfg.template != "alpaca" else {}),
-                **({"prompt_style": style} if style != prompt_styles.DEFAULT_STYLE else {})}
-    _check_settings(out_dir / f"{task.name}.run.json", settings)
+    return TaskPlan(examples, shots, shot, gen, ll, style, cfg.max_new_tokens or task.max_new_tokens)
 
-    pred_path = out_dir / f"{task.name}.predictions.jsonl"
+
+def _settings(task: Task, plan: TaskPlan, cfg: EvalConfig, model_id: str) -> dict[str, Any]:
+    """What DIR/<task>.run.json records: a rerun with other settings is refused."""
+    return {"task": task.name, "model": model_id, "shots": plan.shots,
+            "shot_id": plan.shot.id if plan.shot else None, "generate": plan.generate, "loglik": plan.loglik,
+            "max_new_tokens": plan.max_new_tokens, "instruction": task.instruction,
+            **({"template": cfg.template} if cfg.template != "alpaca" else {}),
+            **({"prompt_style": plan.style} if plan.style != prompt_styles.DEFAULT_STYLE else {})}
+
+
+def _predict(task: Task, predictor: Predictor, plan: TaskPlan, cfg: EvalConfig,
+             pred_path: pathlib.Path) -> list[dict[str, Any]]:
+    """Every item's prediction record: those already in `pred_path` kept, the rest predicted in
+    batches and appended as each batch finishes."""
     done = read_predictions(pred_path)
-    todo = [e for e in examples if e.id not in done]
+    todo = [e for e in plan.examples if e.id not in done]
     stops = stop_strings(cfg.template)
     tokenizer = getattr(predictor, "tokenizer", None)
-    bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc=task.name, unit="ex",
+    bar = tqdm(total=len(plan.examples), initial=len(plan.examples) - len(todo), desc=task.name, unit="ex",
                file=sys.stderr, dynamic_ncols=True)
     with pred_path.open("a", encoding="utf-8") as f:
         for i in range(0, len(todo), cfg.batch_size):
             batch = todo[i:i + cfg.batch_size]
-            prompts = [task.prompt(e, shot, template=cfg.template, tokenizer=tokenizer) for e in batch]
-            for rec in _predict_batch(task, predictor, batch, prompts, gen, ll, max_new, stops, style):
+            prompts = [task.prompt(e, plan.shot, template=cfg.template, tokenizer=tokenizer) for e in batch]
+            for rec in _predict_batch(task, predictor, batch, prompts, plan.generate, plan.loglik,
+                                      plan.max_new_tokens, stops, plan.style):
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 done[rec["id"]] = rec
             f.flush()
             bar.update(len(batch))
     bar.close()
+    return [done[e.id] for e in plan.examples]
 
-    records = [done[e.id] for e in examples]
+
+def _entry(task: Task, plan: TaskPlan, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The task's results entry from its records: metrics, counts, parse failures, diagnostics."""
     entry: dict[str, Any] = {"category": task.category, "description": task.description,
-                             "n": len(records), "shots": shots,
-                             "mode": "both" if gen and ll else "generate" if gen else "loglik",
+                             "n": len(records), "shots": plan.shots, "mode": plan.mode,
                              "metrics": task.score(records) if records else {},
                              "prompts_cut": sum(1 for r in records if r.get("prompt_tokens_cut")),
                              "prompt_tokens_cut": sum(int(r.get("prompt_tokens_cut", 0)) for r in records)}
-    if gen:
+    if plan.generate:
         fails = sum(r.get("pred") is None for r in records)
         entry["parse_failures"] = fails
         entry["parse_failure_rate"] = 100.0 * fails / len(records) if records else 0.0
     if task.kind == "choice" and records:
         entry["diagnostics"] = choice_diagnostics(task, records)
-    if ll:
-        entry["prompt_style"] = style
-        if style == "lm-eval":
+    if plan.loglik:
+        entry["prompt_style"] = plan.style
+        if plan.style == "lm-eval":
             entry["lm_eval"] = {"task": prompt_styles.LM_EVAL_TASKS[task.name],
                                 "acc": entry["metrics"].get("loglik_accuracy"),
                                 "acc_norm": entry["metrics"].get("loglik_accuracy_norm")}
-    if judge is not None and task.category == GEN and gen:
-        by_id = {e.id: e for e in examples}
-        res = []
-        for r in tqdm(records, desc=f"{task.name} judge", unit="ex", file=sys.stderr, dynamic_ncols=True):
-            ex = by_id[r["id"]]
-            res.append(judge.judge(instruction=task.instruction_for(ex), input_text=task.format_input(ex),
-                                   reference=str(r["gold"]), prediction=r.get("generation") or ""))
-        entry["metrics"].update(aggregate(res))
-    if text_scorers and task.kind == "text" and gen and records:
+    return entry
+
+
+def _judge_scores(task: Task, judge: Judge, plan: TaskPlan, records: list[dict[str, Any]]) -> dict[str, float]:
+    """The GPT-4 judge's means over the task's generations (`judge.aggregate`)."""
+    by_id = {e.id: e for e in plan.examples}
+    res = []
+    for r in tqdm(records, desc=f"{task.name} judge", unit="ex", file=sys.stderr, dynamic_ncols=True):
+        ex = by_id[r["id"]]
+        res.append(judge.judge(instruction=task.instruction_for(ex), input_text=task.format_input(ex),
+                               reference=str(r["gold"]), prediction=r.get("generation") or ""))
+    return aggregate(res)
+
+
+def run_task(task: Task, predictor: Predictor, data: DataSource, cfg: EvalConfig,
+             judge: Judge | None = None, model_id: str = "",
+             text_scorers: dict[str, TextScorer] | None = None) -> dict[str, Any]:
+    """Evaluate one task; returns its results entry (also usable alone)."""
+    out_dir = pathlib.Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_task(task, data, cfg)
+    _check_settings(out_dir / f"{task.name}.run.json", _settings(task, plan, cfg, model_id))
+    records = _predict(task, predictor, plan, cfg, out_dir / f"{task.name}.predictions.jsonl")
+    entry = _entry(task, plan, records)
+    if judge is not None and task.category == GEN and plan.generate:
+        entry["metrics"].update(_judge_scores(task, judge, plan, records))
+    if text_scorers and task.kind == "text" and plan.generate and records:
         preds = [r.get("pred") for r in records]
         refs = [str(r["gold"]) for r in records]
         for scorer in text_scorers.values():

@@ -1,4 +1,4 @@
-"""TFDS builders for the evaluation sets (array_record), one per task, over `eval/tasks.py` and
+"""TFDS builders for the evaluation sets (array_record), one per task of `eval/tasks.py`'s table, over it and
 `eval/loaders.py` (so they live in the eval stage; the instruction-data builders are `data/tfds/`).
 
 Each builder reads the files from `manual_dir` (laid out like ../shared/data: `medqa/...`,
@@ -12,7 +12,6 @@ file), though they read a layout of several files rather than one source file.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 import shutil
@@ -23,57 +22,8 @@ import tensorflow_datasets as tfds
 from bioinstruct_jax.data.tfds import common
 from bioinstruct_jax.eval import tasks as eval_tasks
 
-
-@dataclasses.dataclass(frozen=True)
-class EvalSetSpec:
-    task: str  # our task name (bioinstruct_jax.eval.tasks)
-    homepage: str
-    urls: dict[str, str]  # relative path under the data layout -> canonical download URL
-    manual: str  # how to get the files by hand
-    checksum: str = "unknown, verify on first download (tfds build --register_checksums)"
-
-
-_GH = "https://raw.githubusercontent.com"
-SPECS: dict[str, EvalSetSpec] = {
-    "medqa": EvalSetSpec("medqa", "https://github.com/jind11/MedQA", {},
-                         "From the MedQA repository's Google Drive folder: data_clean/questions/US/4_options/"
-                         "phrases_no_exclude_{test,train}.jsonl -> medqa/US_4_options_{test,train}.jsonl"),
-    "medmcqa": EvalSetSpec("medmcqa", "https://medmcqa.github.io", {},
-                           "https://drive.google.com/uc?export=download&id=15VkJdq5eyWIkfb_aoD3oS8i4tScbHYky "
-                           "(zip) -> medmcqa/dev.json and medmcqa/train.json"),
-    "pubmedqa": EvalSetSpec("pubmedqa", "https://pubmedqa.github.io", {
-        "pubmedqa/ori_pqal.json": f"{_GH}/pubmedqa/pubmedqa/master/data/ori_pqal.json",
-        "pubmedqa/test_ground_truth.json": f"{_GH}/pubmedqa/pubmedqa/master/data/test_ground_truth.json"},
-        "pubmedqa/ori_pqal.json and pubmedqa/test_ground_truth.json from the PubMedQA repository"),
-    "bioasq": EvalSetSpec("bioasq", "http://participants-area.bioasq.org", {},
-                          "BioASQ Task B gold files (registration needed) -> bioasq/Task*BGoldenEnriched/*golden*.json"),
-    "mednli": EvalSetSpec("mednli", "https://physionet.org/content/mednli/", {},
-                          "Credentialed PhysioNet access -> mednli/mli_{test,train}_v1.jsonl"),
-    "bc5cdr": EvalSetSpec("bc5cdr", "https://github.com/cambridgeltl/MTL-Bioinformatics-2016", {
-        f"ner/BC5CDR-IOB/{s}.tsv": f"{_GH}/cambridgeltl/MTL-Bioinformatics-2016/master/data/BC5CDR-IOB/{s}.tsv"
-        for s in ("train", "test")}, "ner/BC5CDR-IOB/{train,test}.tsv"),
-    "ncbi_disease": EvalSetSpec("ncbi_disease", "https://github.com/cambridgeltl/MTL-Bioinformatics-2016", {
-        f"ner/NCBI-disease-IOB/{s}.tsv":
-            f"{_GH}/cambridgeltl/MTL-Bioinformatics-2016/master/data/NCBI-disease-IOB/{s}.tsv"
-        for s in ("train", "test")}, "ner/NCBI-disease-IOB/{train,test}.tsv"),
-    "chemprot": EvalSetSpec("chemprot", "https://biocreative.bioinformatics.udel.edu/tasks/biocreative-vi/track-5/", {},
-                            "ChemProt as JSON lines with << >> / [[ ]] marks -> chemprot/{train,test}.txt"),
-    "medication_status": EvalSetSpec("medication_status", "https://huggingface.co/datasets/mitclinicalml/clinical-ie", {},
-                                     "Agrawal et al. 2022 medication status (gated) converted to JSON -> "
-                                     "clinical_ie/medication_status_{dev,test}.json"),
-    "coreference": EvalSetSpec("coreference", "https://huggingface.co/datasets/mitclinicalml/clinical-ie", {},
-                               "Agrawal et al. 2022 coreference (gated) converted to JSON -> "
-                               "clinical_ie/coreference_{dev,test}.json"),
-    "mts_dialog": EvalSetSpec("mts_dialog", "https://github.com/abachaa/MTS-Dialog", {
-        f"mts_dialog/MTS-Dialog-{n}.csv": f"{_GH}/abachaa/MTS-Dialog/main/Main-Dataset/MTS-Dialog-{n}.csv"
-        for n in ("TestSet-1-MEDIQA-Chat-2023", "TrainingSet")}, "mts_dialog/MTS-Dialog-*.csv"),
-    "icliniq": EvalSetSpec("icliniq", "https://github.com/xzhang97666/AlpaCare", {},
-                           "iCliniq questions with GPT-4 references -> icliniq/iCliniq_gpt4_reference.jsonl"),
-    "meqsum": EvalSetSpec("meqsum", "https://github.com/abachaa/MeQSum", {
-        "meqsum/MeQSum_ground_truth_summaries.xlsx":
-            "https://github.com/abachaa/MeQSum/raw/master/MeQSum_ground_truth_summaries.xlsx"},
-        "meqsum/*.xlsx"),
-}
+CHECKSUM = "unknown, verify on first download (tfds build --register_checksums)"
+_NO_HOME = eval_tasks.DataHome(homepage="", manual="the files the task's loaders read")
 
 
 def _records(exs: list[Any]) -> Any:
@@ -81,40 +31,42 @@ def _records(exs: list[Any]) -> Any:
         yield e.id, {"id": e.id, "example": json.dumps(e.to_json(), ensure_ascii=False)}
 
 
-def _make_builder(spec: EvalSetSpec) -> type[common.SourceFileBuilder]:
+def _make_builder(task: eval_tasks.Task) -> type[common.SourceFileBuilder]:
+    home = task.source or _NO_HOME
+
     class _Builder(common.SourceFileBuilder, skip_registration=True):
         VERSION = tfds.core.Version("1.0.0")
         RELEASE_NOTES = {"1.0.0": "First release."}
         MANUAL_DOWNLOAD_INSTRUCTIONS = (
-            f"Put the files in manual_dir laid out like ../shared/data: {spec.manual}. "
-            f"Checksum: {spec.checksum}.")
+            f"Put the files in manual_dir laid out like ../shared/data: {home.manual}. "
+            f"Checksum: {CHECKSUM}.")
 
         def _info(self) -> tfds.core.DatasetInfo:
             return self.dataset_info_from_configs(
                 features=tfds.features.FeaturesDict({"id": tfds.features.Text(),
                                                      "example": tfds.features.Text()}),
-                homepage=spec.homepage,
-                description=f"Evaluation set for task {spec.task!r}; example = JSON of eval.loaders.Example.")
+                homepage=home.homepage,
+                description=f"Evaluation set for task {task.name!r}; example = JSON of eval.loaders.Example.")
 
         def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
             root = pathlib.Path(dl_manager.manual_dir)
-            missing = {rel: url for rel, url in spec.urls.items() if not (root / rel).exists()}
+            missing = {rel: url for rel, url in home.urls.items() if not (root / rel).exists()}
             if missing:  # public URLs: fetch into a copy of the layout
                 got = dl_manager.download(missing)
-                root = pathlib.Path(self.data_dir).parent / f"{spec.task}_raw"
+                root = pathlib.Path(self.data_dir).parent / f"{task.name}_raw"
                 for rel, path in got.items():
                     (root / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(path, root / rel)
-                for rel in spec.urls.keys() - missing.keys():
+                for rel in home.urls.keys() - missing.keys():
                     shutil.copy(pathlib.Path(dl_manager.manual_dir) / rel, root / rel)
-            return {k: self._generate_examples(v) for k, v in split_examples(spec.task, str(root)).items()}
+            return {k: self._generate_examples(v) for k, v in split_examples(task.name, str(root)).items()}
 
         def _generate_examples(self, examples: list[Any]) -> Any:
             yield from _records(examples)
 
-    camel = "".join(w.capitalize() for w in spec.task.split("_"))
+    camel = "".join(w.capitalize() for w in task.name.split("_"))
     # a named subclass, registered with TFDS as bioinstruct_eval_<task>
-    return type(f"BioinstructEval{camel}", (_Builder,), {"name": f"bioinstruct_eval_{spec.task}",
+    return type(f"BioinstructEval{camel}", (_Builder,), {"name": f"bioinstruct_eval_{task.name}",
                                                          "__module__": __name__})
 
 
@@ -142,6 +94,5 @@ def example_from_record(record: dict[str, Any]) -> dict[str, Any]:
     return json.loads(common.decode_text(record["example"]))
 
 
-BUILDERS: dict[str, type[common.SourceFileBuilder]] = {}
-for _name, _spec in SPECS.items():
-    BUILDERS[_name] = _make_builder(_spec)
+# one builder per task of the task table (`tasks.TASKS`, whose `source` says where the files come from)
+BUILDERS: dict[str, type[common.SourceFileBuilder]] = {name: _make_builder(t) for name, t in eval_tasks.TASKS.items()}

@@ -36,7 +36,6 @@ from bioinstruct_jax.data.journal import write_json_atomic
 from bioinstruct_jax.data.seeds import DEFAULT_SEEDS_PATH
 from bioinstruct_jax.eval import compare, paper_results, runner, verdict
 from bioinstruct_jax.eval import tasks as tasks_mod
-from bioinstruct_jax.eval.loaders import seeded_split
 from bioinstruct_jax.infer.predictor import load_predictor
 from bioinstruct_jax.jobs import tuning_mix
 from bioinstruct_jax.train import loop as train
@@ -94,10 +93,7 @@ def default_model() -> str:
 def seeded_task(name: str, n: int, seed: int = SUBSET_SEED) -> tasks_mod.Task:
     """The built-in task restricted to a fixed seeded subset of n test items (all when fewer);
     the subsets of one task are nested (the first n of one seeded order)."""
-    task = tasks_mod.get_task(name)
-    full = task._test
-    task._test = lambda data, _f=full: seeded_split(_f(data), min(n, len(_f(data))), seed)[0]
-    return task
+    return tasks_mod.get_task(name).seeded_subset(n, seed)
 
 
 def evaluate(predictor: Any, stages: Sequence[Stage], tasks: dict[tuple[str, str], tasks_mod.Task],

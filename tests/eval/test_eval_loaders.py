@@ -103,18 +103,18 @@ def test_every_task_loads_its_fixture_and_shot():
         shot = task.shot(data, seed=0)
         assert shot.answer not in ("", [], None), name
     ic_test = T.get_task("icliniq").load(data)
-    ic_pool = T.get_task("icliniq")._train(data)
+    ic_pool = T.get_task("icliniq").load_train(data)
     assert len(ic_test) == 5 and len(ic_pool) == 1 and not {e.id for e in ic_test} & {e.id for e in ic_pool}
-    bio_pool = T.get_task("bioasq")._train(data)
+    bio_pool = T.get_task("bioasq").load_train(data)
     assert [e.id for e in bio_pool] == ["fixbq9"]  # test questions left out of the shot pool
 
 
 def test_user_task_holds_out_its_shot():
     t = T.get_task(f"jsonl:{FIX / 'user_task.jsonl'}:exact_match")
     data = T.DataSource()
-    test, pool = t.load(data), t._train(data)
-    assert len(test) == 2 and len(pool) == 1 and t.metric == "exact_match"
-    assert T.get_task(f"jsonl:{FIX / 'user_task.jsonl'}").metric == "rouge"
+    test, pool = t.load(data), t.load_train(data)
+    assert len(test) == 2 and len(pool) == 1 and t.metrics == ("exact_match",)
+    assert T.get_task(f"jsonl:{FIX / 'user_task.jsonl'}").metrics == ("rouge", "bleu")
 
 
 # ----------------------------------------------------------------------------- real data counts
