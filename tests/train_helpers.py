@@ -87,9 +87,9 @@ def slow_factory(cfg, tokenizer, delay: float):
     """The run's data factory with a pause per training batch (keeps a subprocess alive long enough to kill)."""
     import time
 
-    from bioinstruct_jax.train.loop import make_data_factory
+    from bioinstruct_jax.train.loop import run_data_factory
 
-    inner = make_data_factory(cfg, tokenizer)
+    inner = run_data_factory(cfg, tokenizer)
 
     class Slow:
         def __init__(self, it):

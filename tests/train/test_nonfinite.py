@@ -46,7 +46,7 @@ def _run(tmp_path, bad_batch: int, **extra):
     train_file, val_file, tok = write_task(tmp_path / "data", 64, 16)
     cfg = load_run_config(None, tiny_overrides(tmp_path / "run", train_file, val_file, **{
         "train.steps": 4, "train.save_every": 2, "train.async_checkpointing": False, **extra}))
-    inner = train.make_data_factory(cfg, tok)
+    inner = train.run_data_factory(cfg, tok)
 
     def factory(split):
         it = inner(split)

@@ -44,7 +44,7 @@ def learned(tmp_path_factory):
     train_file, val_file, tok = write_task(root / "data")
     cfg = load_run_config(None, tiny_overrides(root / "run", train_file, val_file,
                                                **{"train.steps": 400, "optim.lr": 0.003}))
-    factory = train.make_data_factory(cfg, tok)
+    factory = train.run_data_factory(cfg, tok)
     before = model_factory.build_model(cfg, model_factory.resolve_llama_config(cfg, tok), train.make_run_mesh(cfg))
     before.eval()
     em_before = exact_match(before, factory)
