@@ -96,7 +96,8 @@ from bioinstruct_jax.checkpoint.hf import load_pretrained  # noqa: E402
 from bioinstruct_jax.data.pipeline import DataConfig, make_batch_iterator  # noqa: E402
 from bioinstruct_jax.data.tokenizer import load_tokenizer_files, train_sentencepiece  # noqa: E402
 from bioinstruct_jax.infer.engine import Generator  # noqa: E402
-from bioinstruct_jax.model.llama import Llama, LlamaConfig  # noqa: E402
+from bioinstruct_jax.model.config import LlamaConfig  # noqa: E402
+from bioinstruct_jax.model.decoder import Llama  # noqa: E402
 from bioinstruct_jax.model.lora import LoraConfig, apply_lora  # noqa: E402
 from bioinstruct_jax.parallel import accelerators  # noqa: E402
 from bioinstruct_jax.train import metrics as train_metrics  # noqa: E402

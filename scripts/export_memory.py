@@ -29,7 +29,8 @@ from flax import nnx  # noqa: E402
 
 from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsFile  # noqa: E402
 from bioinstruct_jax.export.merged import export_merged  # noqa: E402
-from bioinstruct_jax.model.llama import Llama, LlamaConfig  # noqa: E402
+from bioinstruct_jax.model.config import LlamaConfig  # noqa: E402
+from bioinstruct_jax.model.decoder import Llama  # noqa: E402
 from bioinstruct_jax.model.lora import LoraConfig, apply_lora, lora_modules  # noqa: E402
 
 

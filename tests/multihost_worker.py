@@ -21,7 +21,8 @@ def make_model():
     from flax import nnx
     import jax
 
-    from bioinstruct_jax.model.llama import Llama, LlamaConfig
+    from bioinstruct_jax.model.config import LlamaConfig
+    from bioinstruct_jax.model.decoder import Llama
     from bioinstruct_jax.model.lora import LoraConfig, LoRAParam, apply_lora
 
     config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

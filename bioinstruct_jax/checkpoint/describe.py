@@ -24,7 +24,7 @@ from bioinstruct_jax.checkpoint.integrity import DamagedCheckpointError, step_di
 from bioinstruct_jax.checkpoint.orbax import checkpoint_dir, is_run
 from bioinstruct_jax.checkpoint.paths import check_tree, inside
 from bioinstruct_jax.config.storage import is_remote, local_path
-from bioinstruct_jax.model.llama import LlamaConfig
+from bioinstruct_jax.model.config import LlamaConfig
 
 
 def describe(path: str) -> str:

@@ -26,7 +26,8 @@ from bioinstruct_jax.checkpoint import gguf
 from bioinstruct_jax.checkpoint.hf import load_pretrained
 from bioinstruct_jax.config import ConfigError, RunConfig, to_dict
 from bioinstruct_jax.checkpoint.tokenizer import load_tokenizer
-from bioinstruct_jax.model.llama import Llama, LlamaConfig, RopeScaling, dtype_from_name
+from bioinstruct_jax.model.config import LlamaConfig, RopeScaling, dtype_from_name
+from bioinstruct_jax.model.decoder import Llama
 from bioinstruct_jax.model.lora import apply_lora
 from bioinstruct_jax.parallel import sharding
 
@@ -114,15 +115,16 @@ def _lora_rngs(cfg: RunConfig) -> nnx.Rngs:
     return nnx.Rngs(params=cfg.model.seed + 1, dropout=cfg.train.seed + 2)
 
 
-def init_model(cfg: RunConfig, llama_config: LlamaConfig) -> Llama:
+def init_model(cfg: RunConfig, llama_config: LlamaConfig, *, cpu_dot_forms: bool | None = None) -> Llama:
     """A preset with random weights from model.seed, plus LoRA; unsharded, nothing loaded from disk.
 
     A pure function of the config: `sharding.shard_model(lambda: init_model(...), mesh)` creates the
     weights straight into their shards (the same seed gives the same weights whatever the mesh:
-    threefry is partitionable), `nnx.eval_shape(lambda: init_model(...))` gives shapes only."""
+    threefry is partitionable), `nnx.eval_shape(lambda: init_model(...))` gives shapes only.
+    cpu_dot_forms: see `model.decoder.Llama` (the planner passes False)."""
     m = cfg.model
     model = Llama(llama_config, rngs=nnx.Rngs(params=m.seed), param_dtype=dtype_from_name(m.param_dtype),
-                  dtype=dtype_from_name(m.dtype), **_model_kwargs(cfg))
+                  dtype=dtype_from_name(m.dtype), cpu_dot_forms=cpu_dot_forms, **_model_kwargs(cfg))
     apply_lora(model, cfg.lora, _lora_rngs(cfg))
     return model
 

@@ -1,11 +1,13 @@
-"""GGUF (llama.cpp) LLaMA files -> our NNX model, one tensor at a time.
+"""GGUF (llama.cpp) files of the `llama` and `qwen2` architectures -> our NNX model, one tensor at a time.
 
 A `.gguf` file (or a folder holding exactly one) is read with the `gguf` package's `GGUFReader`
-(memory-mapped; nothing is parsed by hand). Its `llama.*` metadata becomes an HF-style config dict
+(memory-mapped; nothing is parsed by hand). Its `general.architecture` names the model family
+(`model.families.by_gguf_architecture`), and its `<arch>.*` metadata becomes an HF-style config dict
 (`config_dict`) and so a `LlamaConfig`; embeddings are tied when the file has no `output.weight`.
-`GGUFTensorSource` gives the tensors under their Hugging Face names, in HF's [out, in] layout, with
-llama.cpp's rotary row permutation of `attn_q` / `attn_k` undone (`permute_rows` applies it, for the
-GGUF export), so `checkpoint.hf.fill_params`
+`GGUFTensorSource` gives the tensors (weights, and Qwen2's `attn_q/k/v.bias`) under their Hugging
+Face names, in HF's [out, in] layout, with llama.cpp's rotary row permutation of `attn_q` /
+`attn_k` undone where the family has one (`permute_rows` applies it, for the GGUF export), so
+`checkpoint.hf.fill_params`
 streams them into their shards exactly as it does safetensors: each tensor is dequantized
 (`gguf.quants.dequantize`, float32) when first asked for and only the last one is kept, so the
 host holds one dequantized tensor at a time.
@@ -16,8 +18,8 @@ same way), plus the HF `llama3` rope_scaling that gives the same factors where o
 export of the model).
 
 Every quantization type `gguf.quants` can dequantize is accepted (F32, F16, BF16, Q4_0, Q4_1, Q5_0,
-Q5_1, Q8_0, the K-quants Q2_K ... Q6_K, the IQ types); anything else, a non-llama architecture or a
-model feature our LLaMA lacks is a one-line error naming the file (and the tensor).
+Q5_1, Q8_0, the K-quants Q2_K ... Q6_K, the IQ types); anything else, an architecture no family
+reads or a model feature the decoder lacks is a one-line error naming the file (and the tensor).
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from typing import Any
 import numpy as np
 
 from bioinstruct_jax.checkpoint.errors import CheckpointError
-from bioinstruct_jax.model.llama import LlamaConfig
+from bioinstruct_jax.model import families
+from bioinstruct_jax.model.config import LlamaConfig
 
-_LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+_LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _LAYER_NAMES = {
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
@@ -108,14 +111,16 @@ def metadata(reader: Any) -> dict[str, Any]:
 
 
 def config_dict(reader: Any, where: str | pathlib.Path) -> dict[str, Any]:
-    """An HF `config.json`-style dict from the `llama.*` metadata (see `LlamaConfig.from_hf`)."""
+    """An HF `config.json`-style dict from the `<arch>.*` metadata (see `LlamaConfig.from_hf`)."""
     meta = metadata(reader)
     arch = meta.get("general.architecture")
-    if arch != "llama":
-        raise CheckpointError(f"{where}: GGUF architecture {arch!r} is not supported (only 'llama')")
+    family = families.by_gguf_architecture(arch)
+    if family is None:
+        raise CheckpointError(f"{where}: GGUF architecture {arch!r} is not supported "
+                              f"(supported: {', '.join(families.gguf_architectures())})")
 
     def key(name: str, default: Any = KeyError) -> Any:
-        full = f"llama.{name}"
+        full = f"{arch}.{name}"
         if full in meta:
             return meta[full]
         if default is KeyError:
@@ -127,14 +132,14 @@ def config_dict(reader: Any, where: str | pathlib.Path) -> dict[str, Any]:
     head_dim = int(key("attention.key_length", hidden // heads))
     rot = key("rope.dimension_count", head_dim)
     if int(rot) != head_dim:
-        raise CheckpointError(f"{where}: llama.rope.dimension_count={rot} != head_dim={head_dim} "
+        raise CheckpointError(f"{where}: {arch}.rope.dimension_count={rot} != head_dim={head_dim} "
                               "(partial rotary embeddings are not supported)")
     names = {t.name for t in reader.tensors}
     vocab = key("vocab_size", meta.get("tokenizer.ggml.tokens"))
     if vocab is None:
-        raise CheckpointError(f"{where}: GGUF metadata has neither llama.vocab_size nor a token list")
+        raise CheckpointError(f"{where}: GGUF metadata has neither {arch}.vocab_size nor a token list")
     cfg: dict[str, Any] = {
-        "model_type": "llama",
+        "model_type": family.model_type,
         "vocab_size": int(vocab),
         "hidden_size": hidden,
         "intermediate_size": int(key("feed_forward_length")),
@@ -147,6 +152,17 @@ def config_dict(reader: Any, where: str | pathlib.Path) -> dict[str, Any]:
         "rope_theta": float(key("rope.freq_base", 10000.0)),
         "tie_word_embeddings": "output.weight" not in names,
     }
+    _add_rope_scaling(cfg, reader, key, names, where, head_dim)
+    for ours, theirs in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
+                         ("pad_token_id", "padding_token_id")):
+        value = meta.get(f"tokenizer.ggml.{theirs}")
+        if value is not None:
+            cfg[ours] = int(value)
+    return cfg
+
+
+def _add_rope_scaling(cfg: dict[str, Any], reader: Any, key: Any, names: set[str], where: Any, head_dim: int) -> None:
+    """The rotary scaling keys of `cfg`: `<arch>.rope.scaling.*`, and `rope_freqs.weight` as factors."""
     scaling = key("rope.scaling.type", None)
     if scaling not in (None, "none"):
         rope: dict[str, Any] = {"rope_type": scaling, "factor": float(key("rope.scaling.factor", 1.0))}
@@ -161,12 +177,6 @@ def config_dict(reader: Any, where: str | pathlib.Path) -> dict[str, Any]:
                                                  key("rope.scaling.original_context_length", None))
             if llama3 is not None:
                 cfg["rope_scaling"] = llama3
-    for ours, theirs in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
-                         ("pad_token_id", "padding_token_id")):
-        value = meta.get(f"tokenizer.ggml.{theirs}")
-        if value is not None:
-            cfg[ours] = int(value)
-    return cfg
 
 
 def _rope_freq_factors(reader: Any, where: str | pathlib.Path, head_dim: int) -> list[float]:
@@ -214,12 +224,13 @@ def read_config(path: str | pathlib.Path, reader: Any = None):
 
 
 def hf_tensor_name(gguf_name: str) -> str | None:
-    """HF name of a llama.cpp tensor name, e.g. blk.3.attn_q.weight -> model.layers.3.self_attn.q_proj.weight."""
+    """HF name of a llama.cpp tensor name, e.g. blk.3.attn_q.weight -> model.layers.3.self_attn.q_proj.weight
+    (and blk.3.attn_q.bias -> model.layers.3.self_attn.q_proj.bias)."""
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
     m = _LAYER.fullmatch(gguf_name)
     if m and m.group(2) in _LAYER_NAMES:
-        return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.weight"
+        return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.{m.group(3)}"
     return None
 
 
@@ -228,11 +239,11 @@ def gguf_tensor_name(hf_tensor: str) -> str:
     for ours, theirs in _GLOBAL_NAMES.items():
         if theirs == hf_tensor:
             return ours
-    m = re.fullmatch(r"model\.layers\.(\d+)\.([\w.]+)\.weight", hf_tensor)
+    m = re.fullmatch(r"model\.layers\.(\d+)\.([\w.]+)\.(weight|bias)", hf_tensor)
     short = {v: k for k, v in _LAYER_NAMES.items()}.get(m.group(2)) if m else None
     if short is None:
         raise ValueError(f"no llama.cpp name for tensor {hf_tensor!r}")
-    return f"blk.{m.group(1)}.{short}.weight"
+    return f"blk.{m.group(1)}.{short}.{m.group(3)}"
 
 
 def permute_rows(weight: np.ndarray, n_head: int) -> np.ndarray:
@@ -273,12 +284,13 @@ class GGUFTensorSource:
                 if t.name in _IGNORED:
                     continue
                 raise CheckpointError(f"{self.file}: unexpected tensor {t.name!r} (shape {tuple(int(x) for x in reversed(t.shape))}); "
-                                      "not part of a llama model")
+                                      f"not part of a {self.config.model_type} model")
             if t.tensor_type not in supported:
                 raise CheckpointError(f"{self.file}: tensor {t.name!r} has quantization type {t.tensor_type.name}, "
                                       "which the gguf package cannot dequantize")
             self._tensors[name] = t
         self.weight_map = {name: self.file.name for name in self._tensors}
+        self._rope_permuted = families.by_model_type(self.config.model_type).gguf_rope_permuted
         self._cached: tuple[str, np.ndarray] | None = None
 
     def file_of(self, name: str) -> pathlib.Path:
@@ -302,9 +314,9 @@ class GGUFTensorSource:
         except Exception as err:
             raise CheckpointError(f"{self.file}: tensor {t.name!r} ({t.tensor_type.name}) cannot be dequantized "
                                   f"({type(err).__name__}: {err})") from None
-        if name.endswith("self_attn.q_proj.weight"):
+        if self._rope_permuted and name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
             w = unpermute_rows(w, self.config.num_attention_heads)
-        elif name.endswith("self_attn.k_proj.weight"):
+        elif self._rope_permuted and name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
             w = unpermute_rows(w, self.config.num_key_value_heads)
         self._cached = (name, w)
         return w

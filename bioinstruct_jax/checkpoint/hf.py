@@ -1,4 +1,4 @@
-"""Hugging Face LLaMA checkpoints -> our NNX model, one tensor at a time.
+"""Hugging Face checkpoints of every model family (`model.families`) -> our NNX model, one tensor at a time.
 
 `load_pretrained(path)` reads `config.json` and the weights (`model.safetensors`, sharded
 safetensors with `model.safetensors.index.json`, or `pytorch_model.bin[.index.json]` through
@@ -28,7 +28,8 @@ from bioinstruct_jax.checkpoint.errors import CheckpointError
 from bioinstruct_jax.checkpoint.paths import inside
 from bioinstruct_jax.checkpoint.staging import refuse_unfinished
 from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsError, SafetensorsFile
-from bioinstruct_jax.model.llama import Llama, LlamaConfig, dtype_from_name
+from bioinstruct_jax.model.config import LlamaConfig, dtype_from_name
+from bioinstruct_jax.model.decoder import Llama
 from bioinstruct_jax.parallel.sharding import param_sharding_fn
 
 ParamPath = tuple[Any, ...]
@@ -49,6 +50,8 @@ def hf_name(path: ParamPath) -> str:
             return "lm_head.weight"
         case ("layers", int() as i, block, proj, "kernel"):
             return f"model.layers.{i}.{block}.{proj}.weight"
+        case ("layers", int() as i, block, proj, "bias"):
+            return f"model.layers.{i}.{block}.{proj}.bias"
         case ("layers", int() as i, norm, "weight"):
             return f"model.layers.{i}.{norm}.weight"
     raise KeyError(f"no Hugging Face name for parameter {'/'.join(map(str, path))}")
@@ -228,7 +231,7 @@ def _open_checkpoint(path: pathlib.Path) -> tuple[LlamaConfig, Any]:
 def load_pretrained(path: str | pathlib.Path, *, dtype: Any = jnp.bfloat16, compute_dtype: Any = None,
                     sharding_fn: ShardingFn | None = None, mesh: jax.sharding.Mesh | None = None,
                     **model_kwargs: Any) -> tuple[Llama, LlamaConfig]:
-    """Load an HF LLaMA directory, or a GGUF file / a folder holding one, as `(model, config)`.
+    """Load an HF checkpoint folder of any family, or a GGUF file / a folder holding one, as `(model, config)`.
 
     dtype: parameter dtype (bf16 by default); compute_dtype: matmul dtype (defaults to dtype).
     mesh: place each parameter straight into its shards by the logical-axis rules of

@@ -29,7 +29,7 @@ from flax import nnx
 from bioinstruct_jax.checkpoint.hf import hf_name
 from bioinstruct_jax.checkpoint.staging import stale_staging, staging_dir
 from bioinstruct_jax.config.storage import is_remote, local_path
-from bioinstruct_jax.model.llama import Linear
+from bioinstruct_jax.model.layers import Linear
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

@@ -29,7 +29,8 @@ from bioinstruct_jax.checkpoint.output import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, 
 from bioinstruct_jax.checkpoint.paths import inside
 from bioinstruct_jax.checkpoint.staging import refuse_unfinished
 from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsError, SafetensorsFile, write_streamed
-from bioinstruct_jax.model.llama import Llama, LlamaConfig
+from bioinstruct_jax.model.config import LlamaConfig
+from bioinstruct_jax.model.decoder import Llama
 from bioinstruct_jax.config.sections import ALL_TARGETS, LoraConfig
 from bioinstruct_jax.model.lora import apply_lora, lora_modules
 

@@ -24,7 +24,8 @@ from bioinstruct_jax.checkpoint import factory
 from bioinstruct_jax.checkpoint.integrity import pick_restore_step
 from bioinstruct_jax.checkpoint.orbax import RunCheckpointer
 from bioinstruct_jax.config import RunConfig, from_dict
-from bioinstruct_jax.model.llama import Llama, LlamaConfig
+from bioinstruct_jax.model.config import LlamaConfig
+from bioinstruct_jax.model.decoder import Llama
 from bioinstruct_jax.config.sections import LoraConfig
 from bioinstruct_jax.parallel import sharding
 from bioinstruct_jax.train import step as train_step

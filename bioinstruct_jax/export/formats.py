@@ -29,7 +29,8 @@ from bioinstruct_jax.config.storage import as_path
 from bioinstruct_jax.export.gguf_export import GGUF_DTYPES, export_gguf, gguf_file_name
 from bioinstruct_jax.export.merged import DEFAULT_MAX_SHARD_BYTES, export_merged
 from bioinstruct_jax.export.model_card import CARD_FILE, CardInfo, card_info_for_base, card_info_for_run, model_card
-from bioinstruct_jax.model.llama import Llama, dtype_from_name
+from bioinstruct_jax.model.config import dtype_from_name
+from bioinstruct_jax.model.decoder import Llama
 from bioinstruct_jax.config.sections import LoraConfig
 from bioinstruct_jax.model.lora import lora_modules
 

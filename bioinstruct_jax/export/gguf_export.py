@@ -32,7 +32,9 @@ from bioinstruct_jax.checkpoint.output import ExportError, StagedDir, write_text
 from bioinstruct_jax.checkpoint.staging import kill_point
 from bioinstruct_jax.export.gguf_tokenizer import add_tokenizer
 from bioinstruct_jax.export.merged import merged_specs
-from bioinstruct_jax.model.llama import Llama, LlamaConfig, rope_inverse_frequencies
+from bioinstruct_jax.model.config import LlamaConfig
+from bioinstruct_jax.model.decoder import Llama
+from bioinstruct_jax.model.rope import rope_inverse_frequencies
 
 GGUF_DTYPES = ("float32", "float16", "bfloat16", "q8_0")
 _Q = gguf.GGMLQuantizationType
@@ -109,6 +111,9 @@ def export_gguf(model: Llama, out_dir: str | pathlib.Path, *, tokenizer: Any, dt
     model card)."""
     if dtype not in GGUF_DTYPES:
         raise ExportError(f"--dtype {dtype!r}: a GGUF export takes {', '.join(GGUF_DTYPES)}")
+    if model.config.model_type != "llama":
+        raise ExportError(f"a GGUF export writes llama.cpp's `llama` architecture; this is a {model.config.model_type} "
+                          "model (q/k/v biases or a sliding window llama.cpp's llama would drop): use --format merged")
     if tokenizer is None:
         raise ExportError("a GGUF export needs the tokenizer (pass --tokenizer): llama.cpp reads it from the file")
     out_dir = pathlib.Path(out_dir)

@@ -1,4 +1,4 @@
-"""Merged export: a model with every LoRA adapter folded in, written as a Hugging Face LLaMA folder.
+"""Merged export: a model with every LoRA adapter folded in, written as a Hugging Face folder of its family.
 
 `export_merged` writes `config.json`, `generation_config.json`, safetensors shards of at most
 `max_shard_bytes` (`model.safetensors`, or `model-0000i-of-0000n.safetensors` +
@@ -29,7 +29,8 @@ from bioinstruct_jax.checkpoint.output import (TOKENIZER_FILES, ExportError, Sta
 from bioinstruct_jax.checkpoint.safetensors_io import write_streamed
 from bioinstruct_jax.checkpoint.staging import kill_point
 from bioinstruct_jax.checkpoint.tokenizer import load_tokenizer
-from bioinstruct_jax.model.llama import Llama, dtype_from_name
+from bioinstruct_jax.model.config import dtype_from_name
+from bioinstruct_jax.model.decoder import Llama
 from bioinstruct_jax.model.lora import lora_modules
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
@@ -143,7 +144,7 @@ def _save_tokenizer(tokenizer: Any, out_dir: pathlib.Path) -> list[str]:
 def export_merged(model: Llama, out_dir: str | pathlib.Path, *, tokenizer_dir: Any = None, dtype: Any = None,
                   max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, overwrite: bool = False,
                   extra_files: dict[str, str] | None = None) -> pathlib.Path:
-    """Write `model` with every LoRA adapter folded in as an HF LLaMA directory; returns it.
+    """Write `model` with every LoRA adapter folded in as an HF directory (its family's config.json); returns it.
 
     dtype: of the written weights (default: each parameter's own dtype); the merge itself is done
     in float32. tokenizer_dir: a tokenizer folder or file, or an object with `save(dir)`; None

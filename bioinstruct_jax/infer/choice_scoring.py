@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from bioinstruct_jax.infer.engine import Generator, batch_bucket, length_bucket, next_power_of_two, pack_pairs
-from bioinstruct_jax.model.llama import KVCache, init_cache
+from bioinstruct_jax.model.attention import KVCache, init_cache
 
 
 @dataclasses.dataclass

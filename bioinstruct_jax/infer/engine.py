@@ -37,8 +37,8 @@ import numpy as np
 from flax import nnx
 
 from bioinstruct_jax.infer.sampling import SamplingConfig, sample_next
-from bioinstruct_jax.model.llama import (CACHE_KEY_AXES, CACHE_VALUE_AXES, KVCache, Llama, init_cache,
-                                         padded_positions)
+from bioinstruct_jax.model.attention import CACHE_KEY_AXES, CACHE_VALUE_AXES, KVCache, init_cache
+from bioinstruct_jax.model.decoder import Llama, padded_positions
 from bioinstruct_jax.parallel import sharding
 
 # Stop table fillers: a required slot that no token equals, and a wildcard (shorter sequences are

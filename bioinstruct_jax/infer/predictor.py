@@ -34,7 +34,7 @@ from bioinstruct_jax.infer.choice_scoring import ChoiceScorer
 from bioinstruct_jax.infer.engine import Generator
 from bioinstruct_jax.infer.sampling import SamplingConfig
 from bioinstruct_jax.model import lora as lora_lib
-from bioinstruct_jax.model.llama import Llama
+from bioinstruct_jax.model.decoder import Llama
 from bioinstruct_jax.parallel import sharding
 
 

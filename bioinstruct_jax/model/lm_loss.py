@@ -30,8 +30,6 @@ import numpy as np
 import optax
 from flax import nnx
 
-from bioinstruct_jax.model.llama import cpu_dot_forms
-
 # Positions (over all rows of the batch) per chunk of the head + loss scan: a [CHUNK_TOKENS, V]
 # f32 block (48 MB at V = 49,152); large enough for an efficient head matmul.
 CHUNK_TOKENS = 256
@@ -50,7 +48,7 @@ def token_cross_entropy(model: nnx.Module, hidden: jax.Array, targets: jax.Array
         ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
         return jnp.sum(ce * mask), jnp.sum(mask)
     weight, hidden_axis = head
-    compute = weight.dtype if weight.dtype != jnp.float32 and cpu_dot_forms() else jnp.float32
+    compute = weight.dtype if weight.dtype != jnp.float32 and model.cpu_dot_forms else jnp.float32
     b, t = targets.shape
     chunk = max(1, min(t, chunk_tokens // b))
     total = _chunked_cross_entropy(hidden, weight, targets.astype(jnp.int32), mask, hidden_axis, chunk,

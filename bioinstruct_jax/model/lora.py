@@ -1,9 +1,9 @@
-"""Hand-written LoRA for the NNX LLaMA: W x + (alpha / r) * B A x, only A and B trained.
+"""Hand-written LoRA for the NNX decoder: W x + b + (alpha / r) * B A x, only A and B trained.
 
 `apply_lora(model, config, rngs)` swaps the targeted `Linear` modules for `LoRALinear`s in place.
-A `LoRALinear` keeps the base kernel at the same path (so HF import/export names are unchanged)
-and adds `lora_a` [in, r] (PEFT's uniform init) and `lora_b` [r, out] (zeros, so a fresh adapter
-changes nothing), both of type `LoRAParam`: the optimizer, gradients and checkpoints select
+A `LoRALinear` keeps the base kernel (and the bias, where the projection has one: frozen, never
+adapted) at the same path, so HF import/export names are unchanged, and adds `lora_a` [in, r]
+(PEFT's uniform init) and `lora_b` [r, out] (zeros, so a fresh adapter changes nothing), both of type `LoRAParam`: the optimizer, gradients and checkpoints select
 adapters by that type and never touch the frozen base `nnx.Param`s.
 """
 
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bioinstruct_jax.config.sections import LoraConfig
-from bioinstruct_jax.model.llama import Linear
+from bioinstruct_jax.model.layers import Linear
 
 
 class LoRAParam(nnx.Variable):
@@ -31,7 +31,9 @@ class LoRALinear(Linear):
         self.in_features = base.in_features
         self.out_features = base.out_features
         self.dtype = base.dtype
+        self.cpu_dot_forms = base.cpu_dot_forms
         self.kernel = base.kernel
+        self.bias = base.bias  # frozen, like the kernel; never adapted
         self.scale = config.scale
         self.rank = config.r
         self.merged = False

@@ -54,7 +54,6 @@ from bioinstruct_jax.cli.arguments import ArgumentParser
 from bioinstruct_jax.config import RunConfig, load_run_config
 from bioinstruct_jax.config.sections import LoraConfig, ModelConfig, OptimConfig
 from bioinstruct_jax.data.batch import BATCH_DTYPES, BATCH_KEYS
-from bioinstruct_jax.model import llama
 from bioinstruct_jax.model.lora import parameter_summary
 from bioinstruct_jax.parallel import accelerators
 from bioinstruct_jax.parallel import sharding
@@ -216,13 +215,14 @@ def _fmt_bytes(b: float) -> str:
 
 def build_abstract_model(settings: PlanSettings):
     """The LoRA-wrapped model with ShapeDtypeStruct leaves (nothing allocated): the model factory's
-    `init_model` of the run config these settings describe, under `nnx.eval_shape`."""
+    `init_model` of the run config these settings describe, under `nnx.eval_shape`. Its dots take the
+    accelerator's forms (cpu_dot_forms=False): the step of the target accelerator, not XLA:CPU's."""
     cfg = RunConfig(model=ModelConfig(preset=settings.preset, hf_path=settings.hf_path, param_dtype=settings.dtype,
                                       dtype=settings.dtype, remat=settings.remat),
                     lora=LoraConfig(r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout,
                                     targets=tuple(settings.targets), target_regex=settings.target_regex))
     config = factory.resolve_llama_config(cfg)  # hf_path's config.json / GGUF metadata, else the preset
-    return nnx.eval_shape(lambda: factory.init_model(cfg, config))
+    return nnx.eval_shape(lambda: factory.init_model(cfg, config, cpu_dot_forms=False))
 
 
 def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanResult:
@@ -267,8 +267,7 @@ def plan(settings: PlanSettings, devices: Sequence[Any] | None = None) -> PlanRe
                  for key in BATCH_KEYS}
     step = train_step.build_train_step(graphdef, tx, shardings=sh)
     start = time.perf_counter()
-    with llama.accelerator_dot_forms():  # the step of the target accelerator, not of XLA:CPU's forms
-        compiled = step.lower(lora_sds, opt_sds, base_sds, rng_sds, batch_sds).compile()
+    compiled = step.lower(lora_sds, opt_sds, base_sds, rng_sds, batch_sds).compile()
     seconds = time.perf_counter() - start
     mem = compiled.memory_analysis()
     peak = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes

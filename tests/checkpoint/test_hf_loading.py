@@ -16,7 +16,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from bioinstruct_jax.checkpoint.hf import CheckpointError, load_pretrained  # noqa: E402
 from bioinstruct_jax.checkpoint.safetensors_io import SafetensorsFile, write_streamed  # noqa: E402
-from bioinstruct_jax.model.llama import LlamaConfig  # noqa: E402
+from bioinstruct_jax.model.config import LlamaConfig  # noqa: E402
 from hf_fixtures import write_tiny_llama  # noqa: E402
 
 IDS = np.array([[5, 9, 17, 33, 65, 100, 3]], np.int32)

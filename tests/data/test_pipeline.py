@@ -108,12 +108,13 @@ def per_example_loss(logits: np.ndarray, batch: dict[str, np.ndarray]) -> dict[t
 
 
 def test_packing_matches_unpacked_loss_on_tiny_llama(tok):
-    llama = pytest.importorskip("bioinstruct_jax.model.llama")
+    config_module = pytest.importorskip("bioinstruct_jax.model.config")
+    decoder = pytest.importorskip("bioinstruct_jax.model.decoder")
     import jax.numpy as jnp
     from flax import nnx
 
-    config = dataclasses.replace(llama.LlamaConfig.preset("tiny"), vocab_size=tok.vocab_size)
-    model = llama.Llama(config, rngs=nnx.Rngs(0), param_dtype=jnp.float32, dtype=jnp.float32)
+    config = dataclasses.replace(config_module.LlamaConfig.preset("tiny"), vocab_size=tok.vocab_size)
+    model = decoder.Llama(config, rngs=nnx.Rngs(0), param_dtype=jnp.float32, dtype=jnp.float32)
     recs = [dict(r, input="") for r in RECORDS[:12]]  # short examples, several per packed row
     common = dict(max_length=320, batch_size=2, shuffle=False, num_epochs=1)
     packed = list(P.make_batch_iterator(cfg(packing=True, **common), tok, "train", records=recs, process_index=0, process_count=1))

@@ -11,7 +11,9 @@ import numpy as np
 from flax import nnx
 
 from bioinstruct_jax.infer.engine import Generator, default_cache_dtype, length_bucket
-from bioinstruct_jax.model.llama import Llama, LlamaConfig, init_cache, padded_positions
+from bioinstruct_jax.model.attention import init_cache
+from bioinstruct_jax.model.config import LlamaConfig
+from bioinstruct_jax.model.decoder import Llama, padded_positions
 from bioinstruct_jax.infer.sampling import SamplingConfig
 
 CFG = LlamaConfig.preset("tiny")  # 4 heads, 2 kv heads (GQA), head_dim 16

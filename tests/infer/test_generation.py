@@ -20,7 +20,7 @@ from bioinstruct_jax.checkpoint.hf import load_pretrained  # noqa: E402
 from bioinstruct_jax.infer.engine import Generator, batch_bucket  # noqa: E402
 from bioinstruct_jax.infer.predictor import JaxPredictor, stop_token_sequences, trim_at_stop  # noqa: E402
 from bioinstruct_jax.infer.sampling import SamplingConfig  # noqa: E402
-from bioinstruct_jax.model.llama import padded_positions  # noqa: E402
+from bioinstruct_jax.model.decoder import padded_positions  # noqa: E402
 from bioinstruct_jax.infer.sampling import filter_logits, sample_next  # noqa: E402
 from hf_fixtures import write_tiny_llama  # noqa: E402
 

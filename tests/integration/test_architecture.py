@@ -74,7 +74,7 @@ KNOWN_BACK_EDGES: set[tuple[str, str]] = set()
 MAX_FUNCTION_LINES = 80
 # Qualified names of the functions still longer than MAX_FUNCTION_LINES, each one to split into
 # named steps. Never add a name: split the function.
-LONG_FUNCTIONS: set[str] = {f"{PACKAGE}.eval.tasks._builtin_tasks", f"{PACKAGE}.eval.runner.run_task"}
+LONG_FUNCTIONS: set[str] = set()
 
 
 def stage_of(module: str) -> str | None:

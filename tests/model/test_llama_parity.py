@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch", reason="parity tests need torch (pip instal
 import jax.numpy as jnp  # noqa: E402
 
 from bioinstruct_jax.checkpoint.hf import load_pretrained  # noqa: E402
-from bioinstruct_jax.model.llama import padded_positions  # noqa: E402
+from bioinstruct_jax.model.decoder import padded_positions  # noqa: E402
 from hf_fixtures import TINY_VARIANTS, write_tiny_llama  # noqa: E402
 
 

@@ -11,7 +11,8 @@ import optax
 import pytest
 from flax import nnx
 
-from bioinstruct_jax.model.llama import Llama, LlamaConfig
+from bioinstruct_jax.model.config import LlamaConfig
+from bioinstruct_jax.model.decoder import Llama
 from bioinstruct_jax.model.lm_loss import token_cross_entropy
 from bioinstruct_jax.model.lora import LoRAParam, LoraConfig, apply_lora
 from bioinstruct_jax.train import step as ts

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bioinstruct_jax.model.llama import Linear, Llama, LlamaConfig
+from bioinstruct_jax.model.config import LlamaConfig
+from bioinstruct_jax.model.decoder import Llama
+from bioinstruct_jax.model.layers import Linear
 from bioinstruct_jax.model.lora import (LoraConfig, LoRALinear, LoRAParam, apply_lora, lora_modules, merge_lora,
                                         parameter_summary, unmerge_lora)
 

@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 from bioinstruct_jax.parallel import sharding as parallel
-from bioinstruct_jax.model.llama import Llama, LlamaConfig
+from bioinstruct_jax.model.config import LlamaConfig
+from bioinstruct_jax.model.decoder import Llama
 from bioinstruct_jax.model.lora import LoraConfig, LoRAParam, apply_lora
 from bioinstruct_jax.parallel.sharding import MeshConfig, ShardingError
 

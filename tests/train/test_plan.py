@@ -13,7 +13,7 @@ import pytest
 from bioinstruct_jax.checkpoint import gguf
 from bioinstruct_jax.train import plan as planner
 from bioinstruct_jax.config import ConfigError, config_files, load_run_config
-from bioinstruct_jax.model.llama import LlamaConfig
+from bioinstruct_jax.model.config import LlamaConfig
 from gguf_fixtures import write_tiny_gguf
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

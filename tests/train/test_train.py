@@ -16,7 +16,8 @@ from bioinstruct_jax.train import loop as train  # noqa: E402
 from bioinstruct_jax.train import step as ts
 from bioinstruct_jax.checkpoint.orbax import CheckpointMismatchError  # noqa: E402
 from bioinstruct_jax.config import ConfigError, load_run_config  # noqa: E402
-from bioinstruct_jax.model.llama import Llama, LlamaConfig  # noqa: E402
+from bioinstruct_jax.model.config import LlamaConfig  # noqa: E402
+from bioinstruct_jax.model.decoder import Llama  # noqa: E402
 from bioinstruct_jax.model.lora import LoraConfig, apply_lora  # noqa: E402
 from bioinstruct_jax.config.sections import OptimConfig  # noqa: E402
 from train_helpers import tiny_overrides, write_task  # noqa: E402
