@@ -95,11 +95,18 @@ def llama_config_from_dict(d: dict[str, Any]) -> LlamaConfig:
     return LlamaConfig(**d)
 
 
+# LlamaConfig's family switches, left out of a signature at their LLaMA values: a LLaMA run's
+# signature stays what it was before the switches existed, so its older checkpoints still resume.
+_FAMILY_SWITCH_DEFAULTS = {"model_type": "llama", "attention_bias": False, "sliding_window": None}
+
+
 def model_signature(cfg: RunConfig, llama_config: LlamaConfig) -> dict[str, Any]:
     """What a checkpoint must agree on with the run that resumes from it."""
     lora = to_dict(cfg.lora)
+    architecture = {k: v for k, v in to_dict(llama_config).items()
+                    if k not in _FAMILY_SWITCH_DEFAULTS or v != _FAMILY_SWITCH_DEFAULTS[k]}
     return {
-        "architecture": to_dict(llama_config),
+        "architecture": architecture,
         "base": cfg.model.hf_path or f"preset:{cfg.model.preset}:seed{cfg.model.seed}",
         "param_dtype": cfg.model.param_dtype,
         "lora": {k: lora[k] for k in ("r", "alpha", "targets", "target_regex", "rslora")},
