@@ -29,8 +29,14 @@ def _setup(cfg, tok, lock):
     return loop.open_run(cfg, checked, lock, verbose=False)
 
 
+def _host(x) -> np.ndarray:
+    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):  # typed PRNG keys
+        x = jax.random.key_data(x)
+    return np.asarray(x)
+
+
 def _leaves_equal(a, b) -> bool:
-    return all(np.array_equal(np.asarray(x), np.asarray(y))
+    return all(np.array_equal(_host(x), _host(y))
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
@@ -41,7 +47,8 @@ def trained(tmp_path_factory):
     train_file, val_file, tok = write_task(root / "data", n_train=64, n_val=24)
     cfg = load_run_config(None, tiny_overrides(root / "run", train_file, val_file, **{
         "train.steps": STEPS, "train.save_every": 2, "train.eval_every": 2, "train.eval_batches": 1,
-        "train.plot": True, "data.batch_size": 8, "lora.r": 4, "lora.alpha": 8}))
+        "train.plot": True, "data.batch_size": 8, "lora.r": 4, "lora.alpha": 8,
+        "lora.dropout": 0.1}))  # dropout draws from the RNG state, so the state moves and must be saved
     lock = loop.take_run_lock(cfg)
     try:
         setup = _setup(cfg, tok, lock)
@@ -102,6 +109,7 @@ def test_a_new_setup_on_the_folder_restores_weights_rng_and_data_position(traine
     finally:
         lock.release()
     assert start == STEPS
+    assert not _leaves_equal(fresh.rng, state.rng)  # else a lost RNG state would go unseen
     assert _leaves_equal(restored.lora, state.lora) and _leaves_equal(restored.rng, state.rng)
     assert _leaves_equal(restored.opt_state, state.opt_state)
     reference = setup.data_factory("train")
