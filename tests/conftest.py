@@ -14,9 +14,20 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# One persistent XLA compilation cache for the test process and every subprocess it starts (they
+# inherit the environment): many tests build the same tiny model, step or decode loop and compile the
+# same program in a new jit or a new process. The cache key is the compiled program itself (its HLO),
+# the compile options, XLA_FLAGS, the backend and the jax / jaxlib versions, so a changed program or
+# flag is a miss and compiles afresh; a hit returns the executable that compile would have built
+# (its HLO text and memory analysis included). BIOINSTRUCT_TEST_JAX_CACHE=0 turns it off.
+if os.environ.get("BIOINSTRUCT_TEST_JAX_CACHE", "1") != "0":
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO_ROOT / ".cache" / "jax-compilation"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
 import pytest
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DIR = pathlib.Path(os.environ.get("BIOINSTRUCT_SHARED", REPO_ROOT.parent / "shared"))
 
 

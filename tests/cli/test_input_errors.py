@@ -11,8 +11,10 @@ import sys
 
 import pytest
 
+from bioinstruct_jax.cli import errors as cli_errors
 from bioinstruct_jax.data.pipeline import read_records
 from bioinstruct_jax.data.records import RecordError, read_instruction_file
+from bioinstruct_jax.eval import __main__ as eval_main
 from bioinstruct_jax.eval.runner import EvalConfig
 from bioinstruct_jax.data.tokenizer import TokenizerFileError, load_tokenizer_files
 
@@ -128,7 +130,7 @@ def _eval(tmp_path, *args):
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_eval_cli_data_errors_are_one_line_before_the_model_loads(tmp_path):
+def test_eval_cli_data_errors_are_one_line_before_the_model_loads(tmp_path, capsys, monkeypatch):
     """--model names nothing: each data error must come first, as one line with exit code 2."""
     empty = _jsonl(tmp_path / "empty.jsonl")
     blank = _jsonl(tmp_path / "blank.jsonl", "", "   ")
@@ -159,12 +161,32 @@ def test_eval_cli_data_errors_are_one_line_before_the_model_loads(tmp_path):
         (["--tasks", f"jsonl:{broken}", "--max-new-tokens", "-1"], "argument --max-new-tokens: must be an integer >= 1"),
         (["--tasks", f"jsonl:{broken}", "--limit", "0"], "argument --limit: must be an integer >= 1"),
     ]
-    for args, expected in cases:
-        proc = _eval(tmp_path, *args)
-        err = proc.stderr.strip()
-        assert proc.returncode == 2, (args, err)
+    # Two cases as `python -m bioinstruct_jax.eval` (a data error, an argument error), the rest through
+    # the same `run(main)` its __main__ calls, in this process: one interpreter start instead of twelve.
+    for i, (args, expected) in enumerate(cases):
+        if i in (0, len(cases) - 1):
+            proc = _eval(tmp_path, *args)
+            code, err = proc.returncode, proc.stderr.strip()
+        else:
+            code, err = _eval_in_process(tmp_path, capsys, monkeypatch, *args)
+        assert code == 2, (args, err)
         assert "Traceback" not in err and expected in err.splitlines()[-1], (args, err)
         assert len(err.splitlines()) == 1, err
+
+
+def _eval_in_process(tmp_path, capsys, monkeypatch, *args) -> tuple[int, str]:
+    """`cli_errors.run(eval main, argv)` as `python -m bioinstruct_jax.eval` runs it: (exit code, stderr)."""
+    monkeypatch.delenv("BIOINSTRUCT_DEBUG", raising=False)
+    monkeypatch.delenv(cli_errors.TRANSFORMERS_ADVISORY_ENV, raising=False)  # run() sets it; undone afterwards
+    for hook in ("excepthook", "unraisablehook"):  # run() wraps them; the test process gets its own back
+        monkeypatch.setattr(sys, hook, getattr(sys, hook))
+    capsys.readouterr()
+    try:
+        code = cli_errors.run(eval_main.main, ["--model", str(tmp_path / "no-model-needed"),
+                                               "--output", str(tmp_path / "out"), *args])
+    except SystemExit as exit_:  # argparse's own exit
+        code = exit_.code
+    return code, capsys.readouterr().err.strip()
 
 
 def test_non_utf8_prompt_file_names_file_and_line(tmp_path):
