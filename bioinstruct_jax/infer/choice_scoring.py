@@ -43,8 +43,11 @@ class ChoiceScores:
 class ChoiceScorer:
     """Jitted choice scoring over a `Generator`'s model (its current weights, `Generator.update`)."""
 
-    def __init__(self, generator: Generator):
+    def __init__(self, generator: Generator, *, share_context: bool = True):
+        """share_context=False scores every (context, choice) of a multi-token item as its own row
+        (the layout before the shared prefill; kept for comparison, scripts/bench_cloze_sharing.py)."""
         self.generator = generator
+        self.share_context = share_context
         self._next_jit = jax.jit(self._next_token_impl)
         self._cont_jit = jax.jit(self._continuation_impl)
         self._shared_jit = jax.jit(self._shared_context_impl)
@@ -112,7 +115,8 @@ class ChoiceScorer:
             items = single[start:start + step]
             t, n = self._single_token_batch(items, contexts, choices, out)
             rows, truncated = rows + n, truncated + t
-        fits = [i for i in multi if len(contexts[i]) + max(map(len, choices[i])) <= self.generator.max_length]
+        fits = [i for i in multi if self.share_context
+                and len(contexts[i]) + max(map(len, choices[i])) <= self.generator.max_length]
         for start in range(0, len(fits), step):
             rows += self._shared_context_batch(fits[start:start + step], contexts, choices, out)
         shared = set(fits)
