@@ -43,7 +43,6 @@ def global_batch():
 
 def forward_and_grads(model, ids):
     """(logits, {path: LoRA grad}) as jax arrays, jitted."""
-    import jax
     import jax.numpy as jnp
     import optax
     from flax import nnx

@@ -9,12 +9,11 @@ transformers' tokenizer from the same file, and one-line errors for files we can
 
 from __future__ import annotations
 
-import pathlib
 
 import numpy as np
 import pytest
 
-from gguf_fixtures import smollm2_path, write_tiny_gguf
+from gguf_fixtures import write_tiny_gguf
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

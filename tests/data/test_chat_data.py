@@ -16,7 +16,6 @@ import pathlib
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from bioinstruct_jax.checkpoint.tokenizer import load_tokenizer

@@ -10,7 +10,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from bioinstruct_jax.eval import runner, tasks as T
+from bioinstruct_jax.eval import tasks as T
 from bioinstruct_jax.eval.__main__ import main
 
 FIX = pathlib.Path(__file__).parents[1] / "fixtures" / "eval"

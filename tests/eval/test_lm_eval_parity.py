@@ -18,7 +18,6 @@ pytest.importorskip("torch", reason="the fixture model is written by transformer
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is a test extra (pip install -e '.[test]')")
 
 from bioinstruct_jax.eval.__main__ import main as eval_main  # noqa: E402
-from bioinstruct_jax.eval import loaders  # noqa: E402
 from conftest import REPO_ROOT  # noqa: E402
 from hf_fixtures import write_tiny_llama  # noqa: E402
 

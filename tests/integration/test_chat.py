@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from bioinstruct_jax.data import chat
-from bioinstruct_jax.data import templates
 from bioinstruct_jax.data.pipeline import ExampleEncoder
 from bioinstruct_jax.checkpoint.tokenizer import load_tokenizer
 from bioinstruct_jax.data.tokenizer import train_sentencepiece

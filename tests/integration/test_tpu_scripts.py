@@ -12,7 +12,6 @@ import re
 import shlex
 import stat
 import subprocess
-import sys
 
 import pytest
 

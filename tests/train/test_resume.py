@@ -11,7 +11,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 HELPER = pathlib.Path(__file__).resolve().parents[1] / "train_helpers.py"
 REPO = HELPER.parents[1]
