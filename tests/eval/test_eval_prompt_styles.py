@@ -105,8 +105,10 @@ def test_choice_scorer_single_and_multi_token_paths_match_row_scoring(tmp_path):
     # context row per item) unless context + longest choice exceeds max_length (here the
     # 30-token context with max_length 32: one cut row per choice, as the reference cuts them)
     short = Generator(model, max_batch_size=4, pad_id=0, max_length=32)
-    for g, choices, rows in ((gen, single, 5), (gen, multi, 5), (short, multi, 4 + 3)):
-        got = ChoiceScorer(g).score(contexts, choices)
+    # share_context=False (the benchmark's reference layout): one row per (context, choice)
+    for g, choices, rows, share in ((gen, single, 5, True), (gen, multi, 5, True), (short, multi, 4 + 3, True),
+                                    (gen, multi, 3 * 5, False)):
+        got = ChoiceScorer(g, share_context=share).score(contexts, choices)
         assert got.forward_rows == rows
         flat = g.score_continuations([c for c, ch in zip(contexts, choices) for _ in ch],
                                      [x for ch in choices for x in ch])
