@@ -55,12 +55,17 @@ class ChoiceScorer:
     def _model(self, state):
         return nnx.merge(self.generator._graphdef, state)
 
+    @staticmethod
+    def _next_token_logp(model, hidden, last, cand):
+        """[B, K]: log p(cand[b, k]) at position last[b], the next token after each context."""
+        h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)  # [B, 1, D]
+        logp = jax.nn.log_softmax(model.logits(h)[:, 0].astype(jnp.float32), axis=-1)  # [B, V]
+        return jnp.take_along_axis(logp, cand, axis=1)
+
     def _next_token_impl(self, state, ids, seg, last, cand):
         model = self._model(state)
         hidden, _ = model.hidden_states(ids, segment_ids=seg)
-        h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)  # [B, 1, D]
-        logp = jax.nn.log_softmax(model.logits(h)[:, 0].astype(jnp.float32), axis=-1)  # [B, V]
-        return jnp.take_along_axis(logp, cand, axis=1)  # [B, K]
+        return self._next_token_logp(model, hidden, last, cand)
 
     def _continuation_impl(self, state, ids, seg, pos, tgt, mask):
         model = self._model(state)
@@ -82,9 +87,7 @@ class ChoiceScorer:
         k = first.shape[1]
         cache = g._constrain_cache(model, init_cache(g.config, b, w + opt_ids.shape[1], g.cache_dtype))
         hidden, cache = model.hidden_states(ids, segment_ids=seg, cache=cache, prefill=True)
-        h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)  # [B, 1, D]
-        logp = jax.nn.log_softmax(model.logits(h)[:, 0].astype(jnp.float32), axis=-1)  # [B, V]
-        head = jnp.take_along_axis(logp, first, axis=1)  # [B, K]
+        head = self._next_token_logp(model, hidden, last, first)  # [B, K]: each choice's first token
         rep = lambda a: jnp.repeat(a, k, axis=0)  # noqa: E731  row b -> rows b*K .. b*K + K-1
         cache = g._constrain_cache(model, KVCache(keys=tuple(rep(x) for x in cache.keys),
                                                   values=tuple(rep(x) for x in cache.values),
@@ -133,16 +136,16 @@ class ChoiceScorer:
         g = self.generator
         return min(max(length_bucket(longest), g.min_length_bucket), g.max_length)
 
-    def _single_token_batch(self, items, contexts, choices, out) -> tuple[int, int]:
+    def _context_rows(self, items, contexts) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int], int]:
+        """(ids, segment ids, last positions, kept lengths, rows cut): each item's context
+        right-padded in its row of the bucketed width; a longer one keeps its last tokens."""
         g = self.generator
         width = self._width(max(len(contexts[i]) for i in items))
-        k = max(len(choices[i]) for i in items)
         b = batch_bucket(len(items), g._dp)
         ids = np.full((b, width), g.pad_id, np.int32)
         seg = np.zeros((b, width), np.int32)
         last = np.zeros((b,), np.int32)
-        cand = np.zeros((b, next_power_of_two(k)), np.int32)
-        truncated = 0
+        kept, truncated = [], 0
         for r, i in enumerate(items):
             ctx = list(contexts[i])
             if len(ctx) > width:
@@ -151,6 +154,14 @@ class ChoiceScorer:
             ids[r, :len(ctx)] = ctx
             seg[r, :len(ctx)] = 1
             last[r] = len(ctx) - 1
+            kept.append(len(ctx))
+        return ids, seg, last, kept, truncated
+
+    def _single_token_batch(self, items, contexts, choices, out) -> tuple[int, int]:
+        g = self.generator
+        ids, seg, last, _, truncated = self._context_rows(items, contexts)
+        cand = np.zeros((ids.shape[0], next_power_of_two(max(len(choices[i]) for i in items))), np.int32)
+        for r, i in enumerate(items):
             cand[r, :len(choices[i])] = [c[0] for c in choices[i]]
         res = np.asarray(self._next_jit(g._state, *self._place(ids, seg, last, cand)))
         for r, i in enumerate(items):
@@ -159,24 +170,17 @@ class ChoiceScorer:
 
     def _shared_context_batch(self, items, contexts, choices, out) -> int:
         g = self.generator
-        width = self._width(max(len(contexts[i]) for i in items))
+        ids, seg, last, kept, _ = self._context_rows(items, contexts)  # they fit: nothing is cut
         c_width = next_power_of_two(max(len(c) for i in items for c in choices[i]))
         k = max(len(choices[i]) for i in items)
-        b = batch_bucket(len(items), g._dp)
-        ids = np.full((b, width), g.pad_id, np.int32)
-        seg = np.zeros((b, width), np.int32)
-        last = np.zeros((b,), np.int32)
+        b = ids.shape[0]
         first = np.zeros((b, k), np.int32)
         opt_ids = np.full((b * k, c_width), g.pad_id, np.int32)
         opt_seg = np.zeros((b * k, c_width), np.int32)
         opt_pos = np.zeros((b * k, c_width), np.int32)
         tgt = np.zeros((b * k, c_width), np.int32)
         mask = np.zeros((b * k, c_width), bool)
-        for r, i in enumerate(items):
-            n_ctx = len(contexts[i])
-            ids[r, :n_ctx] = contexts[i]
-            seg[r, :n_ctx] = 1
-            last[r] = n_ctx - 1
+        for r, (i, n_ctx) in enumerate(zip(items, kept)):
             for j, cont in enumerate(choices[i]):
                 n, row = len(cont), r * k + j
                 first[r, j] = cont[0]
