@@ -118,8 +118,7 @@ class ChoiceScorer:
             items = single[start:start + step]
             t, n = self._single_token_batch(items, contexts, choices, out)
             rows, truncated = rows + n, truncated + t
-        fits = [i for i in multi if self.share_context
-                and len(contexts[i]) + max(map(len, choices[i])) <= self.generator.max_length]
+        fits = [i for i in multi if self.share_context and self._can_share(len(contexts[i]), max(map(len, choices[i])))]
         for start in range(0, len(fits), step):
             rows += self._shared_context_batch(fits[start:start + step], contexts, choices, out)
         shared = set(fits)
@@ -129,6 +128,15 @@ class ChoiceScorer:
             t, n = self._continuation_batch(pairs, contexts, choices, out)
             rows, truncated = rows + n, truncated + t
         return ChoiceScores(out, rows, truncated)
+
+    def _can_share(self, n_context: int, n_choice: int) -> bool:
+        """Whether an item can go through the shared prefill: it fits max_length uncut, and a
+        sliding window (Mistral) cannot fall inside its cache, whose slots run past the context's
+        right padding (the window is measured in slots there, not in positions)."""
+        g = self.generator
+        window = g.config.sliding_window
+        return n_context + n_choice <= g.max_length and (
+            window is None or g.max_length + next_power_of_two(n_choice) <= window)
 
     def _width(self, longest: int) -> int:
         """Row width for contexts of up to `longest` tokens: 1.5x steps between powers of two (a

@@ -113,3 +113,24 @@ def test_choice_scorer_single_and_multi_token_paths_match_row_scoring(tmp_path):
         flat = g.score_continuations([c for c, ch in zip(contexts, choices) for _ in ch],
                                      [x for ch in choices for x in ch])
         assert np.allclose([x for s in got.scores for x in s], flat, atol=1e-5)
+
+
+def test_choice_scorer_with_a_sliding_window_matches_row_scoring(tmp_path):
+    """Mistral's window (4 tokens here) counts positions; the shared prefill's cache would count
+    slots across the context's padding, so such a model's items go through the per-choice rows."""
+    pytest.importorskip("torch", reason="the tiny model is written by transformers")
+    from bioinstruct_jax.checkpoint.hf import load_pretrained
+    from bioinstruct_jax.infer.choice_scoring import ChoiceScorer
+    from bioinstruct_jax.infer.engine import Generator
+    from family_fixtures import write_tiny_family
+
+    write_tiny_family(tmp_path, "mistral")
+    model, _ = load_pretrained(tmp_path, dtype="float32")
+    model.eval()
+    gen = Generator(model, max_batch_size=4, pad_id=0)
+    rng = np.random.default_rng(1)
+    contexts = [list(rng.integers(3, 128, size=n)) for n in (5, 17, 9)]
+    multi = [[[7, 8], [9], [11, 12, 13]] for _ in contexts]
+    got = ChoiceScorer(gen).score(contexts, multi)
+    flat = gen.score_continuations([c for c in contexts for _ in range(3)], [x for ch in multi for x in ch])
+    assert np.allclose([x for s in got.scores for x in s], flat, atol=1e-5)
