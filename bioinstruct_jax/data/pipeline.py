@@ -462,7 +462,19 @@ def make_data_factory(cfg: DataConfig, tokenizer: Any, *, host_rows: Sequence[in
             records[split] = load_split(cfg, split)
         return make_batch_iterator(cfg, tokenizer, split, records=records[split], host_rows=host_rows)
 
+    def batches_per_epoch() -> float:
+        """Global batches in one pass over the training split. Unpacked, one row is one record; packed,
+        a row holds several, so the pass is packed and counted as one host loading every row of each
+        batch packs it (the same count on every host, so all hosts run the same number of steps)."""
+        if not cfg.packing:
+            return len(records["train"]) / cfg.batch_size
+        one_pass = dataclasses.replace(cfg, num_epochs=1)
+        it = make_batch_iterator(one_pass, tokenizer, "train", records=records["train"], process_index=0,
+                                 process_count=1, host_rows=range(cfg.batch_size))
+        return sum(1 for _ in it)
+
     factory.num_examples = len(records["train"])  # type: ignore[attr-defined]
+    factory.batches_per_epoch = batches_per_epoch  # type: ignore[attr-defined]
     factory.cut_note = lambda: cut_note(  # type: ignore[attr-defined]  # tokenizes the training split once
         count_examples(records["train"], ExampleEncoder(tokenizer, cfg.max_length, cfg.template)), cfg.max_length)
     return factory

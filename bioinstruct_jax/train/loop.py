@@ -100,6 +100,7 @@ def run_data_factory(cfg: RunConfig, tokenizer: Any, mesh: jax.sharding.Mesh | N
             raise ConfigError(f"data ({split}): {err}") from None
 
     by_split.num_examples = inner.num_examples  # type: ignore[attr-defined]
+    by_split.batches_per_epoch = inner.batches_per_epoch  # type: ignore[attr-defined]
     by_split.cut_note = inner.cut_note  # type: ignore[attr-defined]
     return by_split
 
@@ -142,11 +143,11 @@ class RunResult:
 def total_steps_of(cfg: RunConfig, data_factory: DataFactory) -> int:
     if cfg.train.steps:
         return cfg.train.steps
-    n = getattr(data_factory, "num_examples", None)
-    if not n:
+    per_epoch = getattr(data_factory, "batches_per_epoch", None)
+    if per_epoch is None:
         raise ConfigError("train.steps=0 asks for train.epochs, but the data pipeline does not report its size; "
                           "set train.steps")
-    return max(1, int(cfg.train.epochs * n // cfg.data.batch_size))
+    return max(1, int(cfg.train.epochs * per_epoch()))
 
 
 def take_run_lock(cfg: RunConfig) -> RunLock:

@@ -173,6 +173,20 @@ def test_epochs_and_validation_pass(tok):
     assert factory.num_examples == len(train)
 
 
+def test_an_epoch_of_packed_rows_counts_packed_batches_not_records(tok):
+    # train.epochs is turned into steps by this count: with packing a row holds several records, so
+    # records / batch_size would make "one epoch" several passes over the data.
+    c = cfg(batch_size=2, packing=True, max_length=640)  # several records a row
+    factory = P.make_data_factory(c, tok)
+    one_pass = list(P.make_batch_iterator(dataclasses.replace(c, num_epochs=1), tok, "train", process_index=0,
+                                          process_count=1))
+    assert factory.batches_per_epoch() == len(one_pass)
+    assert len(one_pass) < factory.num_examples / 2
+    assert sum(int(b["segment_ids"].max(axis=1).sum()) for b in one_pass) >= factory.num_examples - 2
+    unpacked = P.make_data_factory(dataclasses.replace(c, packing=False), tok)
+    assert unpacked.batches_per_epoch() == unpacked.num_examples / 2
+
+
 def test_per_host_slices_partition_the_stream(tok):
     c = cfg(batch_size=4, shuffle=True, num_epochs=1)
     whole = [tuple(r) for b in P.make_batch_iterator(dataclasses.replace(c, batch_size=2), tok, "train",
