@@ -94,7 +94,8 @@ class TrainConfig:
     """The loop: length, cadence of logs / validation / checkpoints, and where things go.
 
     steps: optimizer steps; when 0, `epochs` passes over the training split are converted to steps
-    (needs a pipeline that knows its size). output_dir: local path or gs://; a second run with the
+    (needs a pipeline that knows its size; with data.packing a pass counts packed batches, not
+    records / batch_size). output_dir: local path or gs://; a second run with the
     same directory resumes from its latest checkpoint. keep_last / keep_best: checkpoints kept
     (the newest N, plus the N best by validation loss). accelerator: for the MFU peak
     (`auto` = from the device kind; `cpu` = measured once with a matmul). skip_nonfinite_batches:
